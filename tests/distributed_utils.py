@@ -1,0 +1,47 @@
+"""Run a function on N gloo ranks in spawned processes and collect each rank's return value.
+
+Usage in a test::
+
+    from tests.distributed_utils import run_distributed
+    results = run_distributed(my_fn, world_size=2, args=(x,))   # my_fn(rank, world_size, *args)
+
+``my_fn`` must be a module-level function (it is pickled by reference). Each rank has the default
+process group initialised (gloo, file store) before ``my_fn`` runs; its return value (anything
+``torch.save`` can store) comes back in rank order. An exception on any rank fails the call.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import timedelta
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def _worker(rank: int, fn: Callable[..., Any], world_size: int, init_file: str, out_dir: str,
+            args: Sequence[Any], env: dict[str, str]) -> None:
+    os.environ.update(env)
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size)})
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=120))
+    try:
+        result = fn(rank, world_size, *args)
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def run_distributed(fn: Callable[..., Any], world_size: int, args: Sequence[Any] = (),
+                    env: dict[str, str] | None = None) -> list[Any]:
+    """Run ``fn(rank, world_size, *args)`` on ``world_size`` gloo ranks; return per-rank results."""
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "store")
+        mp.start_processes(_worker, args=(fn, world_size, init_file, tmp, tuple(args), dict(env or {})),
+                           nprocs=world_size, join=True, start_method="spawn")
+        return [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in range(world_size)]
