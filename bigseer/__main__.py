@@ -1,0 +1,7 @@
+"""``python -m bigseer`` == the ``bigseer`` command."""
+
+import sys
+
+from bigseer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,196 @@
+"""``bigseer bench``: forward+backward images/s of a bigseer RegNetY trunk vs timm's, in one run.
+
+The measuring code (:func:`benchmark_regnet`) is shared with ``benchmarks/bench_regnet.py``.
+All variants start from the same weights and the same input; measurements are interleaved
+(variant A, B, C, A, B, C, ...) and medians reported, so load on a shared machine hits all alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from bigseer.errors import ConfigError
+
+
+@dataclass
+class BenchRow:
+    """One measured variant. ``error`` is set (and timings are NaN) when the variant failed to run."""
+
+    name: str
+    images_per_s: float
+    ms_per_step: float
+    ratio_vs_timm: float
+    max_abs_diff_out: float  # vs the bigseer eager output (timm eager is compared to it too)
+    max_abs_diff_grad: float  # max over all parameter gradients, matched by state-dict name
+    error: str = ""
+
+
+@dataclass
+class _Variant:
+    name: str
+    model: nn.Module
+    step: Callable[[], tuple[torch.Tensor, nn.Module]]
+    times: list[float]
+    error: str = ""
+
+
+def _validate(model: str, batch_size: int, image_size: int, steps: int, warmup: int) -> str:
+    from bigseer.models import TIMM_NAMES
+
+    if model not in TIMM_NAMES:
+        raise ConfigError(f"bench --model {model!r}: needs a preset timm also has; choose one of: "
+                          f"{', '.join(TIMM_NAMES)}")
+    for field, value, low in (("batch_size", batch_size, 2), ("image_size", image_size, 32),
+                              ("steps", steps, 1), ("warmup", warmup, 0)):
+        if not isinstance(value, int) or value < low:
+            raise ConfigError(f"bench --{field}={value!r} is invalid: must be an integer >= {low}")
+    return TIMM_NAMES[model]
+
+
+def benchmark_regnet(model: str = "regnety_800mf", *, batch_size: int = 16, image_size: int = 224,
+                     steps: int = 10, warmup: int = 2, channels_last: bool = True,
+                     compile: bool = True, seed: int = 0,
+                     log: Callable[[str], None] | None = None) -> list[BenchRow]:
+    """Train-mode forward+backward throughput of bigseer's trunk vs timm's same-config RegNetY.
+
+    Variants: ``timm eager``, ``bigseer eager``, plus ``bigseer channels_last``, ``timm channels_last``
+    (with ``channels_last``), ``bigseer compile`` (with ``compile``) and ``bigseer compile+channels_last``
+    (with both). Every model gets the same initial weights (bigseer's, non-zero last-BN gammas, loaded
+    into timm with ``strict=True``) and the same input. Numerics: each variant's first step output and
+    parameter gradients are compared with ``bigseer eager``'s. A variant that fails (e.g. torch.compile
+    without a working C compiler) is reported with its error instead of aborting the run.
+    """
+    import timm
+
+    from bigseer.models import build_regnet
+
+    timm_name = _validate(model, batch_size, image_size, steps, warmup)
+    say = log or (lambda _msg: None)
+    torch.manual_seed(seed)
+    ours = build_regnet(model, zero_init_last=False)
+    with torch.no_grad():  # non-trivial BN affine params so all branches carry signal
+        for m in ours.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+    state = copy.deepcopy(ours.state_dict())
+    theirs = timm.create_model(timm_name, num_classes=0)
+    theirs.load_state_dict(state, strict=True)
+
+    x = torch.randn(batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
+    proj = torch.randn(batch_size, ours.num_features, generator=torch.Generator().manual_seed(seed + 1))
+
+    def make(name: str, base: nn.Module, cl: bool, comp: bool) -> _Variant:
+        net = copy.deepcopy(base).train()
+        net.load_state_dict(state, strict=True)
+        inp = x.contiguous(memory_format=torch.channels_last) if cl else x.contiguous()
+        if cl:
+            net = net.to(memory_format=torch.channels_last)
+        fn: Callable[[torch.Tensor], torch.Tensor] = torch.compile(net) if comp else net
+
+        def step() -> tuple[torch.Tensor, nn.Module]:
+            net.zero_grad(set_to_none=True)
+            out = fn(inp)
+            (out * proj).sum().backward()
+            return out.detach(), net
+
+        return _Variant(name, net, step, [])
+
+    variants = [make("timm eager", theirs, False, False), make("bigseer eager", ours, False, False)]
+    if channels_last:
+        variants += [make("timm channels_last", theirs, True, False),
+                     make("bigseer channels_last", ours, True, False)]
+    if compile:
+        variants.append(make("bigseer compile", ours, False, True))
+        if channels_last:
+            variants.append(make("bigseer compile+channels_last", ours, True, True))
+
+    # First step of every variant from identical weights: numerics (also compiles / warms up).
+    first: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
+    for v in variants:
+        say(f"first step: {v.name}")
+        try:
+            t0 = time.perf_counter()
+            out, net = v.step()
+            grads = {n: p.grad.detach().clone() for n, p in net.named_parameters()}
+            first[v.name] = (out.contiguous(), grads)
+            say(f"  {time.perf_counter() - t0:.1f} s")
+        except Exception as exc:  # report e.g. inductor/compiler failures honestly, keep the rest
+            v.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            say(f"  failed: {v.error}")
+    live = [v for v in variants if not v.error]
+    for _ in range(warmup):
+        for v in live:
+            v.step()
+    for i in range(steps):
+        for v in live:
+            t0 = time.perf_counter()
+            v.step()
+            v.times.append(time.perf_counter() - t0)
+        say(f"step {i + 1}/{steps}: " + ", ".join(f"{v.name} {v.times[-1] * 1e3:.0f} ms" for v in live))
+
+    ref_out, ref_grads = first["bigseer eager"]
+    timm_med = statistics.median(variants[0].times) if not variants[0].error else float("nan")
+    rows = []
+    for v in variants:
+        if v.error:
+            nan = float("nan")
+            rows.append(BenchRow(v.name, nan, nan, nan, nan, nan, v.error))
+            continue
+        med = statistics.median(v.times)
+        out, grads = first[v.name]
+        d_out = (out - ref_out).abs().max().item()
+        d_grad = max((grads[k] - ref_grads[k]).abs().max().item() for k in ref_grads)
+        rows.append(BenchRow(v.name, batch_size / med, med * 1e3, timm_med / med, d_out, d_grad))
+    return rows
+
+
+def format_table(rows: list[BenchRow]) -> str:
+    """A markdown table of :func:`benchmark_regnet` rows (errors listed below it)."""
+    lines = ["| variant | images/s | ms/step (median) | vs timm eager | max abs diff out | max abs diff grad |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r.error:
+            lines.append(f"| {r.name} | failed | - | - | - | - |")
+        else:
+            lines.append(f"| {r.name} | {r.images_per_s:.2f} | {r.ms_per_step:.0f} | {r.ratio_vs_timm:.2f}x "
+                         f"| {r.max_abs_diff_out:.2e} | {r.max_abs_diff_grad:.2e} |")
+    lines += [f"\n{r.name} failed: {r.error}" for r in rows if r.error]
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``bigseer bench``."""
+    parser.add_argument("--model", default="regnety_800mf", help="a bigseer preset that timm also has")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant after the first")
+    parser.add_argument("--channels_last", action="store_true", help="also measure channels_last variants")
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile variants")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--quiet", action="store_true", help="print only the table")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark and print the table."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"bench --threads={args.threads} is invalid: must be an integer >= 1")
+        torch.set_num_threads(args.threads)
+    log = None if args.quiet else (lambda msg: print(msg, flush=True))
+    rows = benchmark_regnet(args.model, batch_size=args.batch_size, image_size=args.image_size,
+                            steps=args.steps, warmup=args.warmup, channels_last=args.channels_last,
+                            compile=args.compile, log=log)
+    print(f"{args.model}: train-mode forward+backward, batch {args.batch_size}, {args.image_size} px, "
+          f"{args.steps} interleaved steps per variant, {torch.get_num_threads()} threads")
+    print(format_table(rows))
+    return 0

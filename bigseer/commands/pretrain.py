@@ -1,0 +1,107 @@
+"""``bigseer pretrain`` / ``examples/pretrain.py``: flags -> PretrainConfig -> bigseer.engine.pretrain.
+
+With no flags it trains the tiny CPU demo on built-in images and exports the trunk. Every
+``PretrainConfig`` field is a flag of the same name; ``--seer`` applies the SEER paper's settings first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from typing import Any, Sequence
+
+from bigseer.config import PretrainConfig
+
+# The SEER RG256 recipe (paper + VISSL config); flags given explicitly override these.
+SEER_RECIPE: dict[str, Any] = {
+    "model": "regnety_256gf", "crops": "2x224+4x96", "batch_size": 16, "head_dims": (8192, 8192),
+    "embed_dim": 256, "num_prototypes": 16384, "sinkhorn_iters": 10, "epsilon": 0.05, "temperature": 0.1,
+    "freeze_prototypes_iters": 313, "warmup_steps": 8000, "base_lr": 0.3, "start_lr": 0.15,
+    "weight_decay": 1e-5, "syncbn_group_size": 64, "checkpointing": "all", "precision": "fp16",
+}
+
+_HELP = {
+    "model": "RegNetY preset (bigseer models lists them)",
+    "data": "image folder, file list, tar shards (glob/brace) or 'builtin'",
+    "crops": "multi-crop spec, e.g. 2x224+4x96",
+    "batch_size": "images per rank per step",
+    "backend": "auto | none | ddp | fsdp | deepspeed | fairscale",
+    "precision": "fp32 | bf16 | fp16",
+    "ds_config": "DeepSpeed JSON config (implies --backend deepspeed)",
+    "syncbn_group_size": "0 = off, -1 = whole world, N = groups of N ranks",
+    "checkpointing": "activation checkpointing: none | all | per-stage counts like 0,2,8,1",
+    "resume": "resume from OUTPUT_DIR/checkpoints/latest",
+}
+
+
+def _parse_ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per PretrainConfig field, plus the launchers' --local_rank / --deepspeed_config."""
+    defaults = PretrainConfig()
+    for f in dataclasses.fields(PretrainConfig):
+        if f.name == "extra":
+            continue
+        default = getattr(defaults, f.name)
+        flag = f"--{f.name}"
+        helptext = _HELP.get(f.name, "")
+        if isinstance(default, bool):
+            if default:
+                parser.add_argument(f"--no_{f.name}", dest=f.name, action="store_false", default=None,
+                                    help=f"disable {f.name}")
+            else:
+                parser.add_argument(flag, action="store_true", default=None, help=helptext or f"enable {f.name}")
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, type=_parse_ints, default=None, metavar="N,N",
+                                help=f"{helptext} (default {','.join(map(str, default))})")
+        else:
+            typ = float if isinstance(default, float) or f.name == "start_lr" else int if isinstance(default, int) else str
+            parser.add_argument(flag, type=typ, default=None, help=f"{helptext} (default {default})")
+    parser.add_argument("--deepspeed_config", dest="ds_config", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--deepspeed", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                        help="set by the deepspeed / torch.distributed launchers")
+    parser.add_argument("--seer", action="store_true", help="start from the SEER RG256 recipe (paper settings)")
+
+
+def config_from_args(args: argparse.Namespace) -> PretrainConfig:
+    """Namespace -> PretrainConfig: defaults, then --seer, then explicit flags."""
+    values: dict[str, Any] = dict(SEER_RECIPE) if getattr(args, "seer", False) else {}
+    for f in dataclasses.fields(PretrainConfig):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    if args.local_rank is not None and "LOCAL_RANK" not in os.environ:
+        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    return PretrainConfig(**values)
+
+
+def run(args: argparse.Namespace) -> int:
+    from bigseer.engine import pretrain
+
+    result = pretrain(config_from_args(args))
+    if result.losses and (result.export_path is not None or os.environ.get("RANK", "0") == "0"):
+        log = logging.getLogger("bigseer")
+        log.info("done: %d steps, loss %.4f -> %.4f", result.steps, result.losses[0], result.losses[-1])
+        if result.skipped:
+            log.info("skipped images by reason: %s", result.skipped)
+        log.info("checkpoint: %s", result.checkpoint)
+        log.info("curves: %s", result.curves)
+        if result.export_path is not None:
+            log.info("exported trunk (timm layout safetensors): %s", result.export_path)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point for examples/pretrain.py (same flags as ``bigseer pretrain``)."""
+    from bigseer.cli import main as cli_main
+
+    return cli_main(["pretrain", *(sys.argv[1:] if argv is None else argv)])

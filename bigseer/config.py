@@ -1,0 +1,175 @@
+"""The pretraining run configuration and its up-front validation (fails before any work starts)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from bigseer.errors import ConfigError
+
+BACKENDS = ("auto", "none", "ddp", "fsdp", "deepspeed", "fairscale")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SCHEDULES = ("cosine", "plateau")
+
+
+@dataclass
+class PretrainConfig:
+    """Everything a SwAV pretraining run needs. Defaults are the tiny CPU demo; SEER values in comments."""
+
+    # what to train on
+    model: str = "regnety_tiny"  # SEER: regnety_256gf / seer_10b
+    data: str = "builtin"
+    crops: str = "2x64+4x32"  # SEER: 2x224+4x96 (10B: 2x160+4x96)
+    batch_size: int = 32  # per rank (SEER: 16 per GPU)
+    num_workers: int = 0
+    # SwAV head and loss
+    head_dims: tuple[int, ...] = (256,)  # hidden MLP widths (SEER RG256: 8192, 8192)
+    embed_dim: int = 64  # SEER: 256
+    num_prototypes: int = 256  # SEER: 16384
+    temperature: float = 0.1
+    epsilon: float = 0.05  # SEER-10B: 0.03
+    sinkhorn_iters: int = 3  # SEER: 10
+    crops_for_assign: tuple[int, ...] = (0, 1)
+    freeze_prototypes_iters: int = 0  # SEER/VISSL: 313
+    queue_length: int = 0
+    shard_prototypes: bool = False
+    # optimisation
+    max_steps: int = 40
+    base_lr: float = 0.3  # peak lr = base_lr * global_batch / 256
+    start_lr: float | None = None  # warmup start; default peak/64 (SEER: 0.15 at peak 9.6)
+    final_lr_ratio: float = 0.001
+    warmup_steps: int = 5  # SEER RG256: 8000
+    schedule: str = "cosine"
+    plateau_patience: int = 1000
+    weight_decay: float = 1e-5
+    momentum: float = 0.9
+    lars_trust: float = 0.001
+    lars_exclude_bn_bias: bool = False
+    # scale
+    backend: str = "auto"  # auto: ddp when launched with >1 rank, else none
+    precision: str = "auto"  # auto: the DeepSpeed config's, else fp32
+    ds_config: str | None = None
+    syncbn_group_size: int = 0  # 0: no SyncBN; -1: whole world; SEER: 64 (10B: 8)
+    checkpointing: str = "none"  # none | all | per-stage list "0,2,8,1"
+    # bookkeeping
+    output_dir: str = "runs/demo"
+    checkpoint_every: int = 0  # 0: only at exit
+    keep_last: int = 2
+    resume: bool = False
+    seed: int = 0
+    log_every: int = 1
+    export: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict of all fields."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PretrainConfig":
+        """Inverse of ``to_dict``; unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}")
+        d = dict(d)
+        for key in ("head_dims", "crops_for_assign"):
+            if key in d and d[key] is not None:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+def _require(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ConfigError(msg)
+
+
+def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
+    """Check every field that can be checked without touching data or devices. Raises ConfigError."""
+    from bigseer.models import resolve_params
+
+    resolve_params(cfg.model)
+    _require(cfg.backend in BACKENDS, f"unknown backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")
+    _require(cfg.precision in PRECISIONS, f"unknown precision {cfg.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    _require(cfg.schedule in SCHEDULES, f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    for name in ("batch_size", "max_steps", "embed_dim", "num_prototypes", "sinkhorn_iters", "keep_last", "log_every"):
+        _require(getattr(cfg, name) > 0, f"{name}={getattr(cfg, name)} must be > 0")
+    for name in ("num_workers", "warmup_steps", "checkpoint_every", "freeze_prototypes_iters", "queue_length"):
+        _require(getattr(cfg, name) >= 0, f"{name}={getattr(cfg, name)} must be >= 0")
+    _require(all(h > 0 for h in cfg.head_dims), f"head_dims={list(cfg.head_dims)} must all be > 0")
+    _require(cfg.base_lr > 0 and cfg.temperature > 0 and cfg.epsilon > 0,
+             "base_lr, temperature and epsilon must be > 0")
+    _require(cfg.warmup_steps < cfg.max_steps or cfg.warmup_steps == 0,
+             f"warmup_steps={cfg.warmup_steps} must be < max_steps={cfg.max_steps}")
+    if cfg.syncbn_group_size not in (0, -1):
+        _require(cfg.syncbn_group_size > 0 and world_size % cfg.syncbn_group_size == 0,
+                 f"syncbn_group_size={cfg.syncbn_group_size} must divide the world size {world_size} "
+                 "(or be 0 = off, -1 = whole world)")
+    if cfg.shard_prototypes:
+        _require(cfg.num_prototypes % world_size == 0,
+                 f"num_prototypes={cfg.num_prototypes} must be divisible by the world size {world_size} "
+                 "when shard_prototypes is on")
+    backend = resolve_backend(cfg, world_size)
+    _require(backend != "deepspeed" or cfg.ds_config is not None,
+             "backend 'deepspeed' needs a DeepSpeed JSON config (--deepspeed_config ds_configs/zero2.json)")
+    if cfg.ds_config is not None:
+        _require(os.path.isfile(cfg.ds_config), f"DeepSpeed config {cfg.ds_config!r} does not exist")
+        _require(backend == "deepspeed",
+                 f"a DeepSpeed config was given but backend is {backend!r}; use --backend deepspeed")
+        check_ds_config(cfg, world_size)
+    if cfg.data != "builtin" and "*" not in cfg.data and "{" not in cfg.data:
+        _require(os.path.exists(cfg.data), f"data path {cfg.data!r} does not exist")
+
+
+def resolve_backend(cfg: PretrainConfig, world_size: int) -> str:
+    """``auto`` -> deepspeed when a DeepSpeed config is given, ddp with >1 rank, else none."""
+    if cfg.backend != "auto":
+        return cfg.backend
+    if cfg.ds_config is not None:
+        return "deepspeed"
+    return "ddp" if world_size > 1 else "none"
+
+
+def load_ds_config(path: str) -> dict[str, Any]:
+    """Read a DeepSpeed JSON config with a clear error on bad JSON."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"DeepSpeed config {path!r} is not valid JSON: {exc}") from None
+
+
+def check_ds_config(cfg: PretrainConfig, world_size: int) -> None:
+    """Reject DeepSpeed configs that contradict the run's flags (batch sizes, precision)."""
+    ds = load_ds_config(cfg.ds_config or "")
+    micro = ds.get("train_micro_batch_size_per_gpu")
+    if isinstance(micro, int) and micro != cfg.batch_size:
+        raise ConfigError(f"{cfg.ds_config}: train_micro_batch_size_per_gpu={micro} contradicts "
+                          f"--batch_size {cfg.batch_size}; remove it from the JSON or make them equal")
+    total = ds.get("train_batch_size")
+    gas = ds.get("gradient_accumulation_steps", 1)
+    if isinstance(total, int) and total != cfg.batch_size * world_size * (gas if isinstance(gas, int) else 1):
+        raise ConfigError(f"{cfg.ds_config}: train_batch_size={total} contradicts --batch_size {cfg.batch_size} "
+                          f"x world size {world_size} x gradient_accumulation_steps {gas}")
+    ds_precision = ds_config_precision(ds)
+    if cfg.precision != "auto" and cfg.precision != ds_precision:
+        raise ConfigError(f"{cfg.ds_config} trains in {ds_precision} but --precision is {cfg.precision}; "
+                          "drop --precision or edit the JSON")
+
+
+def ds_config_precision(ds: dict[str, Any]) -> str:
+    """The precision a DeepSpeed config asks for: fp16, bf16 or fp32."""
+    if ds.get("fp16", {}).get("enabled"):
+        return "fp16"
+    if ds.get("bf16", {}).get("enabled") or ds.get("bfloat16", {}).get("enabled"):
+        return "bf16"
+    return "fp32"
+
+
+def resolve_precision(cfg: PretrainConfig) -> str:
+    """``auto`` -> the DeepSpeed config's precision when one is given, else fp32."""
+    if cfg.precision != "auto":
+        return cfg.precision
+    return ds_config_precision(load_ds_config(cfg.ds_config)) if cfg.ds_config else "fp32"

@@ -1,0 +1,199 @@
+"""The SwAV pretraining loop, backend-agnostic: data -> SwAVModel -> backend step -> checkpoint -> export.
+
+Everything backend-specific (DDP / FSDP2 / DeepSpeed / FairScale, precision, SyncBN, activation
+checkpointing, optimizer sharding) is behind :func:`bigseer.parallel.setup`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bigseer.config import PretrainConfig, resolve_backend, resolve_precision, validate
+from bigseer.distributed import get_rank, get_world_size, init_distributed
+from bigseer.errors import CheckpointError, ConfigError
+from bigseer.train_log import TrainLogger, peak_memory_mb, setup_logging
+
+log = logging.getLogger("bigseer")
+
+
+@dataclass
+class PretrainResult:
+    """What a finished run produced (paths are None on ranks other than 0 where they are rank-0 files)."""
+
+    output_dir: Path
+    steps: int
+    losses: list[float] = field(default_factory=list)
+    checkpoint: Path | None = None
+    export_path: Path | None = None
+    curves: Path | None = None
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def build_swav_model(cfg: PretrainConfig, group: Any = None, device: Any = None) -> torch.nn.Module:
+    """RegNetY trunk + SwAV head as configured (plain single-device module)."""
+    from bigseer.models import build_regnet
+    from bigseer.ssl import SwAVHead, SwAVModel
+
+    trunk = build_regnet(cfg.model, device=device)
+    head = SwAVHead(trunk.num_features, list(cfg.head_dims), cfg.embed_dim, cfg.num_prototypes,
+                    shard_prototypes=cfg.shard_prototypes, queue_length=cfg.queue_length, group=group)
+    return SwAVModel(trunk, head, temperature=cfg.temperature, epsilon=cfg.epsilon,
+                     sinkhorn_iters=cfg.sinkhorn_iters, crops_for_assign=tuple(cfg.crops_for_assign),
+                     freeze_prototypes_iters=cfg.freeze_prototypes_iters, group=group)
+
+
+def peak_lr(cfg: PretrainConfig, world_size: int) -> float:
+    """SEER's linear scaling rule: ``base_lr * global_batch / 256``."""
+    return cfg.base_lr * cfg.batch_size * world_size / 256
+
+
+def make_schedule(cfg: PretrainConfig, world_size: int) -> Any:
+    """Warmup + half-cosine, or the paper's fixed-LR-halve-on-plateau schedule."""
+    from bigseer.optim import CosineWithWarmup, PlateauHalving
+
+    peak = peak_lr(cfg, world_size)
+    if cfg.schedule == "cosine":
+        start = cfg.start_lr if cfg.start_lr is not None else peak / 64
+        return CosineWithWarmup(peak_lr=peak, start_lr=start, warmup_steps=cfg.warmup_steps,
+                                total_steps=cfg.max_steps, final_lr=peak * cfg.final_lr_ratio)
+    return PlateauHalving(lr=peak, patience=cfg.plateau_patience)
+
+
+def _meta(cfg: PretrainConfig, backend: str) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from bigseer.models import resolve_params
+
+    head = {"in_dim": None, "hidden_dims": list(cfg.head_dims), "embed_dim": cfg.embed_dim,
+            "num_prototypes": cfg.num_prototypes, "shard_prototypes": cfg.shard_prototypes}
+    return {"backend": backend, "model": asdict(resolve_params(cfg.model)), "model_name": cfg.model,
+            "head": head, "config": cfg.to_dict()}
+
+
+def pretrain(cfg: PretrainConfig) -> PretrainResult:
+    """Run (or resume) SwAV pretraining as configured; collective across all launched ranks."""
+    from bigseer import checkpoint as ckpt
+    from bigseer import parallel
+    from bigseer.data import MultiCropStream
+
+    init_distributed()
+    rank, world = get_rank(), get_world_size()
+    setup_logging(rank)
+    validate(cfg, world)  # raises ConfigError before any work starts
+    backend = resolve_backend(cfg, world)
+    precision = resolve_precision(cfg)
+    out = Path(cfg.output_dir)
+
+    resume_dir = None
+    if cfg.resume:
+        resume_dir = ckpt.find_latest(out)
+        if resume_dir is None:
+            log.warning("--resume: no checkpoint under %s; starting from step 0", out)
+
+    torch.manual_seed(cfg.seed)
+    model = build_swav_model(cfg)
+    schedule = make_schedule(cfg, world)
+    from bigseer.optim import build_lars
+
+    par = parallel.setup(
+        model, backend=backend, precision=precision, syncbn_group_size=cfg.syncbn_group_size,
+        checkpointing=cfg.checkpointing, ds_config=cfg.ds_config,
+        optimizer_factory=lambda params: build_lars(params, lr=schedule.lr_at(0), momentum=cfg.momentum,
+                                                    weight_decay=cfg.weight_decay, trust=cfg.lars_trust,
+                                                    exclude_bn_bias=cfg.lars_exclude_bn_bias),
+    )
+    swav = par.unwrapped
+
+    start_step = 0
+    if resume_dir is not None:
+        def check(meta: dict[str, Any]) -> None:
+            if meta.get("model_name") != cfg.model:
+                raise CheckpointError(f"{resume_dir} is a {meta.get('model_name')} run; this run builds {cfg.model}")
+        trainer_state = ckpt.load_checkpoint(resume_dir, par, check_meta=check)
+        start_step = int(trainer_state["step"])
+        schedule.load_state_dict(trainer_state["schedule"])
+        log.info("resumed from %s at step %d", resume_dir, start_step)
+
+    stream = MultiCropStream(cfg.data, cfg.crops, cfg.batch_size, rank=rank, world_size=world, seed=cfg.seed,
+                             num_workers=cfg.num_workers, start_batch=start_step)
+    log.info("bigseer pretrain: %s, backend %s, %d rank(s), precision %s, global batch %d, data %s",
+             cfg.model, backend, world, precision, cfg.batch_size * world, stream.describe())
+    logger = TrainLogger(str(out), cfg.max_steps, start_step, rank, cfg.log_every)
+    result = PretrainResult(output_dir=out, steps=start_step)
+    meta = _meta(cfg, backend)
+
+    def save(step: int) -> Path:
+        state = {"step": step, "schedule": schedule.state_dict()}
+        return ckpt.save_checkpoint(out, step, par, state, meta, keep_last=cfg.keep_last)
+
+    it = iter(stream)
+    step = start_step
+    try:
+        while step < cfg.max_steps:
+            t0 = time.perf_counter()
+            batch = next(it)
+            logger.add_skipped(batch.skipped)
+            lr = schedule.lr_at(step)
+            par.set_lr(lr)
+            loss = par.forward(batch.crops)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step + 1}; lower the lr or use fp32/bf16")
+            par.backward(loss)
+            swav.on_after_backward(step)
+            stepped = par.step()
+            par.run_on_full_params(swav.normalize_prototypes)
+            par.zero_grad()
+            step += 1
+            loss_value = float(_mean_over_ranks(loss.detach()))
+            schedule.observe(loss_value)
+            result.losses.append(loss_value)
+            dt = time.perf_counter() - t0
+            logger.step(step, {"loss": loss_value, "lr": lr, "loss_scale": par.loss_scale,
+                               "stepped": bool(stepped), "img_per_s": cfg.batch_size * world / dt,
+                               "peak_mem_mb": peak_memory_mb()})
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
+                save(step)
+        result.checkpoint = save(step)
+    finally:
+        result.curves = logger.close()
+        result.skipped = dict(logger.skipped_total)
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+    result.steps = step
+    if cfg.export:
+        result.export_path = _export(result.checkpoint, out)
+    return result
+
+
+def _mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    from bigseer.distributed import all_reduce_mean
+
+    return all_reduce_mean(t.float())
+
+
+def _export(checkpoint: Path | None, out: Path) -> Path | None:
+    """Rank 0 writes the timm-layout trunk as ``OUTPUT_DIR/export/model.safetensors``."""
+    if checkpoint is None:
+        return None
+    if get_rank() == 0:
+        from bigseer.export import export_checkpoint
+
+        export_dir = out / "export"
+        export_checkpoint(str(checkpoint), str(export_dir), layout="timm")
+        path = export_dir / "model.safetensors"
+    else:
+        path = None
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return path
+
+
+__all__ = ["PretrainConfig", "PretrainResult", "pretrain", "build_swav_model", "peak_lr", "make_schedule",
+           "ConfigError"]

@@ -1,0 +1,122 @@
+"""LARS / LARC (You et al. 2017) as SEER ran it: SGD with momentum whose per-tensor step is scaled by
+``trust * ||p|| / (||g|| + wd * ||p||)`` (weight decay folded into the gradient first; apex LARC
+semantics, which VISSL used). No clipping by default.
+
+Sharded tensors get their norms from the whole tensor: FSDP2 ``DTensor`` parameters all-reduce their
+local sums of squares over their mesh, and parameters marked ``_bigseer_sharded`` (sharded SwAV
+prototypes) over ``p._bigseer_shard_group`` (default group when unset). One all-reduce per group of
+ranks per step, so a sharded step equals the unsharded one.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from bigseer.distributed import all_reduce_sum, get_world_size, is_distributed
+from bigseer.errors import ConfigError
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def _norm_group(p: torch.Tensor) -> tuple[bool, Any]:
+    """(needs all-reduce, group) for the squared norms of parameter ``p``."""
+    if hasattr(p, "device_mesh") and hasattr(p, "to_local"):
+        return True, p.device_mesh.get_group()
+    if getattr(p, "_bigseer_sharded", False):
+        return True, getattr(p, "_bigseer_shard_group", None)
+    return False, None
+
+
+class LARS(torch.optim.Optimizer):
+    """SGD + momentum with layer-wise adaptive rate scaling.
+
+    Param-group options: ``lr``, ``momentum`` (0.9), ``weight_decay`` (1e-5), ``trust_coefficient``
+    (0.001), ``eps`` (1e-8), ``clip`` (False: apex LARC ``clip=True`` caps the ratio at 1 relative to
+    ``lr``), ``lars_exclude`` (False: when True the group gets neither adaptation nor weight decay).
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 1e-5,
+                 trust_coefficient: float = 0.001, eps: float = 1e-8, clip: bool = False,
+                 lars_exclude: bool = False) -> None:
+        for name, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay),
+                        ("trust_coefficient", trust_coefficient), ("eps", eps)):
+            if not isinstance(v, (int, float)) or v < 0:
+                raise ConfigError(f"LARS {name}={v!r} is invalid: must be a number >= 0")
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient,
+                        eps=eps, clip=clip, lars_exclude=lars_exclude)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def _norms(self, params: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Full-tensor L2 norms of params and grads (all-reduced where sharded, batched per process group)."""
+        sq = torch.stack([torch.stack([_local(p).float().pow(2).sum(), _local(p.grad).float().pow(2).sum()])
+                          for p in params]) if params else torch.zeros(0, 2)
+        by_group: dict[Any, list[int]] = defaultdict(list)
+        for i, p in enumerate(params):
+            needs, group = _norm_group(p)
+            if needs and is_distributed() and get_world_size(group) > 1:
+                by_group[group].append(i)
+        for group, idx in by_group.items():
+            index = torch.tensor(idx, device=sq.device)
+            sq[index] = all_reduce_sum(sq[index], group)
+        norms = sq.sqrt()
+        return [n[0] for n in norms], [n[1] for n in norms]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            wd, lr, mom = group["weight_decay"], group["lr"], group["momentum"]
+            exclude = group["lars_exclude"]
+            p_norms, g_norms = ([], []) if exclude else self._norms(params)
+            for i, p in enumerate(params):
+                # element-wise work on the local shard (DTensor or plain); state stays a tensor like p
+                pl, g = _local(p), _local(p.grad)
+                if not exclude:
+                    if wd:
+                        g = g.add(pl, alpha=wd)
+                    pn, gn = p_norms[i], g_norms[i]
+                    ratio = group["trust_coefficient"] * pn / (gn + wd * pn + group["eps"])
+                    if group["clip"] and lr > 0:
+                        ratio = torch.clamp(ratio / lr, max=1.0)
+                    ratio = torch.where((pn > 0) & (gn > 0), ratio, torch.ones_like(ratio))
+                    g = g * ratio.to(g.dtype)
+                elif wd:
+                    g = g.add(pl, alpha=wd)
+                if mom:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = torch.zeros_like(p)
+                        _local(state["momentum_buffer"]).copy_(g)
+                    else:
+                        _local(state["momentum_buffer"]).mul_(mom).add_(g)
+                    g = _local(state["momentum_buffer"])
+                pl.add_(g, alpha=-lr)
+        return loss
+
+
+def lars_param_groups(model: nn.Module, exclude_bn_bias: bool = False) -> list[dict[str, Any]]:
+    """Parameter groups for ``LARS``: with ``exclude_bn_bias`` the 1-d tensors (BN weights/biases and
+    conv/linear biases) go in a group with ``lars_exclude=True`` (no adaptation, no weight decay).
+    SEER/VISSL applied LARS to all parameters (``exclude_bn_bias=False``)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not exclude_bn_bias:
+        return [{"params": params}]
+    regular = [p for p in params if p.ndim > 1]
+    excluded = [p for p in params if p.ndim <= 1]
+    groups: list[dict[str, Any]] = [{"params": regular}]
+    if excluded:
+        groups.append({"params": excluded, "lars_exclude": True, "weight_decay": 0.0})
+    return groups

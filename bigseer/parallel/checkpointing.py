@@ -1,0 +1,94 @@
+"""Activation checkpointing per RegNet block, with BN running stats updated once per step.
+
+``apply_checkpointing(trunk, spec)`` replaces the ``forward`` of chosen blocks (instance attribute, so
+module keys are unchanged) by a non-reentrant ``torch.utils.checkpoint`` call. On the recompute
+during backward the block's BatchNorms use the same batch statistics but do not touch their running
+statistics again (``track_running_stats`` is switched off for the recompute only).
+
+``spec``: ``"none"``, ``"all"`` (every block), or a list of 4 entries, one per stage, as VISSL's
+``stage_checkpoints``: each entry is a bool (whole stage) or a list of block indices (0-based) to
+checkpoint in that stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from bigseer.errors import ConfigError
+
+CheckpointSpec = str | Sequence[bool | Sequence[int]] | None
+
+
+def select_blocks(trunk: nn.Module, spec: CheckpointSpec) -> list[nn.Module]:
+    """The blocks of ``trunk`` (needs ``.stages()``) that ``spec`` asks to checkpoint; ConfigError if invalid."""
+    stages = list(trunk.stages())
+    if spec is None or spec == "none" or spec is False:
+        return []
+    if spec == "all" or spec is True:
+        return [b for s in stages for b in s]
+    if isinstance(spec, str):
+        raise ConfigError(f"checkpointing={spec!r} is invalid: use 'none', 'all' or a per-stage list")
+    spec = list(spec)
+    if len(spec) != len(stages):
+        raise ConfigError(f"checkpointing list has {len(spec)} entries; the trunk has {len(stages)} stages")
+    chosen: list[nn.Module] = []
+    for si, (entry, stage) in enumerate(zip(spec, stages)):
+        blocks = list(stage)
+        if isinstance(entry, bool):
+            chosen.extend(blocks if entry else [])
+            continue
+        for i in entry:
+            if not isinstance(i, int) or not 0 <= i < len(blocks):
+                raise ConfigError(f"checkpointing stage {si}: block index {i!r} out of range 0..{len(blocks) - 1}")
+            chosen.append(blocks[i])
+    return chosen
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(module: nn.Module) -> Iterator[None]:
+    """Within the context, BN layers in ``module`` normalise with batch statistics but do not update
+    their running statistics (training-mode modules only)."""
+    changed = [m for m in module.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    for m in changed:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in changed:
+            m.track_running_stats = True
+
+
+def _checkpointed_forward(block: nn.Module, original: Any) -> Any:
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        if not torch.is_grad_enabled():
+            return original(*args, **kwargs)
+        calls = [0]
+
+        def run(*a: Any, **k: Any) -> Any:
+            calls[0] += 1
+            if calls[0] == 1:
+                return original(*a, **k)
+            with frozen_bn_stats(block):  # the recompute in backward
+                return original(*a, **k)
+
+        return checkpoint(run, *args, use_reentrant=False, **kwargs)
+
+    return forward
+
+
+def apply_checkpointing(trunk: nn.Module, spec: CheckpointSpec) -> list[nn.Module]:
+    """Checkpoint the blocks chosen by ``spec`` in place; returns them. Idempotent per block."""
+    chosen = select_blocks(trunk, spec)
+    for block in chosen:
+        if getattr(block, "_bigseer_checkpointed", False):
+            continue
+        original = block.forward  # bound method of the class's forward
+        block.forward = _checkpointed_forward(block, original)
+        block._bigseer_checkpointed = True
+    return chosen

@@ -1,0 +1,113 @@
+"""Training log: a progress bar on a terminal, plain lines otherwise, a JSONL file, TensorBoard events and
+a PNG of the curves at the end. Only rank 0 writes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("bigseer")
+
+
+def peak_memory_mb() -> float:
+    """Peak memory of this process: CUDA max allocated on GPU, else peak RSS (MiB)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def setup_logging(rank: int) -> None:
+    """INFO on rank 0, WARNING elsewhere, one line per record."""
+    level = logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s bigseer %(levelname)s %(message)s", stream=sys.stderr,
+                        force=True)
+
+
+class TrainLogger:
+    """Per-step metrics sink; a no-op on ranks other than 0."""
+
+    def __init__(self, output_dir: str, total_steps: int, start_step: int, rank: int, log_every: int = 1) -> None:
+        self.enabled = rank == 0
+        self.log_every = log_every
+        self.dir = Path(output_dir)
+        self.history: list[dict[str, Any]] = []
+        self.skipped_total: dict[str, int] = {}
+        self._bar = None
+        self._tb = None
+        if not self.enabled:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(self.dir / "metrics.jsonl", "a")
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, desc="pretrain", unit="step", dynamic_ncols=True)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.dir / "tensorboard"))
+        except ImportError:  # tensorboard is a dependency; keep training if it is broken
+            log.warning("tensorboard unavailable; metrics go to metrics.jsonl only")
+
+    def add_skipped(self, skipped: dict[str, int]) -> None:
+        for reason, n in skipped.items():
+            self.skipped_total[reason] = self.skipped_total.get(reason, 0) + int(n)
+
+    def step(self, step: int, metrics: dict[str, Any]) -> None:
+        """Record metrics for a finished step (``step`` counts from 1)."""
+        if not self.enabled:
+            return
+        record = {"step": step, **metrics, "skipped": dict(self.skipped_total)}
+        self.history.append(record)
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)) and v is not None:
+                    self._tb.add_scalar(f"train/{k}", v, step)
+        short = (f"loss {metrics['loss']:.4f} lr {metrics['lr']:.4g} "
+                 + (f"scale {metrics['loss_scale']:.0f} " if metrics.get("loss_scale") else "")
+                 + f"{metrics['img_per_s']:.1f} img/s mem {metrics['peak_mem_mb']:.0f}MB")
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix_str(short)
+        elif step % self.log_every == 0:
+            skipped = sum(self.skipped_total.values())
+            log.info("step %d %s%s", step, short, f" skipped {skipped}" if skipped else "")
+
+    def close(self) -> Path | None:
+        """Flush everything and write ``curves.png``; returns its path (rank 0)."""
+        if not self.enabled:
+            return None
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        self._jsonl.close()
+        return self._plot()
+
+    def _plot(self) -> Path | None:
+        if not self.history:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        steps = [r["step"] for r in self.history]
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+        for ax, key in zip(axes, ("loss", "lr", "img_per_s")):
+            ax.plot(steps, [r[key] for r in self.history])
+            ax.set_title(key)
+            ax.set_xlabel("step")
+        fig.tight_layout()
+        path = self.dir / "curves.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        return path
