@@ -42,7 +42,8 @@ def build_swav_model(cfg: PretrainConfig, group: Any = None, device: Any = None)
 
     trunk = build_regnet(cfg.model, device=device)
     head = SwAVHead(trunk.num_features, list(cfg.head_dims), cfg.embed_dim, cfg.num_prototypes,
-                    shard_prototypes=cfg.shard_prototypes, queue_length=cfg.queue_length, group=group)
+                    shard_prototypes=cfg.shard_prototypes, queue_length=cfg.queue_length,
+                    queue_crops=len(cfg.crops_for_assign), group=group)
     return SwAVModel(trunk, head, temperature=cfg.temperature, epsilon=cfg.epsilon,
                      sinkhorn_iters=cfg.sinkhorn_iters, crops_for_assign=tuple(cfg.crops_for_assign),
                      freeze_prototypes_iters=cfg.freeze_prototypes_iters, group=group)

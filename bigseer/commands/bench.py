@@ -30,6 +30,7 @@ class BenchRow:
     ratio_vs_timm: float
     max_abs_diff_out: float  # vs the bigseer eager output (timm eager is compared to it too)
     max_abs_diff_grad: float  # max over all parameter gradients, matched by state-dict name
+    rel_diff_grad: float  # max over parameters of max|g - g_ref| / max|g_ref|
     error: str = ""
 
 
@@ -68,11 +69,11 @@ def benchmark_regnet(model: str = "regnety_800mf", *, batch_size: int = 16, imag
     parameter gradients are compared with ``bigseer eager``'s. A variant that fails (e.g. torch.compile
     without a working C compiler) is reported with its error instead of aborting the run.
     """
+    timm_name = _validate(model, batch_size, image_size, steps, warmup)  # before any heavy import/work
     import timm
 
     from bigseer.models import build_regnet
 
-    timm_name = _validate(model, batch_size, image_size, steps, warmup)
     say = log or (lambda _msg: None)
     torch.manual_seed(seed)
     ours = build_regnet(model, zero_init_last=False)
@@ -143,26 +144,29 @@ def benchmark_regnet(model: str = "regnety_800mf", *, batch_size: int = 16, imag
     for v in variants:
         if v.error:
             nan = float("nan")
-            rows.append(BenchRow(v.name, nan, nan, nan, nan, nan, v.error))
+            rows.append(BenchRow(v.name, nan, nan, nan, nan, nan, nan, v.error))
             continue
         med = statistics.median(v.times)
         out, grads = first[v.name]
         d_out = (out - ref_out).abs().max().item()
         d_grad = max((grads[k] - ref_grads[k]).abs().max().item() for k in ref_grads)
-        rows.append(BenchRow(v.name, batch_size / med, med * 1e3, timm_med / med, d_out, d_grad))
+        rel = max(((grads[k] - ref_grads[k]).abs().max() / ref_grads[k].abs().max().clamp_min(1e-30)).item()
+                  for k in ref_grads)
+        rows.append(BenchRow(v.name, batch_size / med, med * 1e3, timm_med / med, d_out, d_grad, rel))
     return rows
 
 
 def format_table(rows: list[BenchRow]) -> str:
     """A markdown table of :func:`benchmark_regnet` rows (errors listed below it)."""
-    lines = ["| variant | images/s | ms/step (median) | vs timm eager | max abs diff out | max abs diff grad |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| variant | images/s | ms/step (median) | vs timm eager | max abs diff out | max abs diff grad "
+             "| max rel diff grad |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r.error:
-            lines.append(f"| {r.name} | failed | - | - | - | - |")
+            lines.append(f"| {r.name} | failed | - | - | - | - | - |")
         else:
             lines.append(f"| {r.name} | {r.images_per_s:.2f} | {r.ms_per_step:.0f} | {r.ratio_vs_timm:.2f}x "
-                         f"| {r.max_abs_diff_out:.2e} | {r.max_abs_diff_grad:.2e} |")
+                         f"| {r.max_abs_diff_out:.2e} | {r.max_abs_diff_grad:.2e} | {r.rel_diff_grad:.2e} |")
     lines += [f"\n{r.name} failed: {r.error}" for r in rows if r.error]
     return "\n".join(lines)
 

@@ -163,3 +163,28 @@ def shard_indices(n: int, rank: int, world_size: int, *, shuffle: bool, seed: in
         while len(order) < total:
             order = order + order[: total - len(order)]
     return order[rank::world_size]
+
+
+def batch_ranges(n: int, batch_size: int) -> list[list[int]]:
+    """Consecutive batches of ``range(n)``; a final batch of one is merged into the previous batch, since
+    BatchNorm cannot train on a single sample (all data is still used)."""
+    batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2].extend(batches.pop())
+    return batches
+
+
+def write_image_folder(root: str, split: str, images: Sequence, labels: Sequence[int],
+                       class_names: Sequence[str]) -> list[str]:
+    """Write ``images`` (uint8 arrays ``[H, W]`` or ``[H, W, 3]``) as PNGs under ``root/split/<class>/``.
+
+    Used to turn in-memory datasets (e.g. scikit-learn's digits) into an ImageFolder tree. Returns the paths.
+    """
+    paths = []
+    for name in class_names:
+        os.makedirs(os.path.join(root, split, name), exist_ok=True)
+    for i, (img, y) in enumerate(zip(images, labels)):
+        path = os.path.join(root, split, class_names[int(y)], f"{i:06d}.png")
+        Image.fromarray(img).save(path)
+        paths.append(path)
+    return paths

@@ -8,7 +8,8 @@ Plain single-device PyTorch: no parallelism here. Keys equal timm's ``RegNet`` w
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+import numbers
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -33,6 +34,10 @@ class RegNetParams:
     stem_width: int = 32
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # type check first, so the value checks below never raise TypeError
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ConfigError(f"RegNetParams.{f.name}={value!r} is invalid: must be a finite number")
         checks = [
             ("depth", isinstance(self.depth, int) and self.depth >= 4, "an integer >= 4"),
             ("w0", self.w0 > 0 and float(self.w0) % 8 == 0, "a positive multiple of 8"),
@@ -131,6 +136,10 @@ def resolve_params(name_or_params: str | RegNetParams | dict[str, Any]) -> RegNe
         unknown = sorted(set(name_or_params) - known)
         if unknown:
             raise ConfigError(f"unknown RegNetParams field(s) {unknown}; allowed: {sorted(known)}")
+        required = {f.name for f in fields(RegNetParams) if f.default is MISSING}
+        missing = sorted(required - set(name_or_params))
+        if missing:
+            raise ConfigError(f"missing RegNetParams field(s) {missing}; required: {sorted(required)}")
         return RegNetParams(**name_or_params)
     if isinstance(name_or_params, str) and name_or_params in PRESETS:
         return PRESETS[name_or_params]

@@ -91,7 +91,6 @@ class PlateauHalving:
                 self.lr = max(self.lr * self.factor, self.min_lr)
                 self.halvings += 1
                 self.bad_checks = 0
-                self.best = loss
         return self.lr
 
     def state_dict(self) -> dict[str, Any]:

@@ -51,17 +51,23 @@ def select_blocks(trunk: nn.Module, spec: CheckpointSpec) -> list[nn.Module]:
 
 @contextlib.contextmanager
 def frozen_bn_stats(module: nn.Module) -> Iterator[None]:
-    """Within the context, BN layers in ``module`` normalise with batch statistics but do not update
-    their running statistics (training-mode modules only)."""
+    """Within the context, training-mode BN layers in ``module`` normalise with batch statistics as usual
+    but leave their running statistics unchanged (momentum 0, counter restored). The same tensors are
+    saved for backward as in the first forward, which non-reentrant checkpointing checks."""
     changed = [m for m in module.modules()
                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+             for m in changed]
     for m in changed:
-        m.track_running_stats = False
+        m.momentum = 0.0
     try:
         yield
     finally:
-        for m in changed:
-            m.track_running_stats = True
+        with torch.no_grad():
+            for m, (momentum, count) in zip(changed, saved):
+                m.momentum = momentum
+                if count is not None:
+                    m.num_batches_tracked.copy_(count)
 
 
 def _checkpointed_forward(block: nn.Module, original: Any) -> Any:

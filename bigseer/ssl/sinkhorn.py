@@ -8,7 +8,8 @@ result sums to 1 and the column mass is (approximately, exactly in the limit) ``
 Stabilisation: before ``exp`` each prototype column is shifted by its maximum over the global batch.
 A per-prototype factor cancels exactly in the first column normalisation, so the result equals the
 unshifted algorithm, while every column keeps at least one entry equal to 1 (no 0/0) and nothing
-overflows (eps = 0.03 with cosine scores gives exponents in [-67, 0], representable in fp32).
+overflows (eps = 0.03 with cosine scores gives exponents in [-67, 0], representable in fp32). If a
+sample's whole row still underflows (tiny eps), the first row normalisation is redone in the log domain.
 The initial division by the total sum used by VISSL/lightly is a constant factor and is dropped.
 """
 
@@ -20,6 +21,10 @@ import torch
 
 from bigseer.distributed import Group, all_reduce_max, all_reduce_sum
 from bigseer.errors import ConfigError
+
+# Row sums below this trigger the log-domain first step (sqrt of the smallest normal number).
+_SAFE_MIN = {torch.float32: torch.finfo(torch.float32).tiny ** 0.5,
+             torch.float64: torch.finfo(torch.float64).tiny ** 0.5}
 
 
 def check_sinkhorn_args(epsilon: float, num_iters: int) -> None:
@@ -40,25 +45,36 @@ def sinkhorn_codes(scores: torch.Tensor, epsilon: float, num_iters: int, group: 
     (fp64 if ``scores`` is fp64), with autocast disabled. Returns codes of the same block.
     """
     dtype = torch.float64 if scores.dtype == torch.float64 else torch.float32
+    batch_split, proto_split = split == "batch", split == "prototypes"
+
+    def row_sums(t: torch.Tensor) -> torch.Tensor:
+        r = t.sum(dim=1, keepdim=True)
+        return all_reduce_sum(r, group) if proto_split else r
+
     with torch.no_grad(), torch.autocast(scores.device.type, enabled=False):
         s = scores.detach().to(dtype)
+        if num_iters == 0:  # plain row softmax of s / eps
+            row_max = s.amax(dim=1, keepdim=True)
+            row_max = all_reduce_max(row_max, group) if proto_split else row_max
+            q = s.sub(row_max).div_(epsilon).exp_()
+            return q.div_(row_sums(q))
         col_max = s.amax(dim=0)
-        if split == "batch":
-            col_max = all_reduce_max(col_max, group)
+        col_max = all_reduce_max(col_max, group) if batch_split else col_max
         q = s.sub(col_max).div_(epsilon).exp_()
-        for _ in range(num_iters):
+        for it in range(num_iters):
             col_sum = q.sum(dim=0)
-            if split == "batch":
-                col_sum = all_reduce_sum(col_sum, group)
+            col_sum = all_reduce_sum(col_sum, group) if batch_split else col_sum
             q.div_(col_sum)
-            row_sum = q.sum(dim=1, keepdim=True)
-            if split == "prototypes":
-                row_sum = all_reduce_sum(row_sum, group)
-            q.div_(row_sum)
-        if num_iters == 0:
-            row_sum = q.sum(dim=1, keepdim=True)
-            if split == "prototypes":
-                row_sum = all_reduce_sum(row_sum, group)
+            row_sum = row_sums(q)
+            if it == 0 and bool(row_sum.min() < _SAFE_MIN[dtype]):
+                # Some sample lies > ~87 * eps below every prototype's batch maximum (fp32), so its row
+                # underflowed. Redo this first row normalisation in the log domain (same collectives on
+                # every rank: the decision uses all-reduced row sums when rows are split).
+                log_q = s.sub(col_max).div_(epsilon).sub_(col_sum.log())
+                row_max = log_q.amax(dim=1, keepdim=True)
+                row_max = all_reduce_max(row_max, group) if proto_split else row_max
+                q = log_q.sub_(row_max).exp_()
+                row_sum = row_sums(q)
             q.div_(row_sum)
     return q
 

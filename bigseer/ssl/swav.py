@@ -79,7 +79,9 @@ def swav_objective(scores: Sequence[torch.Tensor], temperature: float, epsilon: 
     dtype = torch.float64 if scores[0].dtype == torch.float64 else torch.float32
     with torch.autocast(scores[0].device.type, enabled=False):
         logp = [_log_softmax(s.to(dtype) / temperature, group, split) for s in scores]
-        logp_sum = torch.stack(logp).sum(dim=0) if len(logp) > 2 else logp[0] + logp[1]
+        logp_sum = logp[0] + logp[1]
+        for lp in logp[2:]:
+            logp_sum = logp_sum + lp
         per_sample = None
         for j, i in enumerate(assign):
             block = scores[i].detach()

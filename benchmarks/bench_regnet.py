@@ -1,0 +1,26 @@
+"""Benchmark: forward+backward images/s of bigseer's RegNetY trunk vs timm's same-config RegNetY.
+
+Same weights, same input, same run; measurements interleaved and medians reported. Also measures
+channels_last and torch.compile for bigseer's trunk and reports max abs diffs of outputs/grads vs
+bigseer eager. Same code as ``bigseer bench`` (bigseer.commands.bench.benchmark_regnet).
+
+    .venv/bin/python benchmarks/bench_regnet.py --model regnety_800mf --batch_size 16 \
+        --image_size 224 --steps 10 --channels_last --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bigseer.commands import bench
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    bench.add_arguments(parser)
+    return bench.run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

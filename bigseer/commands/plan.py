@@ -1,0 +1,55 @@
+"""``bigseer plan``: per-rank memory of a SwAV run from the meta-device model (nothing allocated)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from bigseer.errors import ConfigError
+from bigseer.plan import BACKENDS, PRECISIONS, plan_memory
+
+
+def _ints(text: str) -> list[int]:
+    if text.strip() in ("", "none"):
+        return []
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"--head_dims {text!r} is invalid: comma-separated integers, e.g. 8192,8192,256") from None
+
+
+def _checkpointing(text: str) -> object:
+    if text in ("none", "all"):
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise ConfigError(f"--checkpointing {text!r} is invalid: none, all, or a JSON per-stage list like "
+                          "'[false, true, [0, 2], true]'") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="regnety_256gf", help="RegNetY preset (see `bigseer models`)")
+    parser.add_argument("--world_size", type=int, default=8)
+    parser.add_argument("--backend", default="fsdp", choices=BACKENDS)
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    parser.add_argument("--batch_per_gpu", type=int, default=16)
+    parser.add_argument("--crops", default="2x224,6x96", help="COUNTxSIZE list, e.g. 2x160,4x96")
+    parser.add_argument("--checkpointing", default="none", help="none | all | JSON per-stage list")
+    parser.add_argument("--head_dims", default="8192,8192,256", help="SwAV MLP output dims ('none': no MLP)")
+    parser.add_argument("--prototypes", type=int, default=16384, help="K prototypes")
+    parser.add_argument("--zero_stage", type=int, default=2, help="DeepSpeed ZeRO stage (backend deepspeed)")
+    parser.add_argument("--optimizer_states", type=int, default=1, help="state tensors per param (LARS 1, Adam 2)")
+    parser.add_argument("--large_unit_threshold", type=float, default=1e8,
+                        help="convs with at least this many params get their own FSDP unit")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = plan_memory(args.model, world_size=args.world_size, backend=args.backend, precision=args.precision,
+                       batch_per_gpu=args.batch_per_gpu, crops=args.crops,
+                       checkpointing=_checkpointing(args.checkpointing), head_dims=_ints(args.head_dims),
+                       prototypes=args.prototypes, zero_stage=args.zero_stage,
+                       optimizer_states=args.optimizer_states, large_unit_threshold=int(args.large_unit_threshold))
+    print(json.dumps(plan.as_dict(), indent=2) if args.json else plan.table())
+    return 0

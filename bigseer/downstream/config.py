@@ -1,0 +1,210 @@
+"""The downstream-evaluation run configuration, its per-mode defaults, command-line flags and validation.
+
+Modes: ``finetune`` (whole network), ``linear`` (frozen trunk, linear classifier on pooled res4/res5),
+``lowshot`` (a class-balanced ``fraction`` of the training images and labels; fine-tunes by default,
+``--lowshot_protocol linear`` probes instead) and ``knn`` (weighted kNN on frozen features, no training).
+Every hyperparameter left as ``None`` takes its mode default (``MODE_DEFAULTS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from bigseer.errors import ConfigError
+
+MODES = ("finetune", "linear", "lowshot", "knn")
+LAYERS = ("res4", "res5")
+
+# SEER paper fine-tuning: SGD momentum 0.9, batch 256, lr 0.0125, weight decay 1e-4, 35 epochs with
+# lr / 10 after 30, SwAV-style augmentation, 224 centre-crop evaluation (resize 256).
+_FINETUNE = dict(epochs=35, batch_size=256, lr=0.0125, momentum=0.9, weight_decay=1e-4, lr_milestones=[30],
+                 lr_gamma=0.1, color_jitter=0.8, grayscale_prob=0.2, blur_prob=0.5)
+# Linear probes follow VISSL's ImageNet linear benchmark (28 epochs, lr 0.01 at batch 256, lr / 10 at
+# epochs 8, 16, 24, weight decay 5e-4) with its light augmentation (random resized crop + flip only).
+_LINEAR = dict(epochs=28, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4, lr_milestones=[8, 16, 24],
+               lr_gamma=0.1, color_jitter=0.0, grayscale_prob=0.0, blur_prob=0.0)
+MODE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "finetune": _FINETUNE,
+    "lowshot": _FINETUNE,
+    "linear": _LINEAR,
+    "knn": dict(_LINEAR, epochs=0),
+}
+# Fields that may differ between a run and its resumption.
+RESUMABLE_CHANGES = {"epochs", "resume", "output_dir", "num_workers", "progress", "cpu", "weights", "data"}
+
+
+@dataclass
+class EvalConfig:
+    """One downstream evaluation run. ``None`` hyperparameters take ``MODE_DEFAULTS[mode]``."""
+
+    mode: str = "finetune"
+    data: str = ""
+    weights: str | None = None  # bigseer export / checkpoint dir / timm-layout safetensors; None = random init
+    model: str | None = None  # RegNetY preset; required without weights
+    output_dir: str | None = None
+    resume: bool = False
+    # optimisation (global batch over all processes)
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    lr_milestones: list[int] | None = None
+    lr_gamma: float | None = None
+    # features / protocol
+    layer: str = "res5"  # linear, knn, lowshot-linear
+    head_bn: bool = True  # non-affine BatchNorm before the linear classifier
+    fraction: float | None = None  # lowshot (and optionally knn): 0.01 / 0.1
+    lowshot_protocol: str = "finetune"  # finetune | linear
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    # augmentation / evaluation sizes
+    train_crop: int = 224
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
+    color_jitter: float | None = None
+    grayscale_prob: float | None = None
+    blur_prob: float | None = None
+    eval_resize: int = 256
+    eval_crop: int = 224
+    # bookkeeping
+    num_workers: int = 0
+    seed: int = 0
+    cpu: bool = False
+    progress: bool = True
+
+    def resolved(self) -> "EvalConfig":
+        """A copy with every ``None`` hyperparameter replaced by its mode default, validated."""
+        if self.mode not in MODES:
+            raise ConfigError(f"mode {self.mode!r} is unknown; choose one of {', '.join(MODES)}")
+        d = asdict(self)
+        for k, v in MODE_DEFAULTS[self.mode].items():
+            if d[k] is None:
+                d[k] = list(v) if isinstance(v, list) else v
+        cfg = EvalConfig(**d)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid field."""
+        def bad(name: str, allowed: str) -> ConfigError:
+            return ConfigError(f"{name}={getattr(self, name)!r} is invalid: must be {allowed}")
+
+        if self.mode not in MODES:
+            raise bad("mode", f"one of {MODES}")
+        if not self.data:
+            raise ConfigError("data is required: a directory with train/<class>/ and val/<class>/ image folders")
+        if self.weights is None and self.model is None:
+            raise ConfigError("give --weights (a bigseer export or checkpoint) or --model PRESET (random init)")
+        if self.resume and not self.output_dir:
+            raise ConfigError("resume needs output_dir (the directory holding checkpoint.pt)")
+        if self.mode != "knn" and (self.epochs is None or self.epochs < 1):
+            raise bad("epochs", "an integer >= 1")
+        if self.batch_size is None or self.batch_size < 1:
+            raise bad("batch_size", "an integer >= 1")
+        for name in ("lr", "weight_decay", "momentum"):
+            v = getattr(self, name)
+            if v is None or v < 0:
+                raise bad(name, ">= 0")
+        if not self.lr_gamma or self.lr_gamma <= 0:
+            raise bad("lr_gamma", "> 0")
+        if self.lr_milestones is None or any(m < 1 for m in self.lr_milestones) or \
+                list(self.lr_milestones) != sorted(self.lr_milestones):
+            raise bad("lr_milestones", "increasing epochs >= 1")
+        if self.layer not in LAYERS:
+            raise bad("layer", f"one of {LAYERS}")
+        if self.mode == "lowshot" and self.fraction is None:
+            raise ConfigError("lowshot needs --fraction (e.g. 0.01 or 0.1)")
+        if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
+            raise bad("fraction", "in (0, 1]")
+        if self.fraction is not None and self.mode in ("finetune", "linear"):
+            raise ConfigError(f"fraction is only used by lowshot and knn, not {self.mode}")
+        if self.lowshot_protocol not in ("finetune", "linear"):
+            raise bad("lowshot_protocol", "finetune or linear")
+        if self.knn_k < 1:
+            raise bad("knn_k", "an integer >= 1")
+        if self.knn_temperature <= 0:
+            raise bad("knn_temperature", "> 0")
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise bad("crop_scale", "two numbers 0 < lo <= hi <= 1")
+        for name in ("train_crop", "eval_crop", "eval_resize"):
+            if getattr(self, name) < 1:
+                raise bad(name, "a positive integer")
+        if self.eval_crop > self.eval_resize:
+            raise bad("eval_crop", f"<= eval_resize ({self.eval_resize})")
+        for name in ("grayscale_prob", "blur_prob"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v <= 1:
+                raise bad(name, "in [0, 1]")
+        if self.color_jitter is not None and self.color_jitter < 0:
+            raise bad("color_jitter", ">= 0")
+        if self.num_workers < 0:
+            raise bad("num_workers", ">= 0")
+
+    @property
+    def trains_trunk(self) -> bool:
+        """Whether the trunk's weights are updated (finetune, lowshot with the finetune protocol)."""
+        return self.mode == "finetune" or (self.mode == "lowshot" and self.lowshot_protocol == "finetune")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict of all fields."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EvalConfig":
+        """Inverse of ``to_dict``; unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown downstream config key(s) {unknown}")
+        return cls(**d)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Command-line flags for ``EvalConfig`` (examples/finetune.py)."""
+    p = parser
+    p.add_argument("--mode", choices=MODES, default="finetune")
+    p.add_argument("--data", required=True, help="directory with train/<class>/ and val/<class>/ images")
+    p.add_argument("--weights", default=None, help="bigseer export, training checkpoint dir, or timm-layout "
+                   "safetensors (with --model); omit for random init")
+    p.add_argument("--model", default=None, help="RegNetY preset (required without --weights)")
+    p.add_argument("--output_dir", default=None, help="checkpoint.pt (each epoch) and results.json go here")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt")
+    g = p.add_argument_group("optimisation (default: per mode; finetune/lowshot = SEER paper, linear = VISSL)")
+    g.add_argument("--epochs", type=int, default=None, help="finetune 35, linear 28")
+    g.add_argument("--batch_size", type=int, default=None, help="global batch over all processes (256)")
+    g.add_argument("--lr", type=float, default=None, help="finetune 0.0125, linear 0.01")
+    g.add_argument("--momentum", type=float, default=None, help="0.9")
+    g.add_argument("--weight_decay", type=float, default=None, help="finetune 1e-4, linear 5e-4")
+    g.add_argument("--lr_milestones", type=int, nargs="*", default=None, help="finetune 30, linear 8 16 24")
+    g.add_argument("--lr_gamma", type=float, default=None, help="lr factor at each milestone (0.1)")
+    f = p.add_argument_group("features and protocol")
+    f.add_argument("--layer", choices=LAYERS, default="res5", help="linear/knn feature stage")
+    f.add_argument("--no_head_bn", dest="head_bn", action="store_false",
+                   help="no BatchNorm (non-affine) before the linear classifier")
+    f.add_argument("--fraction", type=float, default=None, help="lowshot: 0.01 or 0.1 of images and labels")
+    f.add_argument("--lowshot_protocol", choices=("finetune", "linear"), default="finetune")
+    f.add_argument("--knn_k", type=int, default=20)
+    f.add_argument("--knn_temperature", type=float, default=0.07)
+    a = p.add_argument_group("augmentation and evaluation sizes")
+    a.add_argument("--train_crop", type=int, default=224)
+    a.add_argument("--crop_scale", type=float, nargs=2, default=[0.08, 1.0], metavar=("LO", "HI"))
+    a.add_argument("--color_jitter", type=float, default=None, help="strength; finetune 0.8, linear 0")
+    a.add_argument("--grayscale_prob", type=float, default=None, help="finetune 0.2, linear 0")
+    a.add_argument("--blur_prob", type=float, default=None, help="finetune 0.5, linear 0")
+    a.add_argument("--eval_resize", type=int, default=256)
+    a.add_argument("--eval_crop", type=int, default=224)
+    b = p.add_argument_group("run")
+    b.add_argument("--num_workers", type=int, default=0)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--cpu", action="store_true", help="force CPU (Accelerator(cpu=True)); see the docs for the "
+                   "2-process CPU launch")
+    b.add_argument("--no_progress", dest="progress", action="store_false")
+
+
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    """``EvalConfig`` from parsed ``add_arguments`` flags (not yet resolved)."""
+    known = {f.name for f in fields(EvalConfig)}
+    return EvalConfig(**{k: v for k, v in vars(args).items() if k in known})

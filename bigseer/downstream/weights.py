@@ -1,0 +1,34 @@
+"""The trunk a downstream run starts from: pretrained weights via ``bigseer.load_pretrained``, or a random
+initialisation of a preset (the baseline)."""
+
+from __future__ import annotations
+
+import os
+
+from bigseer.errors import CheckpointError
+from bigseer.models.regnet import RegNet, build_regnet, resolve_params
+
+
+def load_trunk(weights: str | None, model: str | None, seed: int = 0) -> RegNet:
+    """``weights`` (any bigseer export / checkpoint dir / timm-layout safetensors; ``model`` names the preset
+    where the file does not say) or, without weights, preset ``model`` at random init (seeded).
+
+    Raises CheckpointError when the file is missing or does not match ``model``.
+    """
+    import torch
+
+    if weights is None:
+        params = resolve_params(model)  # ConfigError for an unknown preset
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return build_regnet(params)
+    if not os.path.exists(weights):
+        raise CheckpointError(f"weights {weights!r} do not exist")
+    if model is not None:
+        resolve_params(model)
+    from bigseer.export.load import load_pretrained  # lazy: the export stack is not needed for random init
+
+    trunk = load_pretrained(weights, model=model)
+    if model is not None and trunk.params != resolve_params(model):
+        raise CheckpointError(f"weights {weights!r} hold a {trunk.params} trunk, not the requested {model!r}")
+    return trunk

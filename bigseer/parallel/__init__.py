@@ -1,0 +1,129 @@
+"""Data-parallel backends applied from outside the model; state-dict keys stay the model's own.
+
+Entry point::
+
+    p = bigseer.parallel.setup(model, backend="fsdp", precision="bf16", syncbn_group_size=64,
+                               checkpointing="all", optimizer_factory=lambda groups: LARS(groups, lr=0.3),
+                               ds_config=None, exclude_bn_bias=False, grad_clip=None,
+                               large_unit_threshold=int(1e8), device_type=None)
+    loss = p.forward(crops)        # p.module(crops) without autocast; p.forward adds it where needed
+    p.backward(loss)
+    stepped = p.step()             # False: skipped on inf/nan gradients (fp16), scale reduced
+    p.zero_grad(); p.set_lr(lr); p.loss_scale          # float, or None without loss scaling
+    p.run_on_full_params(lambda m: m.normalize_prototypes())   # every rank, every backend
+    sd = p.full_state_dict()       # collective; rank 0 gets the full state, model's own keys, CPU
+    p.save(step_dir); p.load(step_dir)   # backend-native, format p.checkpoint_format
+    p.unwrapped                    # the model object passed in (on_after_backward, ...)
+
+``setup(model, *, backend, precision="fp32", syncbn_group_size=None, checkpointing="none",
+optimizer_factory, ds_config=None, exclude_bn_bias=False, grad_clip=None, large_unit_threshold=1e8,
+device_type=None) -> Parallel``
+
+- ``backend``: ``ddp`` | ``fsdp`` (FSDP2, primary) | ``deepspeed`` (ZeRO from ``ds_config``) | ``fairscale``
+  (CUDA only).
+- ``precision``: ``fp32`` | ``bf16`` | ``fp16`` (see ``bigseer.parallel.precision``; DeepSpeed fp16 on a
+  CPU warns once and falls back to bf16 via torch_autocast; ``p.precision`` is the effective one).
+- ``syncbn_group_size``: None/1 = plain BN (running stats averaged across ranks before every checkpoint
+  or export); k = ``GroupSyncBatchNorm`` over consecutive groups of k ranks (must divide the world).
+- ``checkpointing``: ``"none"`` | ``"all"`` | per-stage list (``bigseer.parallel.checkpointing``).
+- ``optimizer_factory(param_groups) -> Optimizer``: called once with the param groups of the (wrapped)
+  model: ``[{"params": [...]}]``, or with ``exclude_bn_bias`` a second group
+  ``{"params": 1-d tensors, "lars_exclude": True, "weight_decay": 0.0}``.
+- Checkpoint formats: ddp "torch" (``dir/state.pt`` = {model, optimizer, scaler}), fsdp "dcp"
+  (``dir/dcp`` = DCP of {model, optim}, ``dir/scaler.pt`` if fp16), deepspeed "deepspeed"
+  (``dir/deepspeed/state``).
+
+All validation happens before any collective or wrapping, and fails with one ``ConfigError`` line.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from bigseer.distributed import get_world_size
+from bigseer.errors import ConfigError
+from bigseer.parallel.base import Parallel, sharded_params, trunk_of
+from bigseer.parallel.bn_stats import average_bn_stats
+from bigseer.parallel.checkpointing import apply_checkpointing, select_blocks
+from bigseer.parallel.precision import PRECISIONS, check_precision
+from bigseer.parallel.syncbn import GroupSyncBatchNorm, convert_syncbn, make_syncbn_groups
+
+BACKENDS = ("ddp", "fsdp", "deepspeed", "fairscale")
+
+__all__ = ["BACKENDS", "PRECISIONS", "Parallel", "setup", "GroupSyncBatchNorm", "convert_syncbn",
+           "make_syncbn_groups", "average_bn_stats", "apply_checkpointing", "param_groups_for"]
+
+
+def param_groups_for(model: nn.Module, exclude_bn_bias: bool = False) -> list[dict[str, Any]]:
+    """Param groups handed to ``optimizer_factory`` (trainable params; 1-d ones apart when excluded)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not exclude_bn_bias:
+        return [{"params": params}]
+    groups: list[dict[str, Any]] = [{"params": [p for p in params if p.ndim > 1]}]
+    rest = [p for p in params if p.ndim <= 1]
+    if rest:
+        groups.append({"params": rest, "lars_exclude": True, "weight_decay": 0.0})
+    return groups
+
+
+def setup(model: nn.Module, *, backend: str, precision: str = "fp32", syncbn_group_size: int | None = None,
+          checkpointing: Any = "none", optimizer_factory: Callable[[Any], Any],
+          ds_config: dict[str, Any] | str | None = None, exclude_bn_bias: bool = False,
+          grad_clip: float | None = None, large_unit_threshold: int = int(1e8),
+          device_type: str | None = None) -> Parallel:
+    """Wrap ``model`` for data-parallel training with ``backend`` and build its optimizer (see module doc)."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend={backend!r} is invalid: choose one of {', '.join(BACKENDS)}")
+    check_precision(precision)
+    if device_type is None:
+        first = next(model.parameters(), None)
+        device_type = first.device.type if first is not None else "cpu"
+    if backend == "fairscale":
+        from bigseer.parallel.fairscale import check_fairscale
+
+        check_fairscale(device_type)
+    if backend == "deepspeed":
+        from bigseer.parallel.deepspeed import load_ds_config, zero_stage
+
+        if ds_config is None:
+            raise ConfigError("backend deepspeed needs ds_config (a dict, a JSON path or a name in ds_configs/)")
+        ds_config = load_ds_config(ds_config)
+        zero_stage(ds_config)
+    trunk = trunk_of(model)
+    select_blocks(trunk, checkpointing)  # validates the spec
+    world = get_world_size()
+    if syncbn_group_size not in (None, 1) and (not isinstance(syncbn_group_size, int) or syncbn_group_size < 1
+                                                or world % syncbn_group_size):
+        raise ConfigError(f"syncbn_group_size={syncbn_group_size!r} is invalid: must be a positive integer "
+                          f"dividing world_size={world}")
+    if sharded_params(model) and backend in ("deepspeed", "fairscale"):
+        raise ConfigError(f"backend {backend} cannot hold _bigseer_sharded parameters (sharded prototypes); "
+                          "use backend fsdp or ddp")
+    syncbn = bool(syncbn_group_size and syncbn_group_size > 1 and world > 1)
+    if syncbn:
+        convert_syncbn(model, make_syncbn_groups(syncbn_group_size))
+    apply_checkpointing(trunk, checkpointing)
+
+    def groups(m: nn.Module) -> list[dict[str, Any]]:
+        return param_groups_for(m, exclude_bn_bias)
+
+    common = dict(precision=precision, device_type=device_type, syncbn=syncbn,
+                  optimizer_factory=optimizer_factory, param_groups=groups, grad_clip=grad_clip)
+    if backend == "ddp":
+        from bigseer.parallel.ddp import setup_ddp
+
+        return setup_ddp(model, **common)
+    if backend == "fsdp":
+        from bigseer.parallel.fsdp import setup_fsdp
+
+        return setup_fsdp(model, large_unit_threshold=large_unit_threshold, **common)
+    if backend == "deepspeed":
+        from bigseer.parallel.deepspeed import setup_deepspeed
+
+        return setup_deepspeed(model, ds_config=ds_config, **common)
+    from bigseer.parallel.fairscale import setup_fairscale
+
+    return setup_fairscale(model, **common)
+

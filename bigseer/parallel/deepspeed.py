@@ -1,0 +1,209 @@
+"""DeepSpeed ZeRO 0/1/2/3 from a JSON config (see ``ds_configs/``), imported lazily.
+
+Precision: the ``precision`` argument overrides the config's fp16/bf16 blocks. ``fp16`` uses DeepSpeed's
+own dynamic loss scaling where the device supports it; on a device without fp16 (e.g. CPU: DeepSpeed
+says "Type fp16 is not supported on your device") one warning line is emitted and the run falls back to
+bf16 through ``torch_autocast``. ``bf16`` always runs as fp32 parameters + ``torch_autocast`` bf16, so
+BatchNorm stays fp32 (DeepSpeed's own bf16 casts BN params but not its buffers and fails).
+
+LARS is refused under ZeRO stages 1-3: DeepSpeed flattens each parameter group into one partition, so
+a torch optimizer there sees one flat tensor and per-layer trust ratios would be silently wrong
+(DeepSpeed issues 490, 153). ``_bigseer_sharded`` parameters are refused too (DeepSpeed would average
+and re-partition them).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+import contextlib
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from bigseer.distributed import is_distributed
+from bigseer.errors import CheckpointError, ConfigError
+from bigseer.parallel.base import Parallel, sharded_params
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "ds_configs")
+SEER_FP16 = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
+             "hysteresis": 2, "min_loss_scale": 1}
+
+
+def load_ds_config(name_or_path: str | dict[str, Any]) -> dict[str, Any]:
+    """A dict, a JSON path, or a name in ``ds_configs/`` (e.g. ``"zero2"``, ``"zero3_bf16"``)."""
+    if isinstance(name_or_path, dict):
+        return copy.deepcopy(name_or_path)
+    path = name_or_path
+    if not os.path.isfile(path):
+        path = os.path.join(CONFIG_DIR, f"{name_or_path}.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"DeepSpeed config {name_or_path!r} not found (a JSON file or a name in {CONFIG_DIR})")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"DeepSpeed config {path} is not valid JSON: {exc}") from None
+
+
+def zero_stage(ds_config: dict[str, Any]) -> int:
+    stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise ConfigError(f"zero_optimization.stage={stage!r} is invalid: must be 0, 1, 2 or 3")
+    return stage
+
+
+def fp16_supported() -> bool:
+    """Whether DeepSpeed's accelerator supports fp16 (False on CPU)."""
+    from deepspeed.accelerator import get_accelerator
+
+    return bool(get_accelerator().is_fp16_supported())
+
+
+def resolve_precision(ds_config: dict[str, Any], precision: str, device_type: str = "cpu") -> tuple[dict[str, Any], str]:
+    """Config with precision blocks set for ``precision``; returns (config, effective precision).
+
+    fp16 needs a CUDA device whose DeepSpeed accelerator supports it: DeepSpeed refuses fp16 on CPUs
+    without fp16 kernels, and where mkldnn has them its fp16 module cast still breaks CPU BatchNorm
+    ("expected scalar type Half but found Float"); either way one warning, then bf16 autocast."""
+    cfg = copy.deepcopy(ds_config)
+    fp16_block = {**SEER_FP16, **cfg.get("fp16", {}), "enabled": True}
+    for key in ("fp16", "bf16", "torch_autocast"):
+        cfg.pop(key, None)
+    effective = precision
+    if precision == "fp16" and (device_type != "cuda" or not fp16_supported()):
+        warnings.warn(f"bigseer: DeepSpeed fp16 is not supported on this {device_type} device; falling back to "
+                      "bf16 via torch_autocast (fp32 parameters, BN fp32)", RuntimeWarning, stacklevel=3)
+        effective = "bf16"
+    if effective == "fp16":
+        cfg["fp16"] = fp16_block
+    elif effective == "bf16":
+        cfg["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
+    cfg.setdefault("train_micro_batch_size_per_gpu", 1)
+    cfg.setdefault("gradient_accumulation_steps", 1)
+    cfg.setdefault("zero_allow_untested_optimizer", True)  # torch optimizers (SGD, ...) are fine
+    return cfg, effective
+
+
+def check_optimizer(optimizer: Any, stage: int) -> None:
+    from bigseer.optim.lars import LARS
+
+    if stage >= 1 and isinstance(optimizer, LARS):
+        raise ConfigError(f"LARS under DeepSpeed ZeRO stage {stage} is refused: ZeRO flattens each param group "
+                          "into one partition, so per-layer trust ratios would be wrong; use backend fsdp or "
+                          "ddp (or ZeRO stage 0) for LARS")
+
+
+def _to_half(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.half() if obj.is_floating_point() else obj
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_half(o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to_half(v) for k, v in obj.items()}
+    return obj
+
+
+class DeepSpeedParallel(Parallel):
+    backend = "deepspeed"
+    checkpoint_format = "deepspeed"
+
+    def __init__(self, model: nn.Module, engine: Any, precision: str, device_type: str, syncbn: bool,
+                 stage: int) -> None:
+        super().__init__(model, engine, engine.optimizer, precision, device_type, syncbn, None, None,
+                         autocast_precision="fp32")  # DeepSpeed applies its own autocast
+        self.engine = engine
+        self.stage = stage
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the engine; under DeepSpeed fp16 (params in fp16) floating inputs are cast to fp16."""
+        if self.precision == "fp16":
+            args, kwargs = _to_half(args), _to_half(kwargs)
+        return self.engine(*args, **kwargs)
+
+    __call__ = forward
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> bool:
+        self.engine.step()
+        return bool(self.engine.was_step_applied())
+
+    def zero_grad(self) -> None:
+        self.engine.zero_grad()
+
+    @property
+    def loss_scale(self) -> float | None:
+        if self.precision != "fp16":
+            return None
+        scale = getattr(self.engine.optimizer, "cur_scale", None)
+        return float(scale) if scale is not None else None
+
+    def run_on_full_params(self, fn: Callable[[nn.Module], Any]) -> Any:
+        """Gather (ZeRO-3) and run ``fn`` on every rank; then refresh DeepSpeed's fp32 master partitions
+        from the modified weights, so the change survives the next step."""
+        import deepspeed
+
+        params = list(self.unwrapped.parameters())
+        ctx = (deepspeed.zero.GatheredParameters(params, modifier_rank=0) if self.stage == 3
+               else contextlib.nullcontext())
+        with torch.no_grad(), ctx:
+            out = fn(self.unwrapped)
+        refresh = getattr(self.engine.optimizer, "refresh_fp32_params", None)
+        if refresh is not None:
+            refresh()
+        return out
+
+    def full_state_dict(self) -> dict[str, Any]:
+        self.sync_bn_stats()
+        if self.stage == 3:
+            sd = self.engine._zero3_consolidated_16bit_state_dict()
+            return {k: v.detach().cpu().clone() for k, v in (sd or {}).items()}
+        return {k: v.detach().cpu().clone() for k, v in self.unwrapped.state_dict().items()}
+
+    def save(self, directory: str) -> None:
+        """Format "deepspeed": ``engine.save_checkpoint(directory/deepspeed, tag="state")``."""
+        self.sync_bn_stats()
+        self.engine.save_checkpoint(os.path.join(directory, "deepspeed"), tag="state", save_latest=False)
+
+    def load(self, directory: str) -> None:
+        path = os.path.join(directory, "deepspeed")
+        if not os.path.isdir(os.path.join(path, "state")):
+            raise CheckpointError(f"{path}/state does not exist (format 'deepspeed' checkpoint expected)")
+        load_path, _ = self.engine.load_checkpoint(path, tag="state")
+        if load_path is None:
+            raise CheckpointError(f"DeepSpeed could not load the checkpoint in {path}")
+
+
+def setup_deepspeed(model: nn.Module, *, precision: str, device_type: str, syncbn: bool,
+                    optimizer_factory: Callable[[Any], Any], param_groups: Callable[[nn.Module], Any],
+                    ds_config: dict[str, Any] | str | None, grad_clip: float | None) -> DeepSpeedParallel:
+    if ds_config is None:
+        raise ConfigError("backend deepspeed needs ds_config (a dict, a JSON path or a name in ds_configs/)")
+    cfg = load_ds_config(ds_config)
+    stage = zero_stage(cfg)
+    if sharded_params(model):
+        raise ConfigError("backend deepspeed cannot hold _bigseer_sharded parameters (sharded prototypes); "
+                          "use replicated prototypes or backend fsdp/ddp")
+    try:
+        import deepspeed
+    except ImportError as exc:
+        raise ConfigError(f"backend deepspeed needs the deepspeed package ({exc})") from None
+    cfg, effective = resolve_precision(cfg, precision, device_type)
+    if grad_clip:
+        cfg["gradient_clipping"] = grad_clip
+    optimizer = optimizer_factory(param_groups(model))
+    check_optimizer(optimizer, stage)
+    if not is_distributed():
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("LOCAL_RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29511")
+    deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo")
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=cfg)
+    return DeepSpeedParallel(model, engine, effective, device_type, syncbn, stage)

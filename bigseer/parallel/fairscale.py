@@ -1,0 +1,75 @@
+"""FairScale FSDP as VISSL ran SEER (``flatten_parameters=False``, BN in their own fp32 units).
+
+CUDA-only: on CPU FairScale's FSDP fails at the first forward (KeyError 'all_gather'), so it is refused
+up front. fairscale is an optional extra (``pip install bigseer[fairscale]``), imported lazily.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from bigseer.errors import ConfigError
+from bigseer.parallel.base import Parallel, sharded_params, trunk_of
+
+
+def check_fairscale(device_type: str) -> None:
+    """Refuse CPU runs and a missing package with one clear line each (before any collective)."""
+    if device_type != "cuda" or not torch.cuda.is_available():
+        raise ConfigError("backend fairscale is CUDA-only (its FSDP fails on CPU with KeyError 'all_gather'); "
+                          "use backend fsdp or ddp on CPU")
+    try:
+        import fairscale  # noqa: F401
+    except ImportError:
+        raise ConfigError("backend fairscale needs the optional package: pip install 'bigseer[fairscale]' "
+                          "(fairscale==0.4.13)") from None
+
+
+class FairScaleParallel(Parallel):
+    backend = "fairscale"
+    checkpoint_format = "torch"
+
+    def full_state_dict(self) -> dict[str, Any]:
+        self.sync_bn_stats()
+        with self.module.summon_full_params(recurse=True, writeback=False):
+            return {k: v.detach().cpu().clone() for k, v in self.unwrapped.state_dict().items()}
+
+    def run_on_full_params(self, fn: Callable[[nn.Module], Any]) -> Any:
+        with torch.no_grad(), self.module.summon_full_params(recurse=True, writeback=True):
+            return fn(self.unwrapped)
+
+    def save(self, directory: str) -> None:  # noqa: D102 - rank-local shards, format "torch" per rank
+        raise ConfigError("checkpoints under backend fairscale are not implemented; use fsdp or deepspeed")
+
+    load = save
+
+
+def setup_fairscale(model: nn.Module, *, precision: str, device_type: str, syncbn: bool,
+                    optimizer_factory: Callable[[Any], Any], param_groups: Callable[[nn.Module], Any],
+                    grad_clip: float | None) -> FairScaleParallel:
+    check_fairscale(device_type)
+    from fairscale.nn.data_parallel import FullyShardedDataParallel as FSDP
+    from fairscale.nn.wrap import enable_wrap, wrap
+
+    if sharded_params(model):
+        raise ConfigError("backend fairscale cannot hold _bigseer_sharded parameters; use backend fsdp")
+    mixed = precision in ("fp16", "bf16")
+    kw = dict(flatten_parameters=False, mixed_precision=mixed, fp32_reduce_scatter=mixed,
+              compute_dtype=torch.float16 if precision == "fp16" else torch.bfloat16 if mixed else torch.float32)
+    trunk = trunk_of(model)
+    with enable_wrap(wrapper_cls=FSDP, **kw):
+        for m in list(model.modules()):  # BN in its own fp32 unit, as VISSL's auto_wrap_bn did
+            for name, child in list(m.named_children()):
+                if isinstance(child, nn.modules.batchnorm._BatchNorm):
+                    setattr(m, name, wrap(child, mixed_precision=False, compute_dtype=torch.float32))
+        for stage in trunk.stages():
+            for name, block in list(stage.named_children()):
+                setattr(stage, name, wrap(block))
+        module = FSDP(model, **kw)
+    optimizer = optimizer_factory(param_groups(module))
+    from fairscale.optim.grad_scaler import ShardedGradScaler
+
+    scaler = ShardedGradScaler() if precision == "fp16" else None
+    return FairScaleParallel(model, module, optimizer, precision, device_type, syncbn, scaler, grad_clip)

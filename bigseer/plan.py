@@ -1,0 +1,304 @@
+"""Per-rank memory plan of a SwAV run before anything is allocated (meta-device model).
+
+``plan_memory(...)`` builds the RegNetY trunk and a SwAV head (MLP dims, K prototypes) on the meta
+device, runs one meta forward per crop resolution under a saved-tensor hook to get the exact tensors
+autograd keeps (activations), takes the FSDP units from ``bigseer.parallel.fsdp.fsdp_units`` and
+divides parameters, gradients and optimizer state by what each backend shards:
+
+| backend            | params        | grads            | optimizer state (+ DeepSpeed fp32 master) |
+|--------------------|---------------|------------------|--------------------------------------------|
+| ddp                | full          | full             | full                                       |
+| fsdp / fairscale   | 1/W + 2 units | 1/W + 1 unit     | 1/W                                        |
+| deepspeed ZeRO-1   | full          | full             | 1/W (+ master 1/W)                         |
+| deepspeed ZeRO-2   | full          | 1/W + bucket     | 1/W (+ master 1/W)                         |
+| deepspeed ZeRO-3   | 1/W + 2 units | 1/W + bucket     | 1/W (+ master 1/W)                         |
+
+Activations: everything autograd saves (inputs of convs/BN/linear, masks, ...) for all crops of one
+step, in the compute dtype (bf16/fp16 halve them); with activation checkpointing a checkpointed block
+keeps only its input, plus the largest such block's internals during its recompute.
+``measure_step_memory`` counts the same categories on a live ``Parallel`` (used to check the plan).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from bigseer.errors import ConfigError
+from bigseer.models.regnet import build_regnet, count_params
+
+BACKENDS = ("ddp", "fsdp", "deepspeed", "fairscale")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+class PlanHead(nn.Module):
+    """Shape-only SwAV head: MLP ``[in, *dims]`` (Linear+bias, ReLU between) then prototypes
+    ``Linear(dims[-1], K, bias=False)``; with no dims the prototypes act on the trunk features."""
+
+    def __init__(self, in_dim: int, dims: Sequence[int], prototypes: int, device: Any = "meta") -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = in_dim
+        for i, out in enumerate(dims):
+            layers.append(nn.Linear(d, out, device=device))
+            if i < len(dims) - 1:
+                layers.append(nn.ReLU())
+            d = out
+        self.mlp = nn.Sequential(*layers)
+        self.prototypes = nn.Linear(d, prototypes, bias=False, device=device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.prototypes(nn.functional.normalize(self.mlp(x), dim=1))
+
+
+class PlanModel(nn.Module):
+    def __init__(self, trunk: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.head = head
+
+
+def parse_crops(spec: str | Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``"2x224,6x96"`` -> ``[(2, 224), (6, 96)]`` (count x resolution)."""
+    if not isinstance(spec, str):
+        return [(int(n), int(s)) for n, s in spec]
+    out = []
+    for part in spec.split(","):
+        try:
+            n, s = part.lower().split("x")
+            out.append((int(n), int(s)))
+        except ValueError:
+            raise ConfigError(f"crops entry {part!r} is invalid: use COUNTxSIZE, e.g. 2x224,6x96") from None
+        if out[-1][0] < 1 or out[-1][1] < 8:
+            raise ConfigError(f"crops entry {part!r} is invalid: count >= 1 and size >= 8")
+    return out
+
+
+@dataclass
+class MemoryPlan:
+    """Per-rank bytes by category (see the module docstring for what each counts)."""
+
+    model: str
+    backend: str
+    precision: str
+    world_size: int
+    batch_per_gpu: int
+    crops: list[tuple[int, int]]
+    checkpointing: Any
+    trunk_params: int
+    head_params: int
+    params: int
+    grads: int
+    optimizer: int
+    activations: int
+    buffers: int
+    transient: int = 0  # all-gathered FSDP/ZeRO-3 units (params x2 for prefetch, grads x1) or autocast copies
+    largest_unit: tuple[str, int] = ("", 0)  # (name, parameter elements) of the largest FSDP unit
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return self.params + self.grads + self.optimizer + self.activations + self.buffers + self.transient
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["total"] = self.total
+        return d
+
+    def table(self) -> str:
+        gib = 1024 ** 3
+        rows = [("parameters", self.params), ("gradients", self.grads), ("optimizer state", self.optimizer),
+                ("activations", self.activations), ("buffers", self.buffers),
+                ("gathered/casts", self.transient), ("total", self.total)]
+        head = (f"{self.model}: trunk {self.trunk_params:,} + head {self.head_params:,} params; backend "
+                f"{self.backend}, {self.precision}, world {self.world_size}, batch/GPU {self.batch_per_gpu}, "
+                f"crops {','.join(f'{n}x{s}' for n, s in self.crops)}, checkpointing {self.checkpointing}")
+        lines = [head, f"{'per rank':<18}{'GiB':>10}{'bytes':>18}"]
+        lines += [f"{name:<18}{b / gib:>10.3f}{b:>18,}" for name, b in rows]
+        name, numel = self.largest_unit
+        lines.append(f"largest FSDP unit: {name or '(root)'} with {numel:,} parameters")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+
+def _unit_sizes(model: nn.Module, threshold: int) -> list[tuple[str, int]]:
+    """Parameter elements owned by each FSDP unit (a unit excludes the params of units nested inside)."""
+    from bigseer.parallel.fsdp import fsdp_units
+
+    seen: set[int] = set()
+    sizes = []
+    for name, module, _ in fsdp_units(model, threshold):  # innermost first
+        n = 0
+        for p in module.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                n += p.numel()
+        sizes.append((name, n))
+    return sizes
+
+
+def _activation_bytes(model: PlanModel, crops: list[tuple[int, int]], batch: int,
+                      checkpointed: set[int]) -> tuple[int, int, int]:
+    """(kept bytes, checkpointed-block input bytes, largest checkpointed block internals) for one step."""
+    trunk, head = model.trunk, model.head
+    params = {p.untyped_storage()._cdata for p in model.parameters()}
+    where: list[Any] = [None]  # (crop group index, block id) while inside a block, else None
+    group: list[int] = [0]
+    per_key: dict[Any, int] = {}
+    block_inputs = 0
+    seen: set[int] = set()
+    keep: list[torch.Tensor] = []  # keeps storages alive so their ids stay unique
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        key = t.untyped_storage()._cdata
+        if key not in params and key not in seen:
+            seen.add(key)
+            keep.append(t)
+            per_key[where[0]] = per_key.get(where[0], 0) + t.untyped_storage().nbytes()
+        return t
+
+    def pre(block: nn.Module, args: tuple[Any, ...]) -> None:
+        nonlocal block_inputs
+        where[0] = (group[0], id(block))
+        if id(block) in checkpointed:
+            block_inputs += args[0].numel() * args[0].element_size()
+
+    def post(block: nn.Module, args: Any, out: Any) -> None:
+        where[0] = None
+
+    handles = []
+    for b in trunk.blocks():
+        handles.append(b.register_forward_pre_hook(pre))
+        handles.append(b.register_forward_hook(post))
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            feats = []
+            for i, (n, s) in enumerate(crops):
+                group[0] = i
+                feats.append(trunk(torch.empty(n * batch, 3, s, s, device="meta")))
+            head(torch.cat(feats))
+    finally:
+        for h in handles:
+            h.remove()
+    kept = sum(v for k, v in per_key.items() if k is None or k[1] not in checkpointed)
+    inner = [v for k, v in per_key.items() if k is not None and k[1] in checkpointed]
+    return kept, block_inputs, max(inner, default=0)  # one block is recomputed at a time
+
+
+def plan_memory(model: str = "regnety_256gf", *, world_size: int = 1, backend: str = "fsdp",
+                precision: str = "fp32", batch_per_gpu: int = 16, crops: str | Sequence[tuple[int, int]] = "2x224,6x96",
+                checkpointing: Any = "none", head_dims: Sequence[int] = (8192, 8192, 256), prototypes: int = 16384,
+                zero_stage: int = 2, optimizer_states: int = 1, large_unit_threshold: int = int(1e8),
+                ds_bucket: int = int(5e7)) -> MemoryPlan:
+    """Per-rank memory of one training step (no allocation: meta model). ``optimizer_states`` = tensors of
+    optimizer state per parameter (LARS/SGD momentum: 1, Adam: 2)."""
+    t0 = time.perf_counter()
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend={backend!r} is invalid: choose one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision={precision!r} is invalid: choose one of {', '.join(PRECISIONS)}")
+    for name, v in (("world_size", world_size), ("batch_per_gpu", batch_per_gpu), ("prototypes", prototypes)):
+        if not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{name}={v!r} is invalid: must be a positive integer")
+    if backend == "deepspeed" and zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"zero_stage={zero_stage!r} is invalid: must be 0, 1, 2 or 3")
+    crop_list = parse_crops(crops)
+    trunk = build_regnet(model, device="meta")
+    from bigseer.parallel.checkpointing import select_blocks
+
+    chosen = {id(b) for b in select_blocks(trunk, checkpointing)}
+    head = PlanHead(trunk.num_features, list(head_dims), prototypes)
+    whole = PlanModel(trunk, head)
+    n_trunk, n_head = count_params(trunk), count_params(head)
+    n = n_trunk + n_head
+    W = world_size
+    f32 = 4
+    low = precision != "fp32"
+    compute = 2 if low else 4
+    notes: list[str] = []
+
+    sizes = _unit_sizes(whole, large_unit_threshold)
+    largest = max(sizes, key=lambda s: s[1])
+    unit = largest[1]
+
+    transient = 0
+    if backend == "ddp":
+        params, grads, opt = n * f32, n * f32, optimizer_states * n * f32
+        if low:
+            transient = n * compute  # autocast's cached low-precision weight copies
+    elif backend in ("fsdp", "fairscale"):
+        params = -(-n // W) * f32
+        grads = -(-n // W) * f32
+        opt = optimizer_states * -(-n // W) * f32
+        if W > 1:  # the unit being computed + the prefetched one, and one unit's unsharded grads
+            transient = 3 * unit * compute
+    else:
+        ds_fp16 = precision == "fp16"  # DeepSpeed's own fp16 (GPU); bf16 runs as fp32 + autocast
+        p_el = 2 if ds_fp16 else 4
+        shard = -(-n // W)
+        params = n * p_el if zero_stage < 3 else shard * p_el
+        transient = 2 * unit * p_el if zero_stage == 3 and W > 1 else 0
+        grads = n * p_el if zero_stage < 2 else shard * p_el + min(ds_bucket, n) * p_el
+        opt = optimizer_states * shard * f32 + (shard * f32 if zero_stage >= 1 else 0)  # + fp32 master partition
+        if zero_stage == 0:
+            opt = optimizer_states * n * f32
+        notes.append("deepspeed: fp32 master partition counted in optimizer state; bucket sizes from ds_bucket")
+    kept, block_in, recompute = _activation_bytes(whole, crop_list, batch_per_gpu, chosen)
+    activations = kept + block_in + recompute
+    if low:
+        activations //= 2
+        notes.append("activations halved for bf16/fp16 compute (BN statistics and the loss stay fp32)")
+    buffers = sum(b.numel() * b.element_size() for b in trunk.buffers())
+    return MemoryPlan(model=model, backend=backend if backend != "deepspeed" else f"deepspeed-zero{zero_stage}",
+                      precision=precision, world_size=W, batch_per_gpu=batch_per_gpu, crops=crop_list,
+                      checkpointing=checkpointing, trunk_params=n_trunk, head_params=n_head, params=params,
+                      grads=grads, optimizer=opt, activations=activations, buffers=buffers, transient=transient,
+                      largest_unit=largest,
+                      notes=notes, seconds=time.perf_counter() - t0)
+
+
+def _storage_bytes(tensors: Any) -> int:
+    seen: set[int] = set()
+    total = 0
+    for t in tensors:
+        if t is None or not isinstance(t, torch.Tensor):
+            continue
+        t = t.to_local() if hasattr(t, "to_local") else t
+        key = t.untyped_storage().data_ptr()
+        if key not in seen:
+            seen.add(key)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+def measure_step_memory(p: Any, run_forward: Callable[[], torch.Tensor]) -> dict[str, int]:
+    """Bytes this rank holds in each plan category during one real step of ``Parallel`` ``p``: local
+    parameter and gradient storages, optimizer state, buffers, and the activations autograd saved in the
+    forward (``run_forward()`` returns the loss). Runs forward, backward and step."""
+    model = p.unwrapped
+    param_ptrs = set()
+    for t in model.parameters():
+        t = t.to_local() if hasattr(t, "to_local") else t
+        param_ptrs.add(t.untyped_storage().data_ptr())
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in param_ptrs and not isinstance(t, nn.Parameter):
+            saved[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = run_forward()
+    activations = sum(saved.values())
+    p.backward(loss)
+    grads = _storage_bytes(t.grad for t in model.parameters())
+    p.step()
+    opt_tensors = [v for st in p.optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+    return {"params": _storage_bytes(model.parameters()), "grads": grads, "optimizer": _storage_bytes(opt_tensors),
+            "activations": activations, "buffers": _storage_bytes(model.buffers())}

@@ -1,0 +1,107 @@
+"""SwAVModel: trunk + SwAVHead with a multi-crop forward (one trunk call per run of equal resolution)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from bigseer.distributed import Group
+from bigseer.errors import ConfigError
+from bigseer.ssl.head import SwAVHead
+from bigseer.ssl.swav import check_loss_args
+
+
+class SwAVModel(nn.Module):
+    """SwAV pretraining model: ``forward(crops) -> loss`` (0-dim fp32, this rank's loss).
+
+    ``crops``: list whose items are one crop ``[B, 3, H, W]`` or a group ``[n, B, 3, H, W]`` of one
+    resolution; crops are numbered in order. Consecutive items of equal resolution and dtype go through
+    the trunk in one call (as in the SwAV reference). Loss settings: ``temperature``, ``epsilon``,
+    ``sinkhorn_iters``, ``crops_for_assign``; ``freeze_prototypes_iters`` is used by
+    :meth:`on_after_backward`. ``group`` is the process group for Sinkhorn / sharded prototypes (None: the
+    head's group, which is None = default group / one process unless the head was built with one).
+    """
+
+    def __init__(self, trunk: nn.Module, head: SwAVHead, *, temperature: float = 0.1, epsilon: float = 0.05,
+                 sinkhorn_iters: int = 3, crops_for_assign: Sequence[int] = (0, 1),
+                 freeze_prototypes_iters: int = 0, group: Group = None) -> None:
+        super().__init__()
+        assign = tuple(crops_for_assign)
+        top = max((c for c in assign if isinstance(c, int)), default=0)
+        check_loss_args(max(2, top + 1), temperature, epsilon, sinkhorn_iters, assign)
+        if isinstance(freeze_prototypes_iters, bool) or not isinstance(freeze_prototypes_iters, int) \
+                or freeze_prototypes_iters < 0:
+            raise ConfigError(f"freeze_prototypes_iters must be an integer >= 0, got {freeze_prototypes_iters!r}")
+        if head.queue_length and len(assign) != head.queue_crops:
+            raise ConfigError(f"head queue stores {head.queue_crops} assignment crops but crops_for_assign is "
+                              f"{assign}")
+        self.trunk = trunk
+        self.head = head
+        self.temperature = float(temperature)
+        self.epsilon = float(epsilon)
+        self.sinkhorn_iters = sinkhorn_iters
+        self.crops_for_assign = assign
+        self.freeze_prototypes_iters = freeze_prototypes_iters
+        if group is None:  # keep a group the head was built with
+            group = head.group
+        self.group = group
+        head.set_group(group)
+
+    def set_group(self, group: Group) -> None:
+        """Use ``group`` for Sinkhorn and sharded prototypes."""
+        self.head.set_group(group)
+        self.group = group
+
+    @staticmethod
+    def group_crops(crops: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Check ``crops`` and merge consecutive items of equal resolution into ``[n, B, 3, H, W]`` runs."""
+        if isinstance(crops, torch.Tensor) or len(crops) == 0:
+            raise ConfigError("SwAVModel.forward expects a non-empty list of crops [B,3,H,W] or groups [n,B,3,H,W]")
+        runs: list[list[torch.Tensor]] = []
+        batch = None
+        for i, c in enumerate(crops):
+            if not isinstance(c, torch.Tensor) or c.dim() not in (4, 5):
+                shape = tuple(c.shape) if isinstance(c, torch.Tensor) else type(c).__name__
+                raise ConfigError(f"crops[{i}] must be [B,3,H,W] or [n,B,3,H,W], got {shape}")
+            g = c.unsqueeze(0) if c.dim() == 4 else c
+            if g.shape[0] == 0 or g.shape[2] != 3:
+                raise ConfigError(f"crops[{i}] must hold n >= 1 crops of 3 channels, got shape {tuple(c.shape)}")
+            if batch is None:
+                batch = g.shape[1]
+            if g.shape[1] != batch or batch == 0:
+                raise ConfigError(f"crops[{i}] has batch {g.shape[1]} but crops[0] has {batch} (need equal, > 0)")
+            if runs and runs[-1][0].shape[-2:] == g.shape[-2:] and runs[-1][0].dtype == g.dtype:
+                runs[-1].append(g)
+            else:
+                runs.append([g])
+        return [r[0] if len(r) == 1 else torch.cat(r) for r in runs]
+
+    def features(self, crops: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Trunk features of all crops, ``[V, B, C]`` in crop order (one trunk call per resolution run)."""
+        out = []
+        for g in self.group_crops(crops):
+            n, b = g.shape[:2]
+            out.append(self.trunk(g.reshape(n * b, *g.shape[2:])).reshape(n, b, -1))
+        return out[0] if len(out) == 1 else torch.cat(out)
+
+    def forward(self, crops: Sequence[torch.Tensor]) -> torch.Tensor:
+        """This rank's SwAV loss (0-dim fp32) for a list of crops; all checks precede any collective."""
+        runs = self.group_crops(crops)
+        num_crops = sum(g.shape[0] for g in runs)
+        check_loss_args(num_crops, self.temperature, self.epsilon, self.sinkhorn_iters, self.crops_for_assign)
+        feats = self.features(runs)
+        return self.head(feats, temperature=self.temperature, epsilon=self.epsilon,
+                              sinkhorn_iters=self.sinkhorn_iters, crops_for_assign=self.crops_for_assign)
+
+    def on_after_backward(self, iteration: int) -> None:
+        """Drop the prototype gradients while ``iteration < freeze_prototypes_iters``."""
+        if iteration < self.freeze_prototypes_iters:
+            for p in self.head.prototype_parameters():
+                p.grad = None
+
+    @torch.no_grad()
+    def normalize_prototypes(self) -> None:
+        """L2-normalise the prototype rows (call after every optimizer step)."""
+        self.head.normalize_prototypes()

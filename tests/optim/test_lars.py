@@ -1,0 +1,61 @@
+"""LARS against the LARC formula written out by hand."""
+
+import pytest
+import torch
+from torch import nn
+
+from bigseer.errors import ConfigError
+from bigseer.optim import LARS, lars_param_groups
+
+
+def _manual_step(p, g, buf, lr, mom, wd, trust, eps=1e-8):
+    d = g + wd * p
+    pn, gn = p.norm(), g.norm()
+    ratio = trust * pn / (gn + wd * pn + eps) if pn > 0 and gn > 0 else torch.tensor(1.0)
+    d = d * ratio
+    buf = d.clone() if buf is None else buf * mom + d
+    return p - lr * buf, buf
+
+
+def test_lars_matches_formula_two_steps():
+    torch.manual_seed(0)
+    p0 = torch.randn(5, 4)
+    grads = [torch.randn(5, 4), torch.randn(5, 4)]
+    param = nn.Parameter(p0.clone())
+    opt = LARS([param], lr=0.5, momentum=0.9, weight_decay=1e-5, trust_coefficient=0.001)
+    ref, buf = p0.clone(), None
+    for g in grads:
+        param.grad = g.clone()
+        opt.step()
+        ref, buf = _manual_step(ref, g, buf, 0.5, 0.9, 1e-5, 0.001)
+    torch.testing.assert_close(param.detach(), ref, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(param.detach(), p0)
+
+
+def test_lars_zero_param_norm_uses_ratio_one_and_excluded_group_is_plain_sgd():
+    z = nn.Parameter(torch.zeros(3))
+    b = nn.Parameter(torch.ones(3))
+    opt = LARS([{"params": [z]}, {"params": [b], "lars_exclude": True, "weight_decay": 0.0}], lr=0.1, momentum=0.0)
+    z.grad = torch.full((3,), 2.0)
+    b.grad = torch.full((3,), 2.0)
+    opt.step()
+    torch.testing.assert_close(z.detach(), torch.full((3,), -0.2))  # ||p|| = 0 -> no adaptation
+    torch.testing.assert_close(b.detach(), torch.full((3,), 0.8))  # excluded: plain SGD, no decay
+
+
+def test_lars_clip_caps_ratio_at_lr():
+    p = nn.Parameter(torch.full((4,), 100.0))
+    opt = LARS([p], lr=0.01, momentum=0.0, weight_decay=0.0, trust_coefficient=1.0, clip=True)
+    p.grad = torch.full((4,), 1e-3)
+    opt.step()  # unclipped ratio 1e5 would move p by 1e-3 * 1e5 * 0.01; clipped: ratio/lr capped at 1
+    torch.testing.assert_close(p.detach(), torch.full((4,), 100.0 - 0.01 * 1e-3))
+
+
+def test_lars_param_groups_exclude_bn_and_bias():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 2))
+    assert len(lars_param_groups(model)) == 1
+    groups = lars_param_groups(model, exclude_bn_bias=True)
+    assert [len(g["params"]) for g in groups] == [2, 4]
+    assert groups[1]["lars_exclude"] and groups[1]["weight_decay"] == 0.0
+    with pytest.raises(ConfigError, match="weight_decay"):
+        LARS(model.parameters(), weight_decay=-1)

@@ -1,0 +1,41 @@
+"""A stand-in for SwAVModel in parallel tests: RegNet trunk + small linear head + a simple loss."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bigseer.models import build_regnet
+
+
+class StandIn(nn.Module):
+    """``forward(x) -> 0-dim loss``; ``normalize_prototypes`` L2-normalises the head rows."""
+
+    def __init__(self, preset: str = "regnety_test", k: int = 6, shard: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.trunk = build_regnet(preset, zero_init_last=False)
+        self.head = nn.Linear(self.trunk.num_features, k, bias=False)
+        self.shard = None
+        if shard is not None:  # a rank-local slice of a sharded tensor (like sharded SwAV prototypes)
+            self.shard = nn.Parameter(shard.clone())
+            self.shard._bigseer_sharded = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.head(self.trunk(x).float())
+        loss = (z.float() ** 2).mean() + z.float().mean()
+        return loss + (self.shard ** 2).sum() if self.shard is not None else loss
+
+    @torch.no_grad()
+    def normalize_prototypes(self) -> None:
+        w = self.head.weight
+        w.copy_(nn.functional.normalize(w, dim=1))
+
+
+def make_model(seed: int = 0, preset: str = "regnety_test", shard: torch.Tensor | None = None) -> StandIn:
+    torch.manual_seed(seed)
+    return StandIn(preset, shard=shard)
+
+
+def make_batch(n: int, seed: int = 1, size: int = 32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=g)

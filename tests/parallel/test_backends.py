@@ -1,0 +1,216 @@
+"""ddp vs fsdp (FSDP2) on 2 gloo ranks, in one spawn: LARS equivalence (optimizer level on DTensor shards
+and a full training step), keys, checkpointing under FSDP, BN stats averaging, prototype normalisation,
+bf16 policy, fp16 skip-on-overflow, save/load."""
+
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from bigseer import parallel
+from bigseer.errors import ConfigError
+from bigseer.optim import LARS
+from tests.distributed_utils import run_distributed
+from tests.parallel.standin import make_batch, make_model
+
+LR = 0.4
+
+
+def _lars(groups):
+    return LARS(groups, lr=LR, momentum=0.9, weight_decay=1e-5)
+
+
+def _train(backend, rank, world, steps=2, **kw):
+    model = make_model(0)
+    p = parallel.setup(model, backend=backend, optimizer_factory=_lars, **kw)
+    losses = []
+    for step in range(steps):
+        x = make_batch(4 * world, seed=10 + step)[rank * 4:(rank + 1) * 4]
+        loss = p.forward(x)
+        p.backward(loss)
+        assert p.step()
+        p.zero_grad()
+        losses.append(float(loss.detach()))
+    return p, losses
+
+
+def _optimizer_level(rank, world):
+    """LARS on FSDP2-style Shard(0) DTensors (uneven rows too) == LARS on the full tensors."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    g = torch.Generator().manual_seed(5)
+    shapes = [(6, 4), (3, 5), (7,)]
+    full = [torch.randn(s, generator=g) for s in shapes]
+    grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(2)]
+    ref = [torch.nn.Parameter(t.clone()) for t in full]
+    dts = [torch.nn.Parameter(distribute_tensor(t.clone(), mesh, [Shard(0)])) for t in full]
+    o_ref, o_dt = _lars(ref), _lars(dts)
+    for step in range(2):
+        for pr, pd, gr in zip(ref, dts, grads[step]):
+            pr.grad = gr.clone()
+            pd.grad = distribute_tensor(gr.clone(), mesh, [Shard(0)])
+        o_ref.step()
+        o_dt.step()
+    return [pd.full_tensor() for pd in dts], [pr.detach() for pr in ref]
+
+
+def _rank_fn(rank, world, tmp):
+    out = {}
+    out["opt_dt"], out["opt_ref"] = _optimizer_level(rank, world)
+
+    # ddp baseline (no checkpointing) vs fsdp with activation checkpointing on every block
+    pd, out["ddp_losses"] = _train("ddp", rank, world, grad_clip=0.05)
+    out["ddp_local_rm"] = pd.unwrapped.trunk.s1.b1.conv1.bn.running_mean.clone()
+    out["ddp_sd"] = pd.full_state_dict()
+    pf, out["fsdp_losses"] = _train("fsdp", rank, world, checkpointing="all", grad_clip=0.05)
+    out["fsdp_sd"] = pf.full_state_dict()
+    out["plain_keys"] = list(make_model(0).state_dict())
+    out["fsdp_counts"] = {k: int(v) for k, v in out["fsdp_sd"].items() if k.endswith("num_batches_tracked")}
+
+    # prototype normalisation through run_on_full_params on sharded params
+    pf.run_on_full_params(lambda m: m.normalize_prototypes())
+    sd = pf.full_state_dict()
+    out["proto_norms"] = sd["head.weight"].norm(dim=1) if rank == 0 else None
+
+    # save / load round trips (dcp for fsdp, torch for ddp)
+    for name, p in (("fsdp", pf), ("ddp", pd)):
+        d = os.path.join(tmp, name)
+        before = p.full_state_dict()
+        p.save(d)
+        p.run_on_full_params(lambda m: [t.mul_(0.5) for t in m.parameters()])
+        p.load(d)
+        after = p.full_state_dict()
+        out[f"{name}_reload_ok"] = all(torch.equal(before[k], after[k]) for k in before)
+    out["fsdp_format"], out["ddp_format"] = pf.checkpoint_format, pd.checkpoint_format
+
+    # bf16 under FSDP2: BN units stay fp32, a step runs
+    pb, losses = _train("fsdp", rank, world, steps=1, precision="bf16")
+    out["bf16_loss_finite"] = all(torch.isfinite(torch.tensor(losses)))
+    out["bf16_bn_dtype"] = pb.unwrapped.trunk.s1.b1.conv1.bn.weight.dtype
+
+    # fp16: inject an inf on rank 0 -> both ranks skip the step and halve the scale; next step applies
+    for backend in ("ddp", "fsdp"):
+        model = make_model(0)
+        p = parallel.setup(model, backend=backend, precision="fp16", optimizer_factory=_lars)
+        s0 = p.loss_scale
+        before = {k: v.clone() for k, v in p.full_state_dict().items() if "weight" in k}
+        x = make_batch(4, seed=20 + rank)
+        loss = p.forward(x)
+        p.backward(loss * (float("inf") if rank == 0 else 1.0))
+        skipped = not p.step()
+        p.zero_grad()
+        same = all(torch.equal(before[k], v) for k, v in p.full_state_dict().items() if k in before)
+        s1 = p.loss_scale
+        applied, scales = False, []
+        for _ in range(12):  # real overflows at a high scale are skipped too, halving each time
+            p.backward(p.forward(x))
+            applied = p.step()
+            p.zero_grad()
+            scales.append(p.loss_scale)
+            if applied:
+                break
+        out[f"fp16_{backend}"] = dict(s0=s0, s1=s1, skipped=skipped, unchanged=same, applied=applied,
+                                      scales=scales)
+
+    # SyncBN (group = both ranks) with checkpointing: equal running stats on all ranks, one update per
+    # forward, and fsdp == ddp
+    for backend in ("ddp", "fsdp"):
+        p, _ = _train(backend, rank, world, steps=1, syncbn_group_size=2, checkpointing="all")
+        bn = p.unwrapped.trunk.s2.b1.conv2.bn
+        out[f"syncbn_{backend}"] = dict(cls=type(bn).__name__, rm=bn.running_mean.clone(), n=int(bn.num_batches_tracked),
+                                        sd=p.full_state_dict())
+
+    # _bigseer_sharded params: neither averaged (ddp) nor sharded (fsdp); gathered in the full state dict
+    for backend in ("ddp", "fsdp"):
+        local = torch.tensor([1.0, 2.0]) * (rank + 1)
+        p = parallel.setup(make_model(0, shard=local), backend=backend, optimizer_factory=_lars)
+        p.backward(p.forward(make_batch(4, seed=rank)))
+        out[f"shard_{backend}"] = dict(grad=p.unwrapped.shard.grad.clone(), is_dtensor=hasattr(p.unwrapped.shard,
+                                                                                                "to_local"),
+                                       full=p.full_state_dict().get("shard"), local=local)
+        p.zero_grad()
+
+    # errors raised identically on every rank, before any collective
+    try:
+        parallel.setup(make_model(0), backend="ddp", syncbn_group_size=3, optimizer_factory=_lars)
+    except ConfigError as exc:
+        out["syncbn_error"] = str(exc)
+    dist.barrier()
+    return out
+
+
+@pytest.fixture(scope="module")
+def results():
+    with tempfile.TemporaryDirectory() as tmp:
+        yield run_distributed(_rank_fn, world_size=2, args=(tmp,))
+
+
+def test_lars_on_dtensor_shards_equals_unsharded(results):
+    for r in results:
+        for got, ref in zip(r["opt_dt"], r["opt_ref"]):
+            torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-7)
+
+
+def test_fsdp_with_checkpointing_matches_ddp_lars_steps(results):
+    r0 = results[0]
+    assert r0["fsdp_losses"] == pytest.approx(r0["ddp_losses"], rel=1e-5)
+    assert list(r0["fsdp_sd"]) == list(r0["ddp_sd"]) == r0["plain_keys"]
+    for k, v in r0["ddp_sd"].items():
+        torch.testing.assert_close(r0["fsdp_sd"][k], v, rtol=1e-4, atol=1e-6, msg=k)
+    assert set(r0["fsdp_counts"].values()) == {2}  # 2 steps: BN updated once per forward despite recompute
+
+
+def test_bn_stats_averaged_across_ranks_without_syncbn(results):
+    local = [r["ddp_local_rm"] for r in results]
+    assert not torch.allclose(local[0], local[1])
+    torch.testing.assert_close(results[0]["ddp_sd"]["trunk.s1.b1.conv1.bn.running_mean"], (local[0] + local[1]) / 2)
+
+
+def test_prototype_normalisation_and_reload(results):
+    r0 = results[0]
+    torch.testing.assert_close(r0["proto_norms"], torch.ones_like(r0["proto_norms"]))
+    assert r0["fsdp_reload_ok"] and r0["ddp_reload_ok"]
+    assert (r0["fsdp_format"], r0["ddp_format"]) == ("dcp", "torch")
+
+
+def test_bf16_fsdp_keeps_bn_fp32(results):
+    assert results[0]["bf16_loss_finite"] and results[0]["bf16_bn_dtype"] == torch.float32
+
+
+@pytest.mark.parametrize("backend", ["ddp", "fsdp"])
+def test_fp16_overflow_step_skipped_and_scale_halved(results, backend):
+    for r in results:
+        f = r[f"fp16_{backend}"]
+        assert f["skipped"] and f["unchanged"] and f["applied"]
+        assert f["s1"] == f["s0"] / 2
+        assert f["scales"][:-1] == [f["s1"] / 2 ** (i + 1) for i in range(len(f["scales"]) - 1)]
+        assert f["scales"][-1] == (f["scales"][-2] if len(f["scales"]) > 1 else f["s1"])
+
+
+def test_syncbn_through_setup_with_checkpointing(results):
+    for backend in ("ddp", "fsdp"):
+        a, b = results[0][f"syncbn_{backend}"], results[1][f"syncbn_{backend}"]
+        assert "GroupSyncBatchNorm" in a["cls"] and a["n"] == b["n"] == 1
+        torch.testing.assert_close(a["rm"], b["rm"])
+    ddp, fsdp = results[0]["syncbn_ddp"]["sd"], results[0]["syncbn_fsdp"]["sd"]
+    assert list(ddp) == list(fsdp) == results[0]["plain_keys"]
+    for k in ddp:
+        torch.testing.assert_close(fsdp[k], ddp[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize("backend", ["ddp", "fsdp"])
+def test_sharded_params_not_averaged_nor_resharded(results, backend):
+    for r in results:
+        s = r[f"shard_{backend}"]
+        torch.testing.assert_close(s["grad"], 2 * s["local"])  # its own gradient, not the ranks' mean
+        assert not s["is_dtensor"]
+    full = torch.cat([r[f"shard_{backend}"]["local"] for r in results])
+    torch.testing.assert_close(results[0][f"shard_{backend}"]["full"], full)
+
+
+def test_syncbn_group_not_dividing_world_is_config_error(results):
+    assert "dividing world_size=2" in results[0]["syncbn_error"]

@@ -1,0 +1,121 @@
+"""DeepSpeed ZeRO 1/2/3 on 2 CPU gloo ranks, one spawn: fp32 steps equal the ddp baseline, LARS is
+refused under ZeRO, fp16 on CPU warns once and falls back, prototypes normalise under ZeRO-3, and
+keys / save / load work."""
+
+import os
+import tempfile
+import warnings
+
+import pytest
+import torch
+
+from bigseer import parallel
+from bigseer.errors import ConfigError
+from bigseer.optim import LARS
+from tests.distributed_utils import run_distributed
+from tests.parallel.standin import make_batch, make_model
+
+
+def _sgd(groups):
+    return torch.optim.SGD(groups, lr=0.05, momentum=0.9)
+
+
+def _weights(sd):
+    return {k: v for k, v in sd.items() if "running" not in k and "num_batches" not in k}
+
+
+def _train(p, rank, world, steps=2):
+    for step in range(steps):
+        x = make_batch(4 * world, seed=10 + step)[rank * 4:(rank + 1) * 4]
+        loss = p.forward(x)
+        p.backward(loss)
+        assert p.step()
+        p.zero_grad()
+
+
+def _rank_fn(rank, world, tmp):
+    out = {}
+    ref = parallel.setup(make_model(0), backend="ddp", optimizer_factory=_sgd)
+    _train(ref, rank, world)
+    out["ddp"] = _weights(ref.full_state_dict())
+    for stage in (1, 2, 3):
+        p = parallel.setup(make_model(0), backend="deepspeed", ds_config=f"zero{stage}_fp32", optimizer_factory=_sgd)
+        _train(p, rank, world)
+        out[f"zero{stage}"] = _weights(p.full_state_dict())
+        out[f"zero{stage}_keys"] = list(p.full_state_dict())
+        if stage == 3:
+            p.run_on_full_params(lambda m: m.normalize_prototypes())
+            p.set_lr(0.0)  # a step at lr 0 rewrites params from DeepSpeed's fp32 master partitions:
+            _train(p, rank, world, steps=1)  # the normalised rows must have reached those too
+            out["z3_norms"] = p.full_state_dict().get("head.weight", torch.ones(1, 1)).norm(dim=1)
+        if stage == 2:
+            before = p.full_state_dict()
+            p.save(os.path.join(tmp, "z2"))
+            p.run_on_full_params(lambda m: [t.mul_(0.5) for t in m.parameters()])
+            p.load(os.path.join(tmp, "z2"))
+            after = p.full_state_dict()
+            out["z2_reload_ok"] = all(torch.equal(before[k], after[k]) for k in before)
+    try:
+        parallel.setup(make_model(0), backend="deepspeed", ds_config="zero2_fp32",
+                       optimizer_factory=lambda g: LARS(g, lr=0.1))
+    except ConfigError as exc:
+        out["lars_error"] = str(exc)
+    # fp16 on CPU: one warning, then bf16 autocast with fp32 params; a step runs
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        p = parallel.setup(make_model(0), backend="deepspeed", ds_config="zero1", precision="fp16",
+                           optimizer_factory=_sgd)
+    out["fp16_warnings"] = [str(w.message) for w in caught if "fp16" in str(w.message)]
+    out["fp16_effective"] = p.precision
+    out["fp16_scale"] = p.loss_scale
+    _train(p, rank, world, steps=1)
+    out["fp16_bn_dtype"] = p.unwrapped.trunk.s1.b1.conv1.bn.weight.dtype
+    return out
+
+
+@pytest.fixture(scope="module")
+def results():
+    with tempfile.TemporaryDirectory() as tmp:
+        yield run_distributed(_rank_fn, world_size=2, args=(tmp,), env={"DS_ACCELERATOR": "cpu"})
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_zero_fp32_matches_ddp(results, stage):
+    r0 = results[0]
+    assert r0[f"zero{stage}_keys"] == list(make_model(0).state_dict())
+    for k, v in r0["ddp"].items():
+        torch.testing.assert_close(r0[f"zero{stage}"][k], v, rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_zero3_prototype_normalisation_and_zero2_reload(results):
+    norms = results[0]["z3_norms"]
+    assert norms.numel() == 6
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+    assert results[0]["z2_reload_ok"]
+
+
+def test_lars_refused_under_zero(results):
+    assert "LARS under DeepSpeed ZeRO stage 2 is refused" in results[0]["lars_error"]
+
+
+def test_fp16_on_cpu_warns_once_and_falls_back_to_bf16(results):
+    for r in results:
+        assert len(r["fp16_warnings"]) == 1 and "not supported" in r["fp16_warnings"][0]
+        assert r["fp16_effective"] == "bf16" and r["fp16_scale"] is None
+        assert r["fp16_bn_dtype"] == torch.float32
+
+
+def test_resolve_precision_blocks(monkeypatch):
+    from bigseer.parallel import deepspeed as ds
+
+    monkeypatch.setattr(ds, "fp16_supported", lambda: False)
+    with pytest.warns(RuntimeWarning, match="fp16 is not supported") as rec:
+        cfg, eff = ds.resolve_precision(ds.load_ds_config("zero2"), "fp16", "cuda")
+    assert len(rec) == 1 and eff == "bf16"
+    assert "fp16" not in cfg and "bf16" not in cfg
+    assert cfg["torch_autocast"] == {"enabled": True, "dtype": "bfloat16"}
+    cfg, eff = ds.resolve_precision(ds.load_ds_config("zero2_fp32"), "bf16")
+    assert eff == "bf16" and cfg["torch_autocast"]["enabled"] and "bf16" not in cfg
+    monkeypatch.setattr(ds, "fp16_supported", lambda: True)
+    cfg, eff = ds.resolve_precision(ds.load_ds_config("zero2_fp32"), "fp16", "cuda")
+    assert eff == "fp16" and cfg["fp16"]["initial_scale_power"] == 16 and cfg["fp16"]["hysteresis"] == 2

@@ -1,0 +1,86 @@
+"""Run-config validation: every bad input fails up front with a message naming the field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bigseer.commands.pretrain import SEER_RECIPE, add_arguments, config_from_args
+from bigseer.config import PretrainConfig, resolve_backend, resolve_precision, validate
+from bigseer.errors import ConfigError
+
+
+def _ds(tmp_path: Path, **cfg: object) -> str:
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(cfg))
+    return str(path)
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"backend": "horovod"}, "unknown backend 'horovod'"),
+    ({"precision": "fp8"}, "unknown precision 'fp8'"),
+    ({"model": "regnety_99gf"}, "unknown RegNetY preset 'regnety_99gf'"),
+    ({"batch_size": 0}, "batch_size=0 must be > 0"),
+    ({"schedule": "step"}, "unknown schedule 'step'"),
+    ({"data": "/nonexistent/images"}, "data path '/nonexistent/images' does not exist"),
+    ({"warmup_steps": 50, "max_steps": 10}, "warmup_steps=50 must be < max_steps=10"),
+    ({"head_dims": (0,)}, r"head_dims=\[0\]"),
+])
+def test_bad_values_fail_before_work(changes: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        validate(PretrainConfig(**changes), world_size=1)
+
+
+def test_world_size_dependent_checks() -> None:
+    with pytest.raises(ConfigError, match="syncbn_group_size=3 must divide the world size 4"):
+        validate(PretrainConfig(syncbn_group_size=3), world_size=4)
+    validate(PretrainConfig(syncbn_group_size=2), world_size=4)
+    with pytest.raises(ConfigError, match="num_prototypes=10 must be divisible by the world size 4"):
+        validate(PretrainConfig(num_prototypes=10, shard_prototypes=True), world_size=4)
+
+
+def test_deepspeed_config_contradictions(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="needs a DeepSpeed JSON config"):
+        validate(PretrainConfig(backend="deepspeed"), world_size=2)
+    path = _ds(tmp_path, train_micro_batch_size_per_gpu=8)
+    with pytest.raises(ConfigError, match="train_micro_batch_size_per_gpu=8 contradicts --batch_size 32"):
+        validate(PretrainConfig(ds_config=path), world_size=2)
+    path = _ds(tmp_path, train_batch_size=100)
+    with pytest.raises(ConfigError, match="train_batch_size=100 contradicts"):
+        validate(PretrainConfig(ds_config=path), world_size=2)
+    path = _ds(tmp_path, fp16={"enabled": True})
+    with pytest.raises(ConfigError, match="trains in fp16 but --precision is bf16"):
+        validate(PretrainConfig(ds_config=path, precision="bf16"), world_size=2)
+    cfg = PretrainConfig(ds_config=path)
+    validate(cfg, world_size=2)
+    assert resolve_backend(cfg, 2) == "deepspeed" and resolve_precision(cfg) == "fp16"
+    with pytest.raises(ConfigError, match="backend is 'fsdp'"):
+        validate(PretrainConfig(ds_config=path, backend="fsdp"), world_size=2)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        validate(PretrainConfig(ds_config=str(tmp_path / "bad.json")), world_size=2)
+
+
+def test_auto_backend_and_roundtrip() -> None:
+    assert resolve_backend(PretrainConfig(), 1) == "none"
+    assert resolve_backend(PretrainConfig(), 2) == "ddp"
+    cfg = PretrainConfig(head_dims=(32, 16), crops_for_assign=(0,))
+    assert PretrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="unknown config key"):
+        PretrainConfig.from_dict({"modle": "x"})
+
+
+def test_flags_map_to_config_and_seer_recipe() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = config_from_args(parser.parse_args(["--model", "regnety_test", "--head_dims", "8,4", "--resume",
+                                              "--no_export", "--local_rank=0", "--deepspeed_config", "x.json"]))
+    assert cfg.model == "regnety_test" and cfg.head_dims == (8, 4) and cfg.resume and not cfg.export
+    assert cfg.ds_config == "x.json"
+    seer = config_from_args(parser.parse_args(["--seer", "--num_prototypes", "3000"]))
+    assert seer.model == SEER_RECIPE["model"] == "regnety_256gf"
+    assert seer.num_prototypes == 3000 and seer.sinkhorn_iters == 10 and seer.crops == "2x224+4x96"

@@ -1,0 +1,96 @@
+"""Memory planner: fast on the largest model, sensible scaling, CLI, and within 20% of what 2 gloo ranks
+actually hold (ddp and fsdp, regnety_tiny)."""
+
+import time
+
+import pytest
+
+from bigseer.cli import main
+from bigseer.errors import ConfigError
+from bigseer.plan import measure_step_memory, parse_crops, plan_memory
+from tests.distributed_utils import run_distributed
+
+CATEGORIES = ("params", "grads", "optimizer", "activations", "buffers")
+
+
+def _measure(rank, world):
+    from bigseer import parallel
+    from bigseer.optim import LARS
+    from tests.parallel.standin import make_batch, make_model
+
+    out = {}
+    for backend in ("ddp", "fsdp"):
+        p = parallel.setup(make_model(0, "regnety_tiny"), backend=backend,
+                           optimizer_factory=lambda g: LARS(g, lr=0.1))
+        x = make_batch(4, seed=rank, size=32)
+        p.backward(p.forward(x))  # a first step creates the optimizer state
+        p.step()
+        p.zero_grad()
+        out[backend] = measure_step_memory(p, lambda: p.forward(x))
+    return out
+
+
+def test_plan_within_20_percent_of_measured_on_2_ranks():
+    measured = run_distributed(_measure, world_size=2)
+    for backend in ("ddp", "fsdp"):
+        plan = plan_memory("regnety_tiny", world_size=2, backend=backend, batch_per_gpu=4, crops="1x32",
+                           head_dims=(), prototypes=6)
+        for r in measured:
+            m = r[backend]
+            for cat in CATEGORIES:
+                got = getattr(plan, cat)
+                assert abs(got - m[cat]) <= 0.2 * m[cat], (backend, cat, got, m[cat])
+            assert abs(plan.total - plan.transient - sum(m.values())) <= 0.2 * sum(m.values())
+    ddp_params = measured[0]["ddp"]["params"]
+    assert measured[0]["fsdp"]["params"] < 0.6 * ddp_params  # sharding really halves the rank's parameters
+
+
+def test_seer_10b_on_512_gpus_plans_in_seconds():
+    t0 = time.perf_counter()
+    plan = plan_memory("seer_10b", world_size=512, backend="fsdp", precision="bf16", batch_per_gpu=16,
+                       crops="2x160,4x96", checkpointing="all")
+    assert time.perf_counter() - t0 < 30
+    assert plan.trunk_params == 9_323_934_872
+    assert plan.head_params == 28280 * 8192 + 8192 + 8192 * 8192 + 8192 + 8192 * 256 + 256 + 256 * 16384
+    name, numel = plan.largest_unit
+    assert numel >= 1e8 and name.endswith("conv")  # VISSL's >= 1e8 convs get their own unit
+    assert plan.params == -(-(plan.trunk_params + plan.head_params) // 512) * 4
+
+
+def test_plan_scaling_and_checkpointing():
+    base = dict(batch_per_gpu=8, crops="2x64,2x32", head_dims=(64, 32), prototypes=100)
+    fsdp2 = plan_memory("regnety_400mf", world_size=2, backend="fsdp", **base)
+    fsdp8 = plan_memory("regnety_400mf", world_size=8, backend="fsdp", **base)
+    ddp = plan_memory("regnety_400mf", world_size=8, backend="ddp", **base)
+    assert fsdp8.params < fsdp2.params < ddp.params
+    assert fsdp8.activations == ddp.activations
+    ckpt = plan_memory("regnety_400mf", world_size=8, backend="fsdp", checkpointing="all", **base)
+    assert ckpt.activations < 0.6 * fsdp8.activations
+    z1, z2, z3 = (plan_memory("regnety_400mf", world_size=8, backend="deepspeed", zero_stage=s, ds_bucket=10**5,
+                              **base)
+                  for s in (1, 2, 3))
+    assert z1.grads > z2.grads and z2.params > z3.params and z1.optimizer == z3.optimizer
+    bf16 = plan_memory("regnety_400mf", world_size=8, backend="fsdp", precision="bf16", **base)
+    assert bf16.activations < fsdp8.activations
+
+
+def test_plan_errors():
+    with pytest.raises(ConfigError, match="backend"):
+        plan_memory("regnety_test", backend="horovod")
+    with pytest.raises(ConfigError, match="crops"):
+        parse_crops("2x224,6y96")
+    with pytest.raises(ConfigError, match="preset"):
+        plan_memory("regnety_nope")
+    with pytest.raises(ConfigError, match="world_size"):
+        plan_memory("regnety_test", world_size=0)
+
+
+def test_plan_cli(capsys):
+    rc = main(["plan", "--model", "regnety_test", "--world_size", "4", "--backend", "fsdp", "--precision", "bf16",
+               "--batch_per_gpu", "2", "--crops", "2x32,2x16", "--checkpointing", "[true, false, [0], true]",
+               "--head_dims", "32,16", "--prototypes", "10"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    for word in ("parameters", "gradients", "optimizer state", "activations", "buffers", "largest FSDP unit"):
+        assert word in out
+    assert main(["plan", "--model", "regnety_test", "--crops", "2by32"]) == 2
