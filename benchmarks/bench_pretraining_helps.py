@@ -80,10 +80,61 @@ def pretrain_trunk(args: argparse.Namespace, train_dir: str, out_dir: str) -> tu
     k = max(len(losses) // 10, 1)
     facts = {"steps": result.steps, "wall_s": round(wall, 1), "first_loss": float(np.mean(losses[:k])),
              "last_loss": float(np.mean(losses[-k:])), "log_K": math.log(args.prototypes),
-             "images_seen": result.steps * args.pretrain_batch, "crops": args.crops, "config": cfg.to_dict()}
+             "images_seen": result.steps * args.pretrain_batch, "crops": args.crops, "pretrainer": "engine"}
     if result.export_path is None:
         raise SystemExit("pretraining exported no trunk (export disabled?)")
     return str(result.export_path), facts
+
+
+def pretrain_with_components(args: argparse.Namespace, train_dir: str, out_dir: str) -> tuple[str, dict[str, Any]]:
+    """The same SwAV recipe driven directly through bigseer's parts (RegNet, SwAVHead/SwAVModel,
+    MultiCropStream, LARS, WarmupCosine), single process: used when ``bigseer.engine`` is not usable."""
+    from safetensors.torch import save_file
+
+    from bigseer.data import MultiCropStream
+    from bigseer.models import build_regnet
+    from bigseer.optim import LARS, WarmupCosine
+    from bigseer.ssl import SwAVHead, SwAVModel
+
+    torch.manual_seed(args.seed)
+    trunk = build_regnet(args.model, zero_init_last=args.zero_init_last)
+    head = SwAVHead(trunk.num_features, [args.head_hidden], args.embed_dim, args.prototypes,
+                    queue_length=args.queue_length)
+    model = SwAVModel(trunk, head, temperature=0.1, epsilon=args.epsilon, sinkhorn_iters=3,
+                      freeze_prototypes_iters=args.freeze_prototypes)
+    peak = args.pretrain_lr * args.pretrain_batch / 256
+    warmup = min(args.pretrain_steps // 10, 100)
+    schedule = WarmupCosine(start_lr=peak / 64, peak_lr=peak, warmup_steps=warmup,
+                            total_steps=args.pretrain_steps, final_lr=peak * 0.001)
+    opt = LARS(model.parameters(), lr=schedule(0), momentum=0.9, weight_decay=1e-5)
+    stream = MultiCropStream(train_dir, args.crops, args.pretrain_batch, seed=args.seed, num_workers=args.workers)
+    losses: list[float] = []
+    t0 = time.time()
+    model.train()
+    for step, batch in enumerate(stream):
+        if step >= args.pretrain_steps:
+            break
+        for g in opt.param_groups:
+            g["lr"] = schedule(step)
+        loss = model(batch.crops)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        model.on_after_backward(step)
+        opt.step()
+        model.normalize_prototypes()
+        losses.append(float(loss))
+        if step % max(args.pretrain_steps // 20, 1) == 0:
+            print(f"pretrain step {step} loss {losses[-1]:.4f} lr {schedule(step):.4g} "
+                  f"({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
+    wall = time.time() - t0
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "model.safetensors")
+    save_file({k: v.contiguous() for k, v in trunk.state_dict().items()}, path)
+    k = max(len(losses) // 10, 1)
+    return path, {"steps": len(losses), "wall_s": round(wall, 1), "first_loss": float(np.mean(losses[:k])),
+                  "last_loss": float(np.mean(losses[-k:])), "log_K": math.log(args.prototypes),
+                  "images_seen": len(losses) * args.pretrain_batch, "crops": args.crops,
+                  "pretrainer": "components"}
 
 
 def evaluate(source: dict[str, Any], data: str, args: argparse.Namespace) -> dict[str, float]:
@@ -96,13 +147,13 @@ def evaluate(source: dict[str, Any], data: str, args: argparse.Namespace) -> dic
     out["knn res5 (k=20)"] = run_downstream(EvalConfig(mode="knn", batch_size=256, **common))["final"]["top1"]
     for layer in ("res4", "res5"):
         res = run_downstream(EvalConfig(mode="linear", layer=layer, epochs=args.linear_epochs, batch_size=64,
-                                        lr=args.linear_lr, lr_milestones=[int(args.linear_epochs * 0.7)],
+                                        lr=args.linear_lr, lr_milestones=[max(int(args.linear_epochs * 0.7), 1)],
                                         **common))
         out[f"linear {layer}"] = res["final"]["top1"]
     for frac in (0.1, 0.01):
         res = run_downstream(EvalConfig(mode="lowshot", fraction=frac, epochs=args.lowshot_epochs,
                                         batch_size=32, lr=args.lowshot_lr,
-                                        lr_milestones=[int(args.lowshot_epochs * 30 / 35)], **common))
+                                        lr_milestones=[max(int(args.lowshot_epochs * 30 / 35), 1)], **common))
         out[f"low-shot {int(frac * 100)}% fine-tune"] = res["final"]["top1"]
     out["eval_wall_s"] = round(time.time() - t0, 1)
     return out
@@ -122,18 +173,25 @@ def main() -> int:
     p.add_argument("--epsilon", type=float, default=0.05)
     p.add_argument("--queue_length", type=int, default=0)
     p.add_argument("--freeze_prototypes", type=int, default=0)
+    p.add_argument("--zero_init_last", action="store_true",
+                   help="zero-gamma on each block's last BN (components pretrainer). Off by default: on small "
+                        "images it makes every initial feature a function of the top-left input pixels only "
+                        "(1x1 stride-2 shortcuts), so SwAV's loss sits at ln K from step 0")
     p.add_argument("--linear_epochs", type=int, default=20)
     p.add_argument("--linear_lr", type=float, default=0.1)
     p.add_argument("--lowshot_epochs", type=int, default=35)
     p.add_argument("--lowshot_lr", type=float, default=0.0125)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadier on a shared machine)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pretrainer", choices=("engine", "components"), default="engine",
+                   help="bigseer.engine.pretrain, or the same recipe driven through bigseer's parts")
     p.add_argument("--weights", default=None, help="skip pretraining: evaluate this export instead")
     p.add_argument("--workdir", default=None, help="keep data / runs here (default: a temp dir)")
     p.add_argument("--markdown", default=None, help="append the results section to this file")
     args = p.parse_args()
 
-    torch.set_num_threads(max(os.cpu_count() or 1, 1))
+    torch.set_num_threads(args.threads)
     work = args.workdir or tempfile.mkdtemp(prefix="bigseer_bench_")
     data = os.path.join(work, "digits")
     if not os.path.isdir(os.path.join(data, "val")):
@@ -146,8 +204,9 @@ def main() -> int:
     facts: dict[str, Any] = {}
     weights = args.weights
     if weights is None:
-        weights, facts = pretrain_trunk(args, os.path.join(data, "train"), os.path.join(work, "pretrain"))
-        print(f"pretraining: {json.dumps({k: v for k, v in facts.items() if k != 'config'})}", file=sys.stderr)
+        run = pretrain_trunk if args.pretrainer == "engine" else pretrain_with_components
+        weights, facts = run(args, os.path.join(data, "train"), os.path.join(work, "pretrain"))
+        print(f"pretraining: {json.dumps(facts)}", file=sys.stderr)
     load_mid = os.getloadavg()
     pre = evaluate({"weights": weights}, data, args)
     rnd = evaluate({"weights": None}, data, args)
@@ -160,7 +219,7 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    summary = {"pretrained": pre, "random": rnd, "pretraining": {k: v for k, v in facts.items() if k != "config"},
+    summary = {"pretrained": pre, "random": rnd, "pretraining": facts,
                "load_avg_before": load_before, "load_avg_after_pretrain": load_mid, "load_avg_end": load_after}
     print(json.dumps(summary))
     if args.markdown:
@@ -168,7 +227,7 @@ def main() -> int:
         with open(args.markdown, "a") as f:
             f.write(f"\n### Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n\n`{cmd}`\n\n")
             if facts:
-                f.write(f"Pretraining ({args.model}, {facts['steps']} steps x batch {args.pretrain_batch}, crops "
+                f.write(f"Pretraining via {facts['pretrainer']} ({args.model}, {facts['steps']} steps x batch {args.pretrain_batch}, crops "
                         f"{args.crops}): {facts['wall_s']} s wall on 2 shared CPU cores; SwAV loss "
                         f"{facts['first_loss']:.3f} (first 10%) -> {facts['last_loss']:.3f} (last 10%), "
                         f"ln K = {facts['log_K']:.3f}.\n\n")

@@ -2,7 +2,7 @@
 
 Layout (docs/INTERFACES.md)::
 
-    OUTPUT_DIR/checkpoints/step_00000100/{meta.json, trainer.pt, rng_rank{r}.pt, <backend state>}
+    OUTPUT_DIR/checkpoints/step_00000100/{meta.json, trainer.pt, rng_rank{r}.pt, state.pt | dcp/ | deepspeed/}
     OUTPUT_DIR/checkpoints/latest        # names the newest committed step dir; written last
 
 A crash at any moment (kill -9 included) leaves the previous checkpoint loadable: an uncommitted
@@ -34,9 +34,11 @@ class BackendState(Protocol):
 
     checkpoint_format: str
 
-    def save(self, directory: str) -> None: ...
+    def save(self, directory: str) -> None:
+        """Collectively write the native state into ``directory`` (which exists)."""
 
-    def load(self, directory: str) -> None: ...
+    def load(self, directory: str) -> None:
+        """Collectively restore the native state from ``directory``."""
 
 
 def step_dirname(step: int) -> str:
@@ -114,7 +116,7 @@ def save_checkpoint(output_dir: str | os.PathLike[str], step: int, backend: Back
             shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
         tmp.mkdir()
     _barrier()
-    backend.save(str(tmp / backend.checkpoint_format))
+    backend.save(str(tmp))
     torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
     if rank == 0:
         torch.save(trainer_state, tmp / "trainer.pt")
@@ -180,7 +182,7 @@ def load_checkpoint(ckpt_dir: str | os.PathLike[str], backend: BackendState,
         raise CheckpointError(f"{ckpt} was written by {meta.get('world_size')} ranks; this run has "
                               f"{get_world_size()} (exact resume needs the same world size; use `bigseer export` "
                               "to take the weights elsewhere)")
-    backend.load(str(ckpt / backend.checkpoint_format))
+    backend.load(str(ckpt))
     try:
         set_rng_state(torch.load(ckpt / f"rng_rank{get_rank()}.pt", weights_only=True))
         trainer = torch.load(ckpt / "trainer.pt", weights_only=True)

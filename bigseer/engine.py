@@ -54,16 +54,35 @@ def peak_lr(cfg: PretrainConfig, world_size: int) -> float:
     return cfg.base_lr * cfg.batch_size * world_size / 256
 
 
-def make_schedule(cfg: PretrainConfig, world_size: int) -> Any:
-    """Warmup + half-cosine, or the paper's fixed-LR-halve-on-plateau schedule."""
-    from bigseer.optim import CosineWithWarmup, PlateauHalving
+class LRSchedule:
+    """The run's LR driver: SEER's warmup + half-cosine (a function of the step), or the paper's
+    fixed-LR-halve-on-plateau schedule (stateful, fed the loss after every step)."""
 
-    peak = peak_lr(cfg, world_size)
-    if cfg.schedule == "cosine":
-        start = cfg.start_lr if cfg.start_lr is not None else peak / 64
-        return CosineWithWarmup(peak_lr=peak, start_lr=start, warmup_steps=cfg.warmup_steps,
-                                total_steps=cfg.max_steps, final_lr=peak * cfg.final_lr_ratio)
-    return PlateauHalving(lr=peak, patience=cfg.plateau_patience)
+    def __init__(self, cfg: PretrainConfig, world_size: int) -> None:
+        from bigseer.optim.schedules import PlateauHalving, WarmupCosine
+
+        peak = peak_lr(cfg, world_size)
+        self.cosine: WarmupCosine | None = None
+        self.plateau: PlateauHalving | None = None
+        if cfg.schedule == "cosine":
+            start = cfg.start_lr if cfg.start_lr is not None else peak / 64
+            self.cosine = WarmupCosine(start, peak, cfg.warmup_steps, cfg.max_steps, peak * cfg.final_lr_ratio)
+        else:
+            self.plateau = PlateauHalving(lr=peak, patience=cfg.plateau_patience)
+
+    def lr_at(self, step: int) -> float:
+        return self.cosine(step) if self.cosine is not None else self.plateau.lr  # type: ignore[union-attr]
+
+    def observe(self, loss: float) -> None:
+        if self.plateau is not None:
+            self.plateau.update(loss)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.plateau.state_dict() if self.plateau is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.plateau is not None:
+            self.plateau.load_state_dict(state)
 
 
 def _meta(cfg: PretrainConfig, backend: str) -> dict[str, Any]:
@@ -99,17 +118,19 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
 
     torch.manual_seed(cfg.seed)
     model = build_swav_model(cfg)
-    schedule = make_schedule(cfg, world)
-    from bigseer.optim import build_lars
+    schedule = LRSchedule(cfg, world)
+    from bigseer.optim import LARS
 
     par = parallel.setup(
-        model, backend=backend, precision=precision, syncbn_group_size=cfg.syncbn_group_size,
-        checkpointing=cfg.checkpointing, ds_config=cfg.ds_config,
-        optimizer_factory=lambda params: build_lars(params, lr=schedule.lr_at(0), momentum=cfg.momentum,
-                                                    weight_decay=cfg.weight_decay, trust=cfg.lars_trust,
-                                                    exclude_bn_bias=cfg.lars_exclude_bn_bias),
+        model, backend="ddp" if backend == "none" else backend, precision=precision,
+        syncbn_group_size=world if cfg.syncbn_group_size == -1 else (cfg.syncbn_group_size or None),
+        checkpointing=cfg.checkpointing, ds_config=cfg.ds_config, exclude_bn_bias=cfg.lars_exclude_bn_bias,
+        optimizer_factory=lambda groups: LARS(groups, lr=schedule.lr_at(0), momentum=cfg.momentum,
+                                              weight_decay=cfg.weight_decay, trust_coefficient=cfg.lars_trust),
     )
     swav = par.unwrapped
+    proto_ids = {id(p) for p in swav.head.prototype_parameters()}
+    proto_names = [n for n, p in swav.named_parameters() if id(p) in proto_ids]
 
     start_step = 0
     if resume_dir is not None:
@@ -142,11 +163,13 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
             logger.add_skipped(batch.skipped)
             lr = schedule.lr_at(step)
             par.set_lr(lr)
+            if cfg.freeze_prototypes_iters and step in (start_step, cfg.freeze_prototypes_iters):
+                # SwAV: prototypes get no updates for the first iterations (works under every backend)
+                par.set_frozen(proto_names, step < cfg.freeze_prototypes_iters)
             loss = par.forward(batch.crops)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {step + 1}; lower the lr or use fp32/bf16")
             par.backward(loss)
-            swav.on_after_backward(step)
             stepped = par.step()
             par.run_on_full_params(swav.normalize_prototypes)
             par.zero_grad()
@@ -196,5 +219,5 @@ def _export(checkpoint: Path | None, out: Path) -> Path | None:
     return path
 
 
-__all__ = ["PretrainConfig", "PretrainResult", "pretrain", "build_swav_model", "peak_lr", "make_schedule",
+__all__ = ["PretrainConfig", "PretrainResult", "pretrain", "build_swav_model", "peak_lr", "LRSchedule",
            "ConfigError"]

@@ -27,7 +27,6 @@ class FakeBackend:
         self.value = value
 
     def save(self, directory: str) -> None:
-        os.makedirs(directory)
         torch.save({"v": self.value}, os.path.join(directory, "state.pt"))
 
     def load(self, directory: str) -> None:
@@ -86,7 +85,6 @@ _SLOW_WRITER = textwrap.dedent("""
     class Slow:
         checkpoint_format = "torch"
         def save(self, d):
-            os.makedirs(d)
             with open(os.path.join(d, "state.pt"), "wb") as f:
                 for _ in range(400):
                     f.write(b"x" * 65536)
@@ -110,7 +108,7 @@ def test_kill_9_during_write_keeps_previous_checkpoint(tmp_path: Path) -> None:
                             env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
     assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
     deadline = time.time() + 30
-    while not list((tmp_path / "checkpoints").glob(".tmp-*/torch/state.pt")) and time.time() < deadline:
+    while not list((tmp_path / "checkpoints").glob(".tmp-*/state.pt")) and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(0.3)  # mid-write
     proc.send_signal(signal.SIGKILL)

@@ -71,7 +71,7 @@ def test_bench_rejects_bad_flags_with_one_line(capsys: pytest.CaptureFixture[str
 
 
 def test_bench_runs_and_prints_table(capsys: pytest.CaptureFixture[str]) -> None:
-    rc = cli.main(["bench", "--model", "regnety_200mf", "--batch_size", "2", "--image_size", "32",
+    rc = cli.main(["bench", "--model", "regnety_200mf", "--batch_size", "4", "--image_size", "64",
                    "--steps", "1", "--warmup", "0", "--channels_last", "--quiet"])
     assert rc == 0
     out = capsys.readouterr().out
@@ -83,4 +83,5 @@ def test_bench_runs_and_prints_table(capsys: pytest.CaptureFixture[str]) -> None
         assert float(cells[0]) > 0, name  # images/s
         assert math.isfinite(float(cells[3])) and math.isfinite(float(cells[5])), name
     # Same weights, same input, same ops: timm's eager trunk matches ours to float rounding.
-    assert float(rows["timm eager"][3]) < 1e-5 and float(rows["timm eager"][6]) < 1e-5
+    assert float(rows["timm eager"][3]) < 1e-5 and float(rows["timm eager"][5]) < 1e-5
+    assert float(rows["bigseer eager"][6]) < 1e-3  # fp32 eager grads vs the float64 run

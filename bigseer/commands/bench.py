@@ -31,6 +31,7 @@ class BenchRow:
     max_abs_diff_out: float  # vs the bigseer eager output (timm eager is compared to it too)
     max_abs_diff_grad: float  # max over all parameter gradients, matched by state-dict name
     rel_diff_grad: float  # max over parameters of max|g - g_ref| / max|g_ref|
+    rel_diff_grad_fp64: float  # the same against a float64 run of bigseer eager (fp32 rounding scale)
     error: str = ""
 
 
@@ -139,34 +140,45 @@ def benchmark_regnet(model: str = "regnety_800mf", *, batch_size: int = 16, imag
         say(f"step {i + 1}/{steps}: " + ", ".join(f"{v.name} {v.times[-1] * 1e3:.0f} ms" for v in live))
 
     ref_out, ref_grads = first["bigseer eager"]
+    say("float64 reference step")
+    ref64 = copy.deepcopy(ours).double().train()
+    ref64.load_state_dict(state, strict=True)
+    (ref64(x.double()) * proj.double()).sum().backward()
+    grads64 = {n: p.grad for n, p in ref64.named_parameters()}
+
+    def rel_diff(grads: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> float:
+        return max(((grads[k].double() - ref[k]).abs().max() / ref[k].abs().max().clamp_min(1e-30)).item()
+                   for k in ref)
+
     timm_med = statistics.median(variants[0].times) if not variants[0].error else float("nan")
     rows = []
     for v in variants:
         if v.error:
             nan = float("nan")
-            rows.append(BenchRow(v.name, nan, nan, nan, nan, nan, nan, v.error))
+            rows.append(BenchRow(v.name, nan, nan, nan, nan, nan, nan, nan, v.error))
             continue
         med = statistics.median(v.times)
         out, grads = first[v.name]
         d_out = (out - ref_out).abs().max().item()
         d_grad = max((grads[k] - ref_grads[k]).abs().max().item() for k in ref_grads)
-        rel = max(((grads[k] - ref_grads[k]).abs().max() / ref_grads[k].abs().max().clamp_min(1e-30)).item()
-                  for k in ref_grads)
-        rows.append(BenchRow(v.name, batch_size / med, med * 1e3, timm_med / med, d_out, d_grad, rel))
+        rows.append(BenchRow(v.name, batch_size / med, med * 1e3, timm_med / med, d_out, d_grad,
+                             rel_diff(grads, ref_grads), rel_diff(grads, grads64)))
     return rows
 
 
 def format_table(rows: list[BenchRow]) -> str:
-    """A markdown table of :func:`benchmark_regnet` rows (errors listed below it)."""
+    """A markdown table of :func:`benchmark_regnet` rows (errors listed below it). Diffs are vs
+    bigseer eager fp32's first step; the last column is vs a float64 run, i.e. the fp32 rounding scale."""
     lines = ["| variant | images/s | ms/step (median) | vs timm eager | max abs diff out | max abs diff grad "
-             "| max rel diff grad |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| max rel diff grad | max rel diff grad vs fp64 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if r.error:
-            lines.append(f"| {r.name} | failed | - | - | - | - | - |")
+            lines.append(f"| {r.name} | failed | - | - | - | - | - | - |")
         else:
             lines.append(f"| {r.name} | {r.images_per_s:.2f} | {r.ms_per_step:.0f} | {r.ratio_vs_timm:.2f}x "
-                         f"| {r.max_abs_diff_out:.2e} | {r.max_abs_diff_grad:.2e} | {r.rel_diff_grad:.2e} |")
+                         f"| {r.max_abs_diff_out:.2e} | {r.max_abs_diff_grad:.2e} | {r.rel_diff_grad:.2e} "
+                         f"| {r.rel_diff_grad_fp64:.2e} |")
     lines += [f"\n{r.name} failed: {r.error}" for r in rows if r.error]
     return "\n".join(lines)
 

@@ -13,6 +13,10 @@ def load_trunk(weights: str | None, model: str | None, seed: int = 0) -> RegNet:
     """``weights`` (any bigseer export / checkpoint dir / timm-layout safetensors; ``model`` names the preset
     where the file does not say) or, without weights, preset ``model`` at random init (seeded).
 
+    The random baseline keeps every residual branch live (no zero-gamma on the blocks' last BN): with
+    zero-gamma each block is its 1x1 stride-2 shortcut, so pooled res5 features of a small image depend on
+    a handful of corner pixels and frozen-feature baselines (linear, kNN) would be degenerate.
+
     Raises CheckpointError when the file is missing or does not match ``model``.
     """
     import torch
@@ -21,7 +25,7 @@ def load_trunk(weights: str | None, model: str | None, seed: int = 0) -> RegNet:
         params = resolve_params(model)  # ConfigError for an unknown preset
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            return build_regnet(params)
+            return build_regnet(params, zero_init_last=False)
     if not os.path.exists(weights):
         raise CheckpointError(f"weights {weights!r} do not exist")
     if model is not None:

@@ -6,6 +6,14 @@ Sharded tensors get their norms from the whole tensor: FSDP2 ``DTensor`` paramet
 local sums of squares over their mesh, and parameters marked ``_bigseer_sharded`` (sharded SwAV
 prototypes) over ``p._bigseer_shard_group`` (default group when unset). One all-reduce per group of
 ranks per step, so a sharded step equals the unsharded one.
+
+DeepSpeed ZeRO 1/2/3 hands the optimizer one flat fp32 partition per param group (DeepSpeed issues 490,
+153). ``bigseer.parallel.setup`` then builds ONE TENSOR PER GROUP marked ``zero_partitioned=True`` and
+``zero_numel=<the tensor's numel>``: each rank's partition is the contiguous slice
+``[rank * n, (rank + 1) * n)`` of that tensor (n = partition size; past ``zero_numel`` is padding, which
+ZeRO-3 leaves uninitialised, so it is cut off), and the sums of squares of that slice are all-reduced
+over the default group. DeepSpeed steps the groups one at a time on every rank in the same order, so
+each such group costs one all-reduce of 2 numbers per step.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from bigseer.distributed import all_reduce_sum, get_world_size, is_distributed
+from bigseer.distributed import all_reduce_sum, get_rank, get_world_size, is_distributed
 from bigseer.errors import ConfigError
 
 
@@ -33,12 +41,28 @@ def _norm_group(p: torch.Tensor) -> tuple[bool, Any]:
     return False, None
 
 
+def _zero_sq(group: dict[str, Any]) -> torch.Tensor:
+    """[1, 2] sums of squares (w, g) of a ZeRO group's full tensor, all-reduced over the default group."""
+    if len(group["params"]) != 1 or not isinstance(group.get("zero_numel"), int):
+        raise ConfigError("LARS zero_partitioned param groups need exactly one tensor and an int zero_numel "
+                          f"(got {len(group['params'])} tensors, zero_numel={group.get('zero_numel')!r})")
+    p = group["params"][0]
+    flat = p.detach().reshape(-1)
+    n = flat.numel()
+    valid = max(0, min(n, group["zero_numel"] - get_rank() * n))  # padding past the tensor's end is cut
+    g = p.grad.detach().reshape(-1)[:valid] if p.grad is not None else flat.new_zeros(0)
+    sq = torch.stack([flat[:valid].float().pow(2).sum(), g.float().pow(2).sum()]).view(1, 2)
+    return sq
+
+
 class LARS(torch.optim.Optimizer):
     """SGD + momentum with layer-wise adaptive rate scaling.
 
     Param-group options: ``lr``, ``momentum`` (0.9), ``weight_decay`` (1e-5), ``trust_coefficient``
     (0.001), ``eps`` (1e-8), ``clip`` (False: apex LARC ``clip=True`` caps the ratio at 1 relative to
-    ``lr``), ``lars_exclude`` (False: when True the group gets neither adaptation nor weight decay).
+    ``lr``), ``lars_exclude`` (False: when True the group gets neither adaptation nor weight decay),
+    ``zero_partitioned`` / ``zero_numel`` (set by ``bigseer.parallel.setup`` for DeepSpeed ZeRO; see the
+    module doc).
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 1e-5,
@@ -76,11 +100,17 @@ class LARS(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
+            exclude = group["lars_exclude"]
+            zero = group.get("zero_partitioned", False) and not exclude
+            if zero and group["params"]:
+                # collective on every rank whatever its slice holds (padding only, or no grad)
+                norms = _zero_sq(group).sqrt()
+                p_norms, g_norms = [norms[0, 0]] * len(params), [norms[0, 1]] * len(params)
             if not params:
                 continue
             wd, lr, mom = group["weight_decay"], group["lr"], group["momentum"]
-            exclude = group["lars_exclude"]
-            p_norms, g_norms = ([], []) if exclude else self._norms(params)
+            if not zero:
+                p_norms, g_norms = ([], []) if exclude else self._norms(params)
             for i, p in enumerate(params):
                 # element-wise work on the local shard (DTensor or plain); state stays a tensor like p
                 pl, g = _local(p), _local(p.grad)
@@ -120,3 +150,28 @@ def lars_param_groups(model: nn.Module, exclude_bn_bias: bool = False) -> list[d
     if excluded:
         groups.append({"params": excluded, "lars_exclude": True, "weight_decay": 0.0})
     return groups
+
+
+def build_lars(params: Iterable[Any], *, lr: float, momentum: float = 0.9, weight_decay: float = 1e-5,
+               trust: float = 0.001, exclude_bn_bias: bool = False, clip: bool = False) -> LARS:
+    """``LARS`` over ``params`` (tensors or param groups, e.g. what ``bigseer.parallel.setup`` passes to its
+    ``optimizer_factory``). With ``exclude_bn_bias`` every group's 1-d tensors (BN weights/biases, biases)
+    move to a ``lars_exclude=True``, ``weight_decay=0`` group of their own."""
+    groups = list(params)
+    if groups and not isinstance(groups[0], dict):
+        groups = [{"params": groups}]
+    if exclude_bn_bias:
+        split: list[dict[str, Any]] = []
+        for g in groups:
+            ps = list(g["params"])
+            rest = {k: v for k, v in g.items() if k != "params"}
+            if g.get("lars_exclude"):
+                split.append({**rest, "params": ps})
+                continue
+            if any(p.ndim > 1 for p in ps):
+                split.append({**rest, "params": [p for p in ps if p.ndim > 1]})
+            if any(p.ndim <= 1 for p in ps):
+                split.append({**rest, "params": [p for p in ps if p.ndim <= 1], "lars_exclude": True,
+                              "weight_decay": 0.0})
+        groups = split
+    return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust, clip=clip)

@@ -26,12 +26,19 @@ device_type=None) -> Parallel``
 - ``syncbn_group_size``: None/1 = plain BN (running stats averaged across ranks before every checkpoint
   or export); k = ``GroupSyncBatchNorm`` over consecutive groups of k ranks (must divide the world).
 - ``checkpointing``: ``"none"`` | ``"all"`` | per-stage list (``bigseer.parallel.checkpointing``).
-- ``optimizer_factory(param_groups) -> Optimizer``: called once with the param groups of the (wrapped)
+- ``optimizer_factory(param_groups) -> Optimizer``: called with the param groups of the (wrapped)
   model: ``[{"params": [...]}]``, or with ``exclude_bn_bias`` a second group
-  ``{"params": 1-d tensors, "lars_exclude": True, "weight_decay": 0.0}``.
-- Checkpoint formats: ddp "torch" (``dir/state.pt`` = {model, optimizer, scaler}), fsdp "dcp"
-  (``dir/dcp`` = DCP of {model, optim}, ``dir/scaler.pt`` if fp16), deepspeed "deepspeed"
-  (``dir/deepspeed/state``).
+  ``{"params": 1-d tensors, "lars_exclude": True, "weight_decay": 0.0}``. Under DeepSpeed ZeRO >= 1 a
+  factory that returns ``LARS`` is called again with ``zero_param_groups`` of those (one tensor per
+  group, ``zero_partitioned=True``), which makes LARS exact there; it must keep one tensor per group.
+- Checkpoint formats (``p.save(dir)`` / ``p.load(dir)``, collective, ``dir`` = the step directory):
+  ddp "torch" (``dir/state.pt`` = {model, optimizer, scaler}, rank 0 writes), fsdp "dcp" (``dir/dcp`` =
+  DCP of {"model", "optim"}, ``dir/scaler.pt`` if fp16), deepspeed "deepspeed"
+  (``engine.save_checkpoint(dir/deepspeed, tag="state")``). Models with ``_bigseer_sharded`` params
+  (ddp/fsdp only) add ``dir/sharded_rank{r:05d}.pt`` per rank (params + their optimizer state).
+- ``p.sync_bn_stats()`` averages BN running stats across ranks (no-op with SyncBN); ``save`` and
+  ``full_state_dict`` call it.
+- One process without a process group: ddp/fsdp run the plain model (autocast for bf16/fp16).
 
 All validation happens before any collective or wrapping, and fails with one ``ConfigError`` line.
 """
@@ -53,7 +60,8 @@ from bigseer.parallel.syncbn import GroupSyncBatchNorm, convert_syncbn, make_syn
 BACKENDS = ("ddp", "fsdp", "deepspeed", "fairscale")
 
 __all__ = ["BACKENDS", "PRECISIONS", "Parallel", "setup", "GroupSyncBatchNorm", "convert_syncbn",
-           "make_syncbn_groups", "average_bn_stats", "apply_checkpointing", "param_groups_for"]
+           "make_syncbn_groups", "average_bn_stats", "apply_checkpointing", "param_groups_for",
+           "zero_param_groups"]
 
 
 def param_groups_for(model: nn.Module, exclude_bn_bias: bool = False) -> list[dict[str, Any]]:
@@ -66,6 +74,14 @@ def param_groups_for(model: nn.Module, exclude_bn_bias: bool = False) -> list[di
     if rest:
         groups.append({"params": rest, "lars_exclude": True, "weight_decay": 0.0})
     return groups
+
+
+def zero_param_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One group per tensor (keeping each group's options), marked ``zero_partitioned=True`` and
+    ``zero_numel=numel``: what LARS gets under DeepSpeed ZeRO >= 1, so that each flat ZeRO partition is a
+    slice of one tensor and its trust ratio is that tensor's (see ``bigseer.optim.lars``)."""
+    return [{**{k: v for k, v in g.items() if k != "params"}, "params": [p], "zero_partitioned": True,
+             "zero_numel": p.numel()} for g in groups for p in g["params"]]
 
 
 def setup(model: nn.Module, *, backend: str, precision: str = "fp32", syncbn_group_size: int | None = None,
@@ -84,13 +100,19 @@ def setup(model: nn.Module, *, backend: str, precision: str = "fp32", syncbn_gro
         from bigseer.parallel.fairscale import check_fairscale
 
         check_fairscale(device_type)
+    per_tensor = False
     if backend == "deepspeed":
-        from bigseer.parallel.deepspeed import load_ds_config, zero_stage
+        from bigseer.parallel.deepspeed import check_optimizer, load_ds_config, wants_zero_groups, zero_stage
 
         if ds_config is None:
             raise ConfigError("backend deepspeed needs ds_config (a dict, a JSON path or a name in ds_configs/)")
         ds_config = load_ds_config(ds_config)
-        zero_stage(ds_config)
+        # LARS under ZeRO gets one tensor per param group (exact per-tensor trust ratios); decided and
+        # validated here with throw-away optimizers (no state), before any collective
+        stage = zero_stage(ds_config)
+        per_tensor = wants_zero_groups(optimizer_factory(param_groups_for(model, exclude_bn_bias)), stage)
+        if per_tensor:
+            check_optimizer(optimizer_factory(zero_param_groups(param_groups_for(model, exclude_bn_bias))), stage)
     trunk = trunk_of(model)
     select_blocks(trunk, checkpointing)  # validates the spec
     world = get_world_size()
@@ -107,7 +129,8 @@ def setup(model: nn.Module, *, backend: str, precision: str = "fp32", syncbn_gro
     apply_checkpointing(trunk, checkpointing)
 
     def groups(m: nn.Module) -> list[dict[str, Any]]:
-        return param_groups_for(m, exclude_bn_bias)
+        built = param_groups_for(m, exclude_bn_bias)
+        return zero_param_groups(built) if per_tensor else built
 
     common = dict(precision=precision, device_type=device_type, syncbn=syncbn,
                   optimizer_factory=optimizer_factory, param_groups=groups, grad_clip=grad_clip)

@@ -43,5 +43,7 @@ def setup_ddp(model: nn.Module, *, precision: str, device_type: str, syncbn: boo
               grad_clip: float | None) -> DDPParallel:
     module = wrap_ddp(model, device_type)
     optimizer = optimizer_factory(param_groups(model))
-    scaler = make_scaler(precision, device_type)
+    # the sharded scaler all-reduces "found inf", so ranks agree on a skip even when the inf sits in a
+    # _bigseer_sharded parameter's gradient (which DDP does not all-reduce)
+    scaler = make_scaler(precision, device_type, sharded=is_distributed())
     return DDPParallel(model, module, optimizer, precision, device_type, syncbn, scaler, grad_clip)

@@ -1,24 +1,26 @@
 """DeepSpeed ZeRO 0/1/2/3 from a JSON config (see ``ds_configs/``), imported lazily.
 
-Precision: the ``precision`` argument overrides the config's fp16/bf16 blocks. ``fp16`` uses DeepSpeed's
-own dynamic loss scaling where the device supports it; on a device without fp16 (e.g. CPU: DeepSpeed
-says "Type fp16 is not supported on your device") one warning line is emitted and the run falls back to
-bf16 through ``torch_autocast``. ``bf16`` always runs as fp32 parameters + ``torch_autocast`` bf16, so
+Precision: the ``precision`` argument overrides the config's fp16/bf16/torch_autocast blocks. ``fp16``
+uses DeepSpeed's own fp16 with SEER's dynamic loss scaling on CUDA; on CPU (DeepSpeed refuses fp16 on
+CPUs without fp16 kernels, and where mkldnn has them its fp16 cast breaks CPU BatchNorm) one warning
+line is emitted and the run falls back to bf16 through ``torch_autocast``. ``bf16`` always runs as fp32 parameters + ``torch_autocast`` bf16, so
 BatchNorm stays fp32 (DeepSpeed's own bf16 casts BN params but not its buffers and fails).
 
-LARS is refused under ZeRO stages 1-3: DeepSpeed flattens each parameter group into one partition, so
-a torch optimizer there sees one flat tensor and per-layer trust ratios would be silently wrong
-(DeepSpeed issues 490, 153). ``_bigseer_sharded`` parameters are refused too (DeepSpeed would average
-and re-partition them).
+LARS under ZeRO stages 1-3: DeepSpeed flattens each parameter group into one fp32 partition per rank
+(DeepSpeed issues 490, 153), so LARS gets one tensor per group (``bigseer.parallel.zero_param_groups``)
+and all-reduces each partition's sums of squares: exact per-tensor trust ratios (see
+``bigseer.optim.lars``). The gradient DeepSpeed hands the optimizer is the rank average, already unscaled
+and clipped; weight decay is applied by LARS only. ``_bigseer_sharded`` parameters are refused
+(DeepSpeed would average and re-partition them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import warnings
-import contextlib
 from typing import Any, Callable
 
 import torch
@@ -26,7 +28,7 @@ from torch import nn
 
 from bigseer.distributed import is_distributed
 from bigseer.errors import CheckpointError, ConfigError
-from bigseer.parallel.base import Parallel, sharded_params
+from bigseer.parallel.base import Parallel, call_on_model, sharded_params
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "ds_configs")
 SEER_FP16 = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
@@ -63,7 +65,8 @@ def fp16_supported() -> bool:
     return bool(get_accelerator().is_fp16_supported())
 
 
-def resolve_precision(ds_config: dict[str, Any], precision: str, device_type: str = "cpu") -> tuple[dict[str, Any], str]:
+def resolve_precision(ds_config: dict[str, Any], precision: str,
+                      device_type: str = "cpu") -> tuple[dict[str, Any], str]:
     """Config with precision blocks set for ``precision``; returns (config, effective precision).
 
     fp16 needs a CUDA device whose DeepSpeed accelerator supports it: DeepSpeed refuses fp16 on CPUs
@@ -88,13 +91,24 @@ def resolve_precision(ds_config: dict[str, Any], precision: str, device_type: st
     return cfg, effective
 
 
-def check_optimizer(optimizer: Any, stage: int) -> None:
+def wants_zero_groups(optimizer: Any, stage: int) -> bool:
+    """Whether ``optimizer`` needs one tensor per param group under ZeRO ``stage`` (LARS, stage >= 1)."""
     from bigseer.optim.lars import LARS
 
-    if stage >= 1 and isinstance(optimizer, LARS):
-        raise ConfigError(f"LARS under DeepSpeed ZeRO stage {stage} is refused: ZeRO flattens each param group "
-                          "into one partition, so per-layer trust ratios would be wrong; use backend fsdp or "
-                          "ddp (or ZeRO stage 0) for LARS")
+    return stage >= 1 and isinstance(optimizer, LARS)
+
+
+def check_optimizer(optimizer: Any, stage: int) -> None:
+    """LARS under ZeRO >= 1 must hold one ``zero_partitioned`` tensor per group (else its trust ratios
+    would be those of a flat partition of several tensors)."""
+    if not wants_zero_groups(optimizer, stage):
+        return
+    for i, g in enumerate(optimizer.param_groups):
+        ps = g["params"]
+        if len(ps) != 1 or not g.get("zero_partitioned") or g.get("zero_numel") != ps[0].numel():
+            raise ConfigError(f"LARS under DeepSpeed ZeRO stage {stage}: param group {i} holds {len(ps)} tensors "
+                              f"(zero_partitioned={g.get('zero_partitioned', False)}); ZeRO flattens each group, so "
+                              "LARS needs the one-tensor groups bigseer.parallel.setup passes to optimizer_factory")
 
 
 def _to_half(obj: Any) -> Any:
@@ -117,6 +131,18 @@ class DeepSpeedParallel(Parallel):
                          autocast_precision="fp32")  # DeepSpeed applies its own autocast
         self.engine = engine
         self.stage = stage
+        self._hooks: dict[int, Any] = {}
+
+    def set_frozen(self, names: Any, frozen: bool) -> None:
+        """DeepSpeed moves gradients into its own buffers during backward, so frozen parameters get a
+        gradient hook that zeroes their gradient before it reaches them (with weight decay 0 in their group
+        they then stay unchanged; a momentum buffer from before the freeze still moves them)."""
+        for p in self._params_named(list(names)):
+            handle = self._hooks.pop(id(p), None)
+            if handle is not None:
+                handle.remove()
+            if frozen:
+                self._hooks[id(p)] = p.register_hook(torch.zeros_like)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Call the engine; under DeepSpeed fp16 (params in fp16) floating inputs are cast to fp16."""
@@ -152,7 +178,7 @@ class DeepSpeedParallel(Parallel):
         ctx = (deepspeed.zero.GatheredParameters(params, modifier_rank=0) if self.stage == 3
                else contextlib.nullcontext())
         with torch.no_grad(), ctx:
-            out = fn(self.unwrapped)
+            out = call_on_model(fn, self.unwrapped)
         refresh = getattr(self.engine.optimizer, "refresh_fp32_params", None)
         if refresh is not None:
             refresh()

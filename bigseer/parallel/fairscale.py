@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from bigseer.errors import ConfigError
-from bigseer.parallel.base import Parallel, sharded_params, trunk_of
+from bigseer.parallel.base import Parallel, call_on_model, sharded_params, trunk_of
 
 
 def check_fairscale(device_type: str) -> None:
@@ -38,7 +38,7 @@ class FairScaleParallel(Parallel):
 
     def run_on_full_params(self, fn: Callable[[nn.Module], Any]) -> Any:
         with torch.no_grad(), self.module.summon_full_params(recurse=True, writeback=True):
-            return fn(self.unwrapped)
+            return call_on_model(fn, self.unwrapped)
 
     def save(self, directory: str) -> None:  # noqa: D102 - rank-local shards, format "torch" per rank
         raise ConfigError("checkpoints under backend fairscale are not implemented; use fsdp or deepspeed")

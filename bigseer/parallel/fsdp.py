@@ -52,16 +52,16 @@ def shard_fsdp2(model: nn.Module, precision: str, device_type: str,
 
     mesh = init_device_mesh(device_type, (torch.distributed.get_world_size(),))
     ignored = set(sharded_params(model)) or None
-    fp32 = MixedPrecisionPolicy()
     if precision == "fp32":
-        compute = fp32
-        bn_policy = fp32
+        compute = bn_policy = head_policy = MixedPrecisionPolicy()
     else:
         dtype = DTYPES[precision]
         compute = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
         bn_policy = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32, output_dtype=dtype)
+        # param_dtype fp32 (not None) so the low-precision trunk features are cast to fp32 on the way in
+        head_policy = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
     for _, m, kind in fsdp_units(model, large_unit_threshold):
-        policy = {"bn": bn_policy, "head": fp32}.get(kind, compute)
+        policy = {"bn": bn_policy, "head": head_policy}.get(kind, compute)
         fully_shard(m, mesh=mesh, mp_policy=policy, ignored_params=ignored)
     return model
 
@@ -85,7 +85,8 @@ class FSDPParallel(Parallel):
         return gather_sharded_entries(self.unwrapped, sd)
 
     def save(self, directory: str) -> None:
-        """Format "dcp": ``directory/dcp`` = DCP of {"model", "optim"}; ``directory/scaler.pt`` when fp16."""
+        """Format "dcp": ``directory/dcp`` = DCP of {"model", "optim"}; ``directory/scaler.pt`` when fp16;
+        ``sharded_rank*.pt`` per rank for ``_bigseer_sharded`` params (DCP would keep one rank's). Collective."""
         if not is_distributed():
             return super().save(directory)
         import torch.distributed.checkpoint as dcp
@@ -96,6 +97,7 @@ class FSDPParallel(Parallel):
         dcp.save({"model": msd, "optim": osd}, checkpoint_id=os.path.join(directory, "dcp"))
         if self.scaler is not None and torch.distributed.get_rank() == 0:
             torch.save(self._extra_state(), os.path.join(directory, "scaler.pt"))
+        self._save_sharded_sidecar(directory)
         torch.distributed.barrier()
 
     def load(self, directory: str) -> None:
@@ -114,7 +116,8 @@ class FSDPParallel(Parallel):
                        optim_state_dict=state["optim"])
         extra = os.path.join(directory, "scaler.pt")
         if self.scaler is not None and os.path.isfile(extra):
-            self._load_extra_state(torch.load(extra, weights_only=False))
+            self._load_extra_state(torch.load(extra, weights_only=True))
+        self._load_sharded_sidecar(directory)
 
 
 def setup_fsdp(model: nn.Module, *, precision: str, device_type: str, syncbn: bool,

@@ -90,11 +90,11 @@ class GroupSyncBatchNorm(nn.BatchNorm2d):
         self.process_group = process_group
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.running_mean is None:  # eval, or BN switched off for a recompute
+        if not self.training:  # eval: running statistics, nothing to synchronise
             return super().forward(x)
         group = self.process_group if is_distributed() else None
         y, mean, unbiased = _SyncBNFunction.apply(x, self.weight, self.bias, self.eps, group)
-        if self.track_running_stats:
+        if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 momentum = (1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum)
@@ -107,7 +107,8 @@ def make_syncbn_groups(group_size: int) -> Any:
     """Split the default group into consecutive groups of ``group_size`` ranks; return this rank's group.
 
     Collective over the default group (every rank must call it). Raises ``ConfigError`` when the size
-    does not divide the world size, before any collective.
+    does not divide the world size, before any collective. Always new groups (never the default group),
+    so SyncBN's collectives do not interleave with the data-parallel wrapper's.
     """
     world = get_world_size()
     if not isinstance(group_size, int) or group_size < 1:
@@ -116,8 +117,6 @@ def make_syncbn_groups(group_size: int) -> Any:
         raise ConfigError(f"syncbn_group_size={group_size} does not divide world_size={world}")
     if not is_distributed() or group_size == 1:
         return None
-    if group_size == world:
-        return dist.group.WORLD
     rank = dist.get_rank()
     mine = None
     for start in range(0, world, group_size):

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from bigseer.errors import ConfigError
-from bigseer.optim import LARS, lars_param_groups
+from bigseer.optim import LARS, build_lars, lars_param_groups
 
 
 def _manual_step(p, g, buf, lr, mom, wd, trust, eps=1e-8):
@@ -59,3 +59,12 @@ def test_lars_param_groups_exclude_bn_and_bias():
     assert groups[1]["lars_exclude"] and groups[1]["weight_decay"] == 0.0
     with pytest.raises(ConfigError, match="weight_decay"):
         LARS(model.parameters(), weight_decay=-1)
+
+
+def test_build_lars_splits_groups_it_is_given():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    opt = build_lars([{"params": list(model.parameters())}], lr=0.2, trust=0.002, exclude_bn_bias=True)
+    assert [len(g["params"]) for g in opt.param_groups] == [1, 3]
+    assert [g["lars_exclude"] for g in opt.param_groups] == [False, True]
+    assert opt.param_groups[0]["trust_coefficient"] == 0.002 and opt.param_groups[1]["weight_decay"] == 0.0
+    assert len(build_lars(model.parameters(), lr=0.1).param_groups) == 1

@@ -21,7 +21,7 @@ class StandIn(nn.Module):
             self.shard._bigseer_sharded = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.head(self.trunk(x).float())
+        z = self.head(self.trunk(x))  # under bf16/fp16 the wrapper must hand the head fp32 inputs
         loss = (z.float() ** 2).mean() + z.float().mean()
         return loss + (self.shard ** 2).sum() if self.shard is not None else loss
 

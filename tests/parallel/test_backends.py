@@ -121,17 +121,26 @@ def _rank_fn(rank, world, tmp):
     for backend in ("ddp", "fsdp"):
         p, _ = _train(backend, rank, world, steps=1, syncbn_group_size=2, checkpointing="all")
         bn = p.unwrapped.trunk.s2.b1.conv2.bn
-        out[f"syncbn_{backend}"] = dict(cls=type(bn).__name__, rm=bn.running_mean.clone(), n=int(bn.num_batches_tracked),
-                                        sd=p.full_state_dict())
+        out[f"syncbn_{backend}"] = dict(cls=type(bn).__name__, rm=bn.running_mean.clone(),
+                                        n=int(bn.num_batches_tracked), sd=p.full_state_dict())
 
     # _bigseer_sharded params: neither averaged (ddp) nor sharded (fsdp); gathered in the full state dict
     for backend in ("ddp", "fsdp"):
         local = torch.tensor([1.0, 2.0]) * (rank + 1)
         p = parallel.setup(make_model(0, shard=local), backend=backend, optimizer_factory=_lars)
         p.backward(p.forward(make_batch(4, seed=rank)))
-        out[f"shard_{backend}"] = dict(grad=p.unwrapped.shard.grad.clone(), is_dtensor=hasattr(p.unwrapped.shard,
-                                                                                                "to_local"),
-                                       full=p.full_state_dict().get("shard"), local=local)
+        grad = p.unwrapped.shard.grad.clone()
+        p.step()
+        shard, mom = p.unwrapped.shard.detach().clone(), p.optimizer.state[p.unwrapped.shard]["momentum_buffer"].clone()
+        d = os.path.join(tmp, f"shard_{backend}")
+        p.save(d)
+        p.run_on_full_params(lambda m: [t.mul_(0.5) for t in m.parameters()])
+        p.load(d)
+        reload_ok = (torch.equal(p.unwrapped.shard, shard)
+                     and torch.equal(p.optimizer.state[p.unwrapped.shard]["momentum_buffer"], mom))
+        out[f"shard_{backend}"] = dict(grad=grad, is_dtensor=hasattr(p.unwrapped.shard, "to_local"),
+                                       full=p.full_state_dict().get("shard"), local=shard, reload_ok=reload_ok,
+                                       moved=not torch.equal(shard, local))
         p.zero_grad()
 
     # errors raised identically on every rank, before any collective
@@ -206,8 +215,9 @@ def test_syncbn_through_setup_with_checkpointing(results):
 def test_sharded_params_not_averaged_nor_resharded(results, backend):
     for r in results:
         s = r[f"shard_{backend}"]
-        torch.testing.assert_close(s["grad"], 2 * s["local"])  # its own gradient, not the ranks' mean
-        assert not s["is_dtensor"]
+        assert not s["is_dtensor"] and s["moved"] and s["reload_ok"]
+    for r, scale in zip(results, (1, 2)):  # its own gradient 2 * shard, not the ranks' mean
+        torch.testing.assert_close(r[f"shard_{backend}"]["grad"], 2 * scale * torch.tensor([1.0, 2.0]))
     full = torch.cat([r[f"shard_{backend}"]["local"] for r in results])
     torch.testing.assert_close(results[0][f"shard_{backend}"]["full"], full)
 

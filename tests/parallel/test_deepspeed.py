@@ -1,6 +1,6 @@
-"""DeepSpeed ZeRO 1/2/3 on 2 CPU gloo ranks, one spawn: fp32 steps equal the ddp baseline, LARS is
-refused under ZeRO, fp16 on CPU warns once and falls back, prototypes normalise under ZeRO-3, and
-keys / save / load work."""
+"""DeepSpeed ZeRO 1/2/3 on 2 CPU gloo ranks, one spawn: fp32 SGD and LARS steps equal the ddp baseline
+(LARS with per-tensor trust ratios, momentum, weight decay, an lr change and a save/load round trip),
+fp16 on CPU warns once and falls back, prototypes normalise under ZeRO-3, and keys / save / load work."""
 
 import os
 import tempfile
@@ -8,16 +8,65 @@ import warnings
 
 import pytest
 import torch
+from torch import nn
 
 from bigseer import parallel
 from bigseer.errors import ConfigError
 from bigseer.optim import LARS
 from tests.distributed_utils import run_distributed
-from tests.parallel.standin import make_batch, make_model
+from tests.parallel.standin import StandIn, make_batch, make_model
 
 
 def _sgd(groups):
     return torch.optim.SGD(groups, lr=0.05, momentum=0.9)
+
+
+def _lars(groups):
+    # trust 0.02 makes each step move every tensor by ~1% of its norm, so a wrong ratio shows
+    return LARS(groups, lr=0.5, momentum=0.9, weight_decay=1e-3, trust_coefficient=0.02)
+
+
+class _WithScalar(StandIn):
+    """StandIn plus a 1-element parameter: under ZeRO-3 on 2 ranks rank 1's slice of it is padding only."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.temp = nn.Parameter(torch.full((1,), 1.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * self.temp
+
+
+def _lars_run(backend, rank, world, tmp, **kw):
+    """4 LARS steps (lr 0.5, then 0.25 for the last 2); ZeRO-2/3 also save after step 2 and reload."""
+    torch.manual_seed(0)
+    p = parallel.setup(_WithScalar(), backend=backend, optimizer_factory=_lars, **kw)
+    losses, reload_ok = [], None
+    for step in range(4):
+        if step == 2:
+            p.set_lr(0.25)
+            if kw.get("ds_config") in ("zero2_fp32", "zero3_fp32"):
+                d = os.path.join(tmp, f"lars_{kw['ds_config']}")
+                p.save(d)
+                before = _train_lars(p, rank, world, 2, [])
+                p.load(d)
+        losses.append(float(p.forward(make_batch(4 * world, seed=30 + step)[rank * 4:(rank + 1) * 4]).detach()))
+        _train_lars(p, rank, world, 1, [], seed=30 + step)
+    w = _weights(p.full_state_dict())
+    if kw.get("ds_config") in ("zero2_fp32", "zero3_fp32"):
+        reload_ok = all(torch.equal(before[k], w[k]) for k in w)
+    return losses, w, reload_ok, {g["lr"] for g in p.optimizer.param_groups}
+
+
+def _train_lars(p, rank, world, steps, losses, seed=32):
+    for step in range(steps):
+        x = make_batch(4 * world, seed=seed + step)[rank * 4:(rank + 1) * 4]
+        loss = p.forward(x)
+        losses.append(float(loss.detach()))
+        p.backward(loss)
+        assert p.step()
+        p.zero_grad()
+    return _weights(p.full_state_dict())
 
 
 def _weights(sd):
@@ -44,7 +93,7 @@ def _rank_fn(rank, world, tmp):
         out[f"zero{stage}"] = _weights(p.full_state_dict())
         out[f"zero{stage}_keys"] = list(p.full_state_dict())
         if stage == 3:
-            p.run_on_full_params(lambda m: m.normalize_prototypes())
+            p.run_on_full_params(p.unwrapped.normalize_prototypes)  # a bound method works too
             p.set_lr(0.0)  # a step at lr 0 rewrites params from DeepSpeed's fp32 master partitions:
             _train(p, rank, world, steps=1)  # the normalised rows must have reached those too
             out["z3_norms"] = p.full_state_dict().get("head.weight", torch.ones(1, 1)).norm(dim=1)
@@ -55,9 +104,26 @@ def _rank_fn(rank, world, tmp):
             p.load(os.path.join(tmp, "z2"))
             after = p.full_state_dict()
             out["z2_reload_ok"] = all(torch.equal(before[k], after[k]) for k in before)
-    try:
+    # prototypes frozen from the first step (as SwAV does) stay unchanged under ZeRO-2, then train
+    p = parallel.setup(make_model(0), backend="deepspeed", ds_config="zero2_fp32", optimizer_factory=_sgd)
+    p.set_frozen(["head.weight"], True)
+    w0 = p.full_state_dict()
+    _train(p, rank, world, steps=2)
+    w1 = p.full_state_dict()
+    p.set_frozen(["head.weight"], False)
+    _train(p, rank, world, steps=1)
+    w2 = p.full_state_dict()
+    out["z2_frozen"] = (torch.equal(w0["head.weight"], w1["head.weight"]),
+                        not torch.equal(w0["trunk.stem.conv.weight"], w1["trunk.stem.conv.weight"]),
+                        not torch.equal(w1["head.weight"], w2["head.weight"]))
+    out["lars_ddp"] = _lars_run("ddp", rank, world, tmp)
+    for stage in (1, 2, 3):
+        out[f"lars_zero{stage}"] = _lars_run("deepspeed", rank, world, tmp, ds_config=f"zero{stage}_fp32")
+    out["lars_groups"] = len(parallel.setup(make_model(0), backend="deepspeed", ds_config="zero1_fp32",
+                                            optimizer_factory=_lars).optimizer.param_groups)
+    try:  # a factory that merges the one-tensor groups again is refused
         parallel.setup(make_model(0), backend="deepspeed", ds_config="zero2_fp32",
-                       optimizer_factory=lambda g: LARS(g, lr=0.1))
+                       optimizer_factory=lambda g: LARS([q for gr in g for q in gr["params"]], lr=0.1))
     except ConfigError as exc:
         out["lars_error"] = str(exc)
     # fp16 on CPU: one warning, then bf16 autocast with fp32 params; a step runs
@@ -94,8 +160,32 @@ def test_zero3_prototype_normalisation_and_zero2_reload(results):
     assert results[0]["z2_reload_ok"]
 
 
-def test_lars_refused_under_zero(results):
-    assert "LARS under DeepSpeed ZeRO stage 2 is refused" in results[0]["lars_error"]
+def test_set_frozen_under_zero2(results):
+    for r in results:
+        assert r["z2_frozen"] == (True, True, True)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_lars_under_zero_matches_ddp(results, stage):
+    """fp32, same data: only the reduction order differs (DeepSpeed averages gradients in its own buckets,
+    norms are summed per partition), ~1e-7 relative per op; over 4 steps with ratios ~ ||w||/||g||
+    that stays well under rtol 1e-5 / atol 1e-6."""
+    for r in results:
+        losses, _, reload_ok, lrs = r[f"lars_zero{stage}"]
+        torch.testing.assert_close(torch.tensor(losses), torch.tensor(r["lars_ddp"][0]), rtol=1e-5, atol=1e-6)
+        assert lrs == {0.25}
+        assert reload_ok is (True if stage > 1 else None)
+    ref_w, w = results[0]["lars_ddp"][1], results[0][f"lars_zero{stage}"][1]  # rank 0 holds the full state
+    assert w.keys() == ref_w.keys()
+    for k, v in ref_w.items():
+        torch.testing.assert_close(w[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    moved = results[0]["lars_ddp"][1]["trunk.stem.conv.weight"] - make_model(0).trunk.stem.conv.weight.detach()
+    assert moved.norm() > 1e-3 * make_model(0).trunk.stem.conv.weight.norm()
+
+
+def test_lars_zero_groups_one_tensor_each_and_merged_groups_refused(results):
+    assert results[0]["lars_groups"] == len(list(make_model(0).parameters()))
+    assert "LARS under DeepSpeed ZeRO stage 2: param group 0 holds" in results[0]["lars_error"]
 
 
 def test_fp16_on_cpu_warns_once_and_falls_back_to_bf16(results):

@@ -47,3 +47,18 @@ def test_one_process_runs_plain_model_with_exclusion_groups(backend):
     assert {g["lr"] for g in p.optimizer.param_groups} == {0.05}
     assert not torch.equal(before, p.unwrapped.head.weight)
     assert list(p.full_state_dict()) == list(make_model(0).state_dict())
+    p.set_frozen(["head.weight"], True)
+    head, stem = p.unwrapped.head.weight.detach().clone(), p.unwrapped.trunk.stem.conv.weight.detach().clone()
+    p.zero_grad()
+    p.backward(p.forward(make_batch(2)))
+    assert p.step()
+    assert torch.equal(head, p.unwrapped.head.weight) and not torch.equal(stem, p.unwrapped.trunk.stem.conv.weight)
+    with pytest.raises(ConfigError, match="unknown parameter"):
+        p.set_frozen(["head.nope"], True)
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_lars_refused_under_zero_before_any_work(stage):
+    with pytest.raises(ConfigError, match=f"LARS under DeepSpeed ZeRO stage {stage} is refused"):
+        parallel.setup(make_model(0), backend="deepspeed", ds_config=f"zero{stage}_fp32",
+                       optimizer_factory=lambda g: LARS(g, lr=0.1))

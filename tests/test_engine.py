@@ -1,0 +1,106 @@
+"""End-to-end pretraining: one process, exact resume, kill -9 at a random moment, export of the result."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bigseer.config import PretrainConfig
+from bigseer.engine import pretrain
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = dict(model="regnety_test", crops="2x32+2x16", batch_size=8, head_dims=(32,), embed_dim=16,
+            num_prototypes=32, max_steps=10, warmup_steps=2, checkpoint_every=2, keep_last=2, seed=3)
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    """Per-step loss from metrics.jsonl; a step logged twice (before a crash and after resume) keeps the last."""
+    out: dict[int, float] = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["step"]] = rec["loss"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[float]]:
+    out = tmp_path_factory.mktemp("ref")
+    result = pretrain(PretrainConfig(**TINY, output_dir=str(out)))
+    return out, result.losses
+
+
+def test_run_writes_checkpoint_curves_and_loadable_export(reference_run: tuple[Path, list[float]]) -> None:
+    out, losses = reference_run
+    assert len(losses) == 10 and all(torch.isfinite(torch.tensor(losses)))
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000010"
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*")) == ["step_00000008", "step_00000010"]
+    assert (out / "curves.png").stat().st_size > 0
+    assert list((out / "tensorboard").glob("events.*"))
+    from bigseer import load_pretrained
+
+    trunk = load_pretrained(out / "export" / "model.safetensors")
+    state = torch.load(out / "checkpoints" / "step_00000010" / "state.pt", weights_only=True)["model"]
+    for k, v in trunk.state_dict().items():
+        assert torch.equal(v, state[f"trunk.{k}"]), k
+
+
+def test_resume_continues_bitwise(reference_run: tuple[Path, list[float]], tmp_path: Path) -> None:
+    ref_dir, ref_losses = reference_run
+    (tmp_path / "checkpoints").mkdir()
+    shutil.copytree(ref_dir / "checkpoints" / "step_00000008", tmp_path / "checkpoints" / "step_00000008")
+    (tmp_path / "checkpoints" / "latest").write_text("step_00000008\n")
+    result = pretrain(PretrainConfig(**TINY, output_dir=str(tmp_path), resume=True, export=False))
+    assert result.losses == ref_losses[8:]  # bitwise: same data position, RNG, optimizer state
+
+
+def test_resume_refuses_other_model(reference_run: tuple[Path, list[float]], tmp_path: Path) -> None:
+    from bigseer.errors import CheckpointError
+
+    shutil.copytree(reference_run[0] / "checkpoints", tmp_path / "checkpoints")
+    cfg = dict(TINY, model="regnety_tiny")
+    with pytest.raises(CheckpointError, match="regnety_test run; this run builds regnety_tiny"):
+        pretrain(PretrainConfig(**cfg, output_dir=str(tmp_path), resume=True, export=False))
+
+
+def _cli_args(out: Path, *extra: str) -> list[str]:
+    args = [sys.executable, "-m", "bigseer", "pretrain", "--output_dir", str(out), "--no_export"]
+    for k, v in TINY.items():
+        args += [f"--{k}", ",".join(map(str, v)) if isinstance(v, tuple) else str(v)]
+    return args + list(extra)
+
+
+def test_kill_9_at_random_moment_then_resume_matches(reference_run: tuple[Path, list[float]],
+                                                       tmp_path: Path) -> None:
+    _, ref_losses = reference_run
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    rng = random.Random()
+    for attempt in range(4):  # retry (shorter delay) if the run finished before the kill landed
+        run_dir = tmp_path / f"attempt{attempt}"
+        proc = subprocess.Popen(_cli_args(run_dir), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        latest = run_dir / "checkpoints" / "latest"
+        deadline = time.time() + 120
+        while not latest.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.4) / (attempt + 1))  # after the first commit, possibly mid-write
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if proc.returncode == -signal.SIGKILL and latest.read_text().strip() != "step_00000010":
+            break
+    else:
+        pytest.fail("the training subprocess always finished before it could be killed")
+    done = subprocess.run(_cli_args(run_dir, "--resume"), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed from" in done.stderr
+    losses = _losses(run_dir)
+    assert [losses[s] for s in range(1, 11)] == ref_losses
