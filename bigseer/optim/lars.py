@@ -52,7 +52,7 @@ def _zero_sq(group: dict[str, Any]) -> torch.Tensor:
     valid = max(0, min(n, group["zero_numel"] - get_rank() * n))  # padding past the tensor's end is cut
     g = p.grad.detach().reshape(-1)[:valid] if p.grad is not None else flat.new_zeros(0)
     sq = torch.stack([flat[:valid].float().pow(2).sum(), g.float().pow(2).sum()]).view(1, 2)
-    return sq
+    return all_reduce_sum(sq) if is_distributed() and get_world_size() > 1 else sq
 
 
 class LARS(torch.optim.Optimizer):
