@@ -117,7 +117,11 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
             log.warning("--resume: no checkpoint under %s; starting from step 0", out)
 
     torch.manual_seed(cfg.seed)
-    model = build_swav_model(cfg)
+    if backend == "fsdp":  # built on meta; parallel.setup shards it, then each rank allocates its shards only
+        with torch.device("meta"):
+            model = build_swav_model(cfg, device="meta")
+    else:
+        model = build_swav_model(cfg)
     schedule = LRSchedule(cfg, world)
     from bigseer.optim import LARS
 

@@ -63,19 +63,12 @@ class PlanModel(nn.Module):
 
 
 def parse_crops(spec: str | Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """``"2x224,6x96"`` -> ``[(2, 224), (6, 96)]`` (count x resolution)."""
+    """``"2x224+6x96"`` (the data pipeline's crop spec; ``,`` also separates) -> ``[(2, 224), (6, 96)]``."""
     if not isinstance(spec, str):
         return [(int(n), int(s)) for n, s in spec]
-    out = []
-    for part in spec.split(","):
-        try:
-            n, s = part.lower().split("x")
-            out.append((int(n), int(s)))
-        except ValueError:
-            raise ConfigError(f"crops entry {part!r} is invalid: use COUNTxSIZE, e.g. 2x224,6x96") from None
-        if out[-1][0] < 1 or out[-1][1] < 8:
-            raise ConfigError(f"crops entry {part!r} is invalid: count >= 1 and size >= 8")
-    return out
+    from bigseer.data.multicrop import parse_crops as parse_crop_spec
+
+    return [(g.count, g.size) for g in parse_crop_spec(spec.replace(",", "+"))]
 
 
 @dataclass
@@ -191,7 +184,7 @@ def _activation_bytes(model: PlanModel, crops: list[tuple[int, int]], batch: int
 
 
 def plan_memory(model: str = "regnety_256gf", *, world_size: int = 1, backend: str = "fsdp",
-                precision: str = "fp32", batch_per_gpu: int = 16, crops: str | Sequence[tuple[int, int]] = "2x224,6x96",
+                precision: str = "fp32", batch_per_gpu: int = 16, crops: str | Sequence[tuple[int, int]] = "2x224+6x96",
                 checkpointing: Any = "none", head_dims: Sequence[int] = (8192, 8192, 256), prototypes: int = 16384,
                 zero_stage: int = 2, optimizer_states: int = 1, large_unit_threshold: int = int(1e8),
                 ds_bucket: int = int(5e7)) -> MemoryPlan:

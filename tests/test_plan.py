@@ -77,7 +77,7 @@ def test_plan_scaling_and_checkpointing():
 def test_plan_errors():
     with pytest.raises(ConfigError, match="backend"):
         plan_memory("regnety_test", backend="horovod")
-    with pytest.raises(ConfigError, match="crops"):
+    with pytest.raises(ConfigError, match=r"bad crop spec '2x224\+6y96'"):
         parse_crops("2x224,6y96")
     with pytest.raises(ConfigError, match="preset"):
         plan_memory("regnety_nope")

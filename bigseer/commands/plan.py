@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="fsdp", choices=BACKENDS)
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--batch_per_gpu", type=int, default=16)
-    parser.add_argument("--crops", default="2x224,6x96", help="COUNTxSIZE list, e.g. 2x160,4x96")
+    parser.add_argument("--crops", default="2x224+6x96", help="multi-crop spec as for pretrain, e.g. 2x160+4x96")
     parser.add_argument("--checkpointing", default="none", help="none | all | JSON per-stage list")
     parser.add_argument("--head_dims", default="8192,8192,256", help="SwAV MLP output dims ('none': no MLP)")
     parser.add_argument("--prototypes", type=int, default=16384, help="K prototypes")

@@ -5,6 +5,10 @@ compute dtype), every conv with at least ``large_unit_threshold`` parameter elem
 RegNet block, the head (fp32: prototype scores stay fp32), then the root (stem and the rest).
 ``_bigseer_sharded`` parameters are ignored (neither sharded nor reduced). Keys are unchanged:
 ``get_model_state_dict`` gives the model's own keys.
+
+A model built on ``device="meta"`` is sharded first, then only each rank's shards are allocated and
+initialised (``bigseer.parallel.meta_init.materialize_meta``) on the first real device (CUDA's current
+device when available, else CPU).
 """
 
 from __future__ import annotations
@@ -120,9 +124,25 @@ class FSDPParallel(Parallel):
         self._load_sharded_sidecar(directory)
 
 
+def real_device(device_type: str) -> torch.device:
+    """The device a meta model is materialised on: ``device_type`` itself unless it is ``meta``, where
+    it is CUDA's current device when available, else CPU."""
+    if device_type == "meta":
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_type == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device(device_type)
+
+
 def setup_fsdp(model: nn.Module, *, precision: str, device_type: str, syncbn: bool,
                optimizer_factory: Callable[[Any], Any], param_groups: Callable[[nn.Module], Any],
                grad_clip: float | None, large_unit_threshold: int = DEFAULT_LARGE_UNIT) -> FSDPParallel:
+    from bigseer.parallel.meta_init import is_meta_model, materialize_meta
+
+    on_meta = is_meta_model(model)
+    if on_meta:
+        device = real_device(device_type)
+        device_type = device.type
     if is_distributed():
         shard_fsdp2(model, precision, device_type, large_unit_threshold)
         scaler = make_scaler(precision, device_type, sharded=True)
@@ -130,6 +150,8 @@ def setup_fsdp(model: nn.Module, *, precision: str, device_type: str, syncbn: bo
     else:  # one process: plain model, autocast gives the same compute dtype
         scaler = make_scaler(precision, device_type)
         autocast_precision = precision
+    if on_meta:  # after sharding: each rank allocates and initialises only its shards
+        materialize_meta(model, device)
     optimizer = optimizer_factory(param_groups(model))
     return FSDPParallel(model, model, optimizer, precision, device_type, syncbn, scaler, grad_clip,
                         autocast_precision=autocast_precision)
