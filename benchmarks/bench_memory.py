@@ -1,44 +1,47 @@
-"""Peak memory per rank: ddp (baseline) vs fsdp (FSDP2) vs DeepSpeed ZeRO-2 / ZeRO-3, 2 CPU gloo ranks.
+"""Per-rank memory of a real SwAV step: ddp (baseline) vs fsdp (FSDP2) vs DeepSpeed ZeRO-2 / ZeRO-3, 2 gloo ranks.
 
-Each backend runs in its own pair of spawned processes: build a RegNetY trunk + linear probe head
-(cross-entropy on random labels), wrap it with ``bigseer.parallel.setup``, run a few SGD steps.
-Measured: peak RSS (VmHWM) minus the RSS before the model was built, per rank (max over ranks); for
-ddp/fsdp also the bytes of tensors held in one step (``bigseer.plan.measure_step_memory``: params,
-grads, optimizer state, saved activations, buffers); next to ``bigseer.plan.plan_memory``'s prediction.
+Each backend runs in its own pair of spawned processes: ``build_swav_model`` (RegNetY trunk + SwAV head;
+on meta for fsdp, materialised shard by shard by ``parallel.setup``) -> ``bigseer.parallel.setup`` with
+LARS (SGD + momentum if a backend refuses LARS; the table says which) -> ``--steps`` full SwAV steps
+(forward, backward, optimizer step, prototype renormalisation) on random crops. Measured per rank:
 
-    DS_ACCELERATOR=cpu .venv/bin/python benchmarks/bench_memory.py --model regnety_800mf --batch 8 --size 128
+- model state: unique storages of every parameter, gradient and optimizer-state tensor this rank holds
+  (DTensors by their local shard; for DeepSpeed also every tensor reachable from its ZeRO optimizer:
+  flat parameter groups, fp32 master partitions, gradient partitions and buckets), taken after the last
+  backward (before its optimizer step: parameters + gradients + the state from the previous step);
+- peak RSS growth: VmHWM minus the RSS just before the model is built (imports and process group done);
+- plan: ``bigseer.plan.plan_memory`` for the same run (params + grads + optimizer state without the
+  DeepSpeed reduce bucket, and the total with it).
+
+DeepSpeed's communication buckets (``ipg_*``) are reported apart: allocated at ``reduce_bucket_size``, resident
+only where touched. The ranks run with ``MALLOC_MMAP_THRESHOLD_`` (``--mmap-threshold``) so that RSS follows
+the live tensors rather than glibc's retained free lists.
+
+    .venv/bin/python benchmarks/bench_memory.py --model regnety_16gf --batch 2 --crops 2x64,2x32
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
-from bigseer.models import build_regnet  # noqa: E402
-from bigseer.plan import plan_memory  # noqa: E402
+from bigseer.plan import parse_crops, plan_memory  # noqa: E402
 from tests.distributed_utils import run_distributed  # noqa: E402
 
-CLASSES = 1000
+MIB = 2 ** 20
+DS_DEFAULT_BUCKET = int(5e8)  # DeepSpeed reduce_bucket_size when the config leaves it out
 
 
-class Probe(nn.Module):
-    def __init__(self, model: str) -> None:
-        super().__init__()
-        self.trunk = build_regnet(model)
-        self.head = nn.Linear(self.trunk.num_features, CLASSES)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(self.head(self.trunk(x)).float(), y)
-
-
-def _rss_kib(field: str) -> int:
+def _status_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -46,68 +49,182 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(field)
 
 
-def _rank(rank: int, world: int, backend: str, model: str, batch: int, size: int, steps: int) -> dict:
-    import deepspeed  # noqa: F401  (imported before the baseline by every backend, so code pages are not counted)
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t._local_tensor if hasattr(t, "_local_tensor") else t
+
+
+def _walk_tensors(obj: object, out: list[tuple[torch.Tensor, bool]], seen: set[int], depth: int = 0,
+                  bucket: bool = False) -> None:
+    """Every tensor reachable from ``obj`` through containers and the attributes of optimizer objects,
+    as ``(tensor, is_bucket)``: DeepSpeed's communication buckets (attributes named ``*ipg*``/``*bucket*``)
+    are flagged, they are allocated at the configured size but resident only where touched."""
+    if id(obj) in seen or depth > 8:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        out.append((_local(obj), bucket))
+        for extra in ("ds_tensor", "grad"):  # ZeRO-3 partitions hang off the (empty) module parameter
+            v = getattr(obj, extra, None)
+            if isinstance(v, torch.Tensor):
+                _walk_tensors(v, out, seen, depth + 1, bucket)
+        return
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _walk_tensors(k, out, seen, depth + 1, bucket)
+            _walk_tensors(v, out, seen, depth + 1, bucket)
+        return
+    if isinstance(obj, (list, tuple, set)):
+        for v in obj:
+            _walk_tensors(v, out, seen, depth + 1, bucket)
+        return
+    mod = type(obj).__module__ or ""
+    if isinstance(obj, torch.optim.Optimizer) or mod.startswith(("deepspeed.runtime", "bigseer.optim")):
+        for k, v in vars(obj).items():
+            _walk_tensors(v, out, seen, depth + 1, bucket or "ipg" in k or "bucket" in k)
+
+
+def model_state_bytes(p: object) -> dict[str, int]:
+    """Unique bytes of parameter / gradient / optimizer-state storages this rank holds (see module doc)."""
+    model = p.unwrapped  # type: ignore[attr-defined]
+    seen_ptr: set[int] = set()
+
+    def count(tensors: list[torch.Tensor]) -> int:
+        total = 0
+        for t in tensors:
+            if t is None or t.device.type == "meta":
+                continue
+            s = _local(t).untyped_storage()
+            if s.nbytes() and s.data_ptr() not in seen_ptr:
+                seen_ptr.add(s.data_ptr())
+                total += s.nbytes()
+        return total
+
+    params = count([_local(q) for q in model.parameters()] + [q.ds_tensor for q in model.parameters()
+                                                             if hasattr(q, "ds_tensor")])
+    grads = count([_local(q.grad) for q in model.parameters() if q.grad is not None])
+    found: list[tuple[torch.Tensor, bool]] = []
+    _walk_tensors(p.optimizer, found, set())  # type: ignore[attr-defined]
+    engine = getattr(p, "engine", None)
+    if engine is not None:
+        _walk_tensors(engine.optimizer, found, set())
+    # optimizer state, plus DeepSpeed's flat groups / fp32 master partitions / gradient partitions
+    other = count([t for t, b in found if not b])
+    buckets = count([t for t, b in found if b])
+    return {"params": params, "grads": grads, "optimizer+zero": other, "total": params + grads + other,
+            "buckets": buckets}
+
+
+def _rank(rank: int, world: int, backend: str, cfg_kw: dict, crops: list[tuple[int, int]], batch: int,
+          steps: int) -> dict:
+    import deepspeed  # noqa: F401  (imported before the baseline by every backend: code pages not counted)
     import torch.distributed.checkpoint  # noqa: F401
     import torch.distributed.fsdp  # noqa: F401
 
     from bigseer import parallel
-    from bigseer.plan import measure_step_memory
+    from bigseer.config import PretrainConfig
+    from bigseer.engine import build_swav_model
+    from bigseer.errors import ConfigError
+    from bigseer.optim import LARS
 
+    cfg = PretrainConfig(**cfg_kw)
     torch.manual_seed(0)
-    base = _rss_kib("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current RSS
-    except OSError:
-        pass
-    kw = {}
-    if backend.startswith("zero"):
-        kw = dict(backend="deepspeed", ds_config=f"{backend}_fp32")
+    base = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    meta = backend == "fsdp"
+    if meta:
+        with torch.device("meta"):
+            model = build_swav_model(cfg, device="meta")
     else:
-        kw = dict(backend=backend)
-    p = parallel.setup(Probe(model), optimizer_factory=lambda g: torch.optim.SGD(g, lr=0.01, momentum=0.9), **kw)
+        model = build_swav_model(cfg)
+    kw: dict = dict(backend=backend.replace("_eager", ""))
+    if backend.startswith("zero"):
+        kw = dict(backend="deepspeed", ds_config=f"ds_configs/{backend}_fp32.json")
+    optimizer = "LARS"
+    try:
+        p = parallel.setup(model, optimizer_factory=lambda g: LARS(g, lr=0.1, momentum=0.9, weight_decay=1e-5), **kw)
+    except ConfigError as e:
+        if "LARS" not in str(e) and "optimizer" not in str(e):
+            raise
+        optimizer = f"SGD (LARS refused: {e})"
+        p = parallel.setup(model, optimizer_factory=lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.9), **kw)
     g = torch.Generator().manual_seed(rank)
-    for _ in range(steps):
-        x = torch.randn(batch, 3, size, size, generator=g)
-        y = torch.randint(0, CLASSES, (batch,), generator=g)
-        loss = p.forward(x, y)
+    held = {}
+    times = []
+    for step in range(steps):
+        x = [torch.randn(n, batch, 3, s, s, generator=g) for n, s in crops]
+        t0 = time.perf_counter()
+        loss = p.forward(x)
         p.backward(loss)
+        if step == steps - 1:
+            held = model_state_bytes(p)
         p.step()
+        p.run_on_full_params(p.unwrapped.normalize_prototypes)
         p.zero_grad()
-    peak = (_rss_kib("VmHWM") - base) / 1024
-    tensors = None
-    if not backend.startswith("zero"):  # DeepSpeed keeps its partitions outside optimizer.state
-        tensors = sum(measure_step_memory(p, lambda: p.forward(x, y)).values()) / 2 ** 20
-    return {"peak_mib": peak, "tensor_mib": tensors}
+        times.append(time.perf_counter() - t0)
+        assert torch.isfinite(loss.detach()), f"{backend}: loss {float(loss)}"
+    return {"peak_rss": (_status_kib("VmHWM") - base) * 1024, "held": held, "optimizer": optimizer,
+            "step_s": statistics.median(times[1:] or times), "meta": meta, "loss": float(loss.detach())}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="regnety_800mf")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--model", default="regnety_16gf")
+    ap.add_argument("--batch", type=int, default=2, help="per rank")
+    ap.add_argument("--crops", default="2x64,2x32")
+    ap.add_argument("--head", default="256,64", help="hidden dims then embedding dim")
+    ap.add_argument("--prototypes", type=int, default=256)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--backends", default="ddp,fsdp,zero2,zero3")
+    ap.add_argument("--mmap-threshold", type=int, default=65536,
+                    help="MALLOC_MMAP_THRESHOLD_ for the measured processes (glibc then returns every freed block "
+                         "above it to the OS at once, so RSS follows the live tensors; 0 = leave glibc's default)")
     args = ap.parse_args()
+    if args.mmap_threshold:  # read by glibc at process start: applies to the spawned measuring processes
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
+    crops = parse_crops(args.crops)
+    dims = [int(d) for d in args.head.split(",")]
+    cfg_kw = dict(model=args.model, head_dims=tuple(dims[:-1]), embed_dim=dims[-1], num_prototypes=args.prototypes,
+                  crops="+".join(f"{n}x{s}" for n, s in crops), batch_size=args.batch)
     rows = []
     for backend in args.backends.split(","):
-        res = run_distributed(_rank, 2, (backend, args.model, args.batch, args.size, args.steps))
-        peak = max(r["peak_mib"] for r in res)
-        tensors = max(r["tensor_mib"] for r in res) if res[0]["tensor_mib"] is not None else None
-        pl = plan_memory(args.model, world_size=2, backend="deepspeed" if backend.startswith("zero") else backend,
-                         zero_stage=int(backend[-1]) if backend.startswith("zero") else 2, batch_per_gpu=args.batch,
-                         crops=f"1x{args.size}", head_dims=(), prototypes=CLASSES)
-        rows.append((backend, peak, tensors, pl.total / 2 ** 20))
-    ddp = rows[0][1]
-    print(f"model {args.model}, 2 ranks, batch/rank {args.batch}, {args.size}px, {args.steps} SGD steps, fp32")
-    print("| backend | peak RSS growth / rank (MiB) | vs ddp | tensors held in a step (MiB) | plan total (MiB) |"
-          " plan / tensors | plan / RSS |")
-    print("|---|---|---|---|---|---|---|")
-    for backend, peak, tensors, plan in rows:
-        t = f"{tensors:.0f}" if tensors is not None else "n/a"
-        r = f"{plan / tensors:.2f}" if tensors is not None else "n/a"
-        print(f"| {backend} | {peak:.0f} | {peak / ddp:.2f} | {t} | {plan:.0f} | {r} | {plan / peak:.2f} |")
+        t0 = time.perf_counter()
+        res = run_distributed(_rank, 2, (backend, cfg_kw, crops, args.batch, args.steps))
+        ds = backend.startswith("zero")
+        bucket = 0
+        if ds:
+            zcfg = json.load(open(f"ds_configs/{backend}_fp32.json"))["zero_optimization"]
+            bucket = int(zcfg.get("reduce_bucket_size", DS_DEFAULT_BUCKET))
+        kw = dict(world_size=2, backend="deepspeed" if ds else backend.replace("_eager", ""),
+                  zero_stage=int(backend[-1]) if ds else 2, batch_per_gpu=args.batch, crops=crops, head_dims=dims,
+                  prototypes=args.prototypes)
+        plan = plan_memory(args.model, ds_bucket=bucket, **kw)
+        plan_state = plan_memory(args.model, ds_bucket=0, **kw)  # model state without the reduce bucket
+        rows.append(dict(backend=backend, held=max(r["held"]["total"] for r in res),
+                         parts=res[0]["held"], rss=max(r["peak_rss"] for r in res), step_s=res[0]["step_s"],
+                         plan_state=plan_state.params + plan_state.grads + plan_state.optimizer,
+                         buckets=max(r["held"]["buckets"] for r in res), plan_total=plan.total,
+                         optimizer=res[0]["optimizer"], meta=res[0]["meta"], wall=time.perf_counter() - t0,
+                         n=plan.trunk_params + plan.head_params))
+        print(f"{backend}: done in {rows[-1]['wall']:.0f} s, rank-0 parts (MiB) "
+              f"{ {k: round(v / MIB) for k, v in res[0]['held'].items()} }, optimizer {res[0]['optimizer']}",
+              flush=True)
+    base = rows[0]
+    print(f"\n{args.model} SwAV (head {args.head}, {args.prototypes} prototypes, {rows[0]['n']:,} params), "
+          f"2 gloo ranks, batch {args.batch}/rank, crops {args.crops}, fp32, {args.steps} steps; "
+          f"ratios vs {base['backend']}")
+    print("| backend | init | optimizer | model state / rank (MiB) | vs ddp | plan state (MiB) | plan err |"
+          " DS buckets allocated (MiB) | peak RSS growth / rank (MiB) | vs ddp | plan total (MiB) | plan err vs RSS |"
+          " step (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        init = "meta" if r["meta"] else "eager"
+        print(f"| {r['backend']} | {init} | {r['optimizer'][:40]} | {r['held'] / MIB:.0f} | "
+              f"{r['held'] / base['held']:.2f} | {r['plan_state'] / MIB:.0f} | "
+              f"{r['plan_state'] / r['held'] - 1:+.0%} | "
+              f"{r['buckets'] / MIB:.0f} | "
+              f"{r['rss'] / MIB:.0f} | {r['rss'] / base['rss']:.2f} | {r['plan_total'] / MIB:.0f} | "
+              f"{r['plan_total'] / r['rss'] - 1:+.0%} | {r['step_s']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -100,6 +100,17 @@ def pretrain_with_components(args: argparse.Namespace, train_dir: str, out_dir: 
     trunk = build_regnet(args.model, zero_init_last=args.zero_init_last)
     head = SwAVHead(trunk.num_features, [args.head_hidden], args.embed_dim, args.prototypes,
                     queue_length=args.queue_length)
+    if args.head_bn:
+        # SwAV's original projection head has BatchNorm after the hidden layer (SEER's has none); the extra
+        # non-affine BatchNorm on the output removes the component shared by all samples, which is how the
+        # tiny trunks here collapse (see benchmarks/results/downstream.md). Only the head changes: the
+        # exported trunk is the plain bigseer RegNet.
+        from torch import nn
+
+        head.projection = nn.Sequential(nn.Linear(trunk.num_features, args.head_hidden),
+                                        nn.BatchNorm1d(args.head_hidden), nn.ReLU(inplace=True),
+                                        nn.Linear(args.head_hidden, args.embed_dim),
+                                        nn.BatchNorm1d(args.embed_dim, affine=False))
     model = SwAVModel(trunk, head, temperature=0.1, epsilon=args.epsilon, sinkhorn_iters=3,
                       freeze_prototypes_iters=args.freeze_prototypes)
     peak = args.pretrain_lr * args.pretrain_batch / 256
@@ -122,7 +133,7 @@ def pretrain_with_components(args: argparse.Namespace, train_dir: str, out_dir: 
         model.on_after_backward(step)
         opt.step()
         model.normalize_prototypes()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % max(args.pretrain_steps // 20, 1) == 0:
             print(f"pretrain step {step} loss {losses[-1]:.4f} lr {schedule(step):.4g} "
                   f"({time.time() - t0:.0f}s)", file=sys.stderr, flush=True)
@@ -174,9 +185,11 @@ def main() -> int:
     p.add_argument("--queue_length", type=int, default=0)
     p.add_argument("--freeze_prototypes", type=int, default=0)
     p.add_argument("--zero_init_last", action="store_true",
-                   help="zero-gamma on each block's last BN (components pretrainer). Off by default: on small "
-                        "images it makes every initial feature a function of the top-left input pixels only "
-                        "(1x1 stride-2 shortcuts), so SwAV's loss sits at ln K from step 0")
+                   help="zero-gamma on each block's last BN (components pretrainer; the engine always uses it). "
+                        "Off by default: on 32 px images every block then starts as its 1x1 stride-2 shortcut, "
+                        "so res5 depends only on the top-left input pixels")
+    p.add_argument("--head_bn", action="store_true",
+                   help="components pretrainer: SwAV's BN projection head + non-affine BN on the embedding")
     p.add_argument("--linear_epochs", type=int, default=20)
     p.add_argument("--linear_lr", type=float, default=0.1)
     p.add_argument("--lowshot_epochs", type=int, default=35)

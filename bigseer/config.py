@@ -22,7 +22,7 @@ class PretrainConfig:
     model: str = "regnety_tiny"  # SEER: regnety_256gf / seer_10b
     data: str = "builtin"
     crops: str = "2x64+4x32"  # SEER: 2x224+4x96 (10B: 2x160+4x96)
-    batch_size: int = 32  # per rank (SEER: 16 per GPU)
+    batch_size: int | None = None  # per rank; default: the DeepSpeed config's micro batch, else 32 (SEER: 16)
     num_workers: int = 0
     # SwAV head and loss
     head_dims: tuple[int, ...] = (256,)  # hidden MLP widths (SEER RG256: 8192, 8192)
@@ -40,7 +40,7 @@ class PretrainConfig:
     base_lr: float = 0.3  # peak lr = base_lr * global_batch / 256
     start_lr: float | None = None  # warmup start; default peak/64 (SEER: 0.15 at peak 9.6)
     final_lr_ratio: float = 0.001
-    warmup_steps: int = 5  # SEER RG256: 8000
+    warmup_steps: int | None = None  # default: 10% of max_steps (SEER RG256: 8000)
     schedule: str = "cosine"
     plateau_patience: int = 1000
     weight_decay: float = 1e-5
@@ -81,14 +81,33 @@ class PretrainConfig:
         return cls(**d)
 
 
+def finalize(cfg: PretrainConfig) -> PretrainConfig:
+    """Fill the ``None`` defaults that depend on other fields (batch size from the DeepSpeed config,
+    warmup from max_steps). Returns a new config; explicit values are kept as given."""
+    from dataclasses import replace
+
+    batch = cfg.batch_size
+    if batch is None:
+        micro = load_ds_config(cfg.ds_config).get("train_micro_batch_size_per_gpu") if cfg.ds_config else None
+        batch = micro if isinstance(micro, int) else 32
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(8000, cfg.max_steps // 10)
+    return replace(cfg, batch_size=batch, warmup_steps=warmup)
+
+
 def _require(ok: bool, msg: str) -> None:
     if not ok:
         raise ConfigError(msg)
 
 
 def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
-    """Check every field that can be checked without touching data or devices. Raises ConfigError."""
+    """Check every field that can be checked without touching data or devices. Raises ConfigError.
+    ``None`` defaults are filled as :func:`finalize` does before checking."""
     from bigseer.models import resolve_params
+
+    if cfg.ds_config is not None:
+        _require(os.path.isfile(cfg.ds_config), f"DeepSpeed config {cfg.ds_config!r} does not exist")
+    cfg = finalize(cfg)
+    assert cfg.batch_size is not None and cfg.warmup_steps is not None
 
     resolve_params(cfg.model)
     _require(cfg.backend in BACKENDS, f"unknown backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -115,7 +134,6 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
     _require(backend != "deepspeed" or cfg.ds_config is not None,
              "backend 'deepspeed' needs a DeepSpeed JSON config (--deepspeed_config ds_configs/zero2.json)")
     if cfg.ds_config is not None:
-        _require(os.path.isfile(cfg.ds_config), f"DeepSpeed config {cfg.ds_config!r} does not exist")
         _require(backend == "deepspeed",
                  f"a DeepSpeed config was given but backend is {backend!r}; use --backend deepspeed")
         check_ds_config(cfg, world_size)

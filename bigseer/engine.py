@@ -7,6 +7,7 @@ checkpointing, optimizer sharding) is behind :func:`bigseer.parallel.setup`.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 
-from bigseer.config import PretrainConfig, resolve_backend, resolve_precision, validate
+from bigseer.config import PretrainConfig, finalize, resolve_backend, resolve_precision, validate
 from bigseer.distributed import get_rank, get_world_size, init_distributed
 from bigseer.errors import CheckpointError, ConfigError
 from bigseer.train_log import TrainLogger, peak_memory_mb, setup_logging
@@ -105,6 +106,9 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     init_distributed()
     rank, world = get_rank(), get_world_size()
     setup_logging(rank)
+    if cfg.ds_config is not None and not os.path.isfile(cfg.ds_config):
+        raise ConfigError(f"DeepSpeed config {cfg.ds_config!r} does not exist")
+    cfg = finalize(cfg)
     validate(cfg, world)  # raises ConfigError before any work starts
     backend = resolve_backend(cfg, world)
     precision = resolve_precision(cfg)
@@ -149,7 +153,8 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     stream = MultiCropStream(cfg.data, cfg.crops, cfg.batch_size, rank=rank, world_size=world, seed=cfg.seed,
                              num_workers=cfg.num_workers, start_batch=start_step)
     log.info("bigseer pretrain: %s, backend %s, %d rank(s), precision %s, global batch %d, data %s",
-             cfg.model, backend, world, precision, cfg.batch_size * world, stream.describe())
+             cfg.model, backend, world, getattr(par, "precision", precision), cfg.batch_size * world,
+             stream.describe())
     logger = TrainLogger(str(out), cfg.max_steps, start_step, rank, cfg.log_every)
     result = PretrainResult(output_dir=out, steps=start_step)
     meta = _meta(cfg, backend)

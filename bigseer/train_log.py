@@ -7,6 +7,7 @@ import json
 import logging
 import resource
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ def setup_logging(rank: int) -> None:
     level = logging.INFO if rank == 0 else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s bigseer %(levelname)s %(message)s", stream=sys.stderr,
                         force=True)
+    # warnings (e.g. a precision fallback) as one line each, without the echoed source line
+    warnings.formatwarning = lambda message, category, *_, **__: f"{category.__name__}: {message}\n"
 
 
 class TrainLogger:

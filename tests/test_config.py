@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bigseer.commands.pretrain import SEER_RECIPE, add_arguments, config_from_args
-from bigseer.config import PretrainConfig, resolve_backend, resolve_precision, validate
+from bigseer.config import PretrainConfig, finalize, resolve_backend, resolve_precision, validate
 from bigseer.errors import ConfigError
 
 
@@ -46,10 +46,14 @@ def test_deepspeed_config_contradictions(tmp_path: Path) -> None:
         validate(PretrainConfig(backend="deepspeed"), world_size=2)
     path = _ds(tmp_path, train_micro_batch_size_per_gpu=8)
     with pytest.raises(ConfigError, match="train_micro_batch_size_per_gpu=8 contradicts --batch_size 32"):
-        validate(PretrainConfig(ds_config=path), world_size=2)
+        validate(PretrainConfig(ds_config=path, batch_size=32), world_size=2)
+    assert finalize(PretrainConfig(ds_config=path)).batch_size == 8  # taken from the JSON when not given
+    validate(PretrainConfig(ds_config=path), world_size=2)
     path = _ds(tmp_path, train_batch_size=100)
     with pytest.raises(ConfigError, match="train_batch_size=100 contradicts"):
         validate(PretrainConfig(ds_config=path), world_size=2)
+    with pytest.raises(ConfigError, match="DeepSpeed config '/nope.json' does not exist"):
+        validate(PretrainConfig(ds_config="/nope.json"), world_size=2)
     path = _ds(tmp_path, fp16={"enabled": True})
     with pytest.raises(ConfigError, match="trains in fp16 but --precision is bf16"):
         validate(PretrainConfig(ds_config=path, precision="bf16"), world_size=2)
@@ -61,6 +65,15 @@ def test_deepspeed_config_contradictions(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         validate(PretrainConfig(ds_config=str(tmp_path / "bad.json")), world_size=2)
+
+
+def test_defaults_that_depend_on_other_fields() -> None:
+    cfg = finalize(PretrainConfig(max_steps=40))
+    assert cfg.batch_size == 32 and cfg.warmup_steps == 4
+    assert finalize(PretrainConfig(max_steps=10**6)).warmup_steps == 8000
+    assert finalize(PretrainConfig(max_steps=3, warmup_steps=0)).warmup_steps == 0
+    with pytest.raises(ConfigError, match="warmup_steps=8000 must be < max_steps=100"):
+        validate(PretrainConfig(warmup_steps=8000, max_steps=100))
 
 
 def test_auto_backend_and_roundtrip() -> None:

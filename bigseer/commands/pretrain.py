@@ -27,7 +27,8 @@ _HELP = {
     "model": "RegNetY preset (bigseer models lists them)",
     "data": "image folder, file list, tar shards (glob/brace) or 'builtin'",
     "crops": "multi-crop spec, e.g. 2x224+4x96",
-    "batch_size": "images per rank per step",
+    "batch_size": "images per rank per step (default: the DeepSpeed config's micro batch, else 32)",
+    "warmup_steps": "linear warmup steps (default: 10%% of max_steps)",
     "backend": "auto | none | ddp | fsdp | deepspeed | fairscale",
     "precision": "fp32 | bf16 | fp16",
     "ds_config": "DeepSpeed JSON config (implies --backend deepspeed)",
@@ -35,6 +36,10 @@ _HELP = {
     "checkpointing": "activation checkpointing: none | all | per-stage counts like 0,2,8,1",
     "resume": "resume from OUTPUT_DIR/checkpoints/latest",
 }
+
+
+# fields whose default is None: their flag's type
+_OPTIONAL_TYPES: dict[str, type] = {"start_lr": float, "batch_size": int, "warmup_steps": int, "ds_config": str}
 
 
 def _parse_ints(text: str) -> tuple[int, ...]:
@@ -63,7 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=_parse_ints, default=None, metavar="N,N",
                                 help=f"{helptext} (default {','.join(map(str, default))})")
         else:
-            typ = float if isinstance(default, float) or f.name == "start_lr" else int if isinstance(default, int) else str
+            typ = _OPTIONAL_TYPES.get(f.name) or (float if isinstance(default, float) else
+                                                  int if isinstance(default, int) else str)
             parser.add_argument(flag, type=typ, default=None, help=f"{helptext} (default {default})")
     parser.add_argument("--deepspeed_config", dest="ds_config", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--deepspeed", action="store_true", help=argparse.SUPPRESS)

@@ -111,6 +111,9 @@ def setup(model: nn.Module, *, backend: str, precision: str = "fp32", syncbn_gro
         # validated here with throw-away optimizers (no state), before any collective
         stage = zero_stage(ds_config)
         per_tensor = wants_zero_groups(optimizer_factory(param_groups_for(model, exclude_bn_bias)), stage)
+        if per_tensor and ds_config.get("zero_optimization", {}).get("mics_shard_size", -1) > 0:
+            raise ConfigError("LARS under DeepSpeed MiCS (zero_optimization.mics_shard_size) is refused: its "
+                              "partitions span shard groups, not all ranks, so trust ratios would be wrong")
         if per_tensor:
             check_optimizer(optimizer_factory(zero_param_groups(param_groups_for(model, exclude_bn_bias))), stage)
     trunk = trunk_of(model)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from bigseer.distributed import is_distributed
+from bigseer.distributed import get_world_size, is_distributed
 from bigseer.errors import CheckpointError, ConfigError
 from bigseer.parallel.base import Parallel, call_on_model, sharded_params
 
@@ -232,4 +232,9 @@ def setup_deepspeed(model: nn.Module, *, precision: str, device_type: str, syncb
         os.environ.setdefault("MASTER_PORT", "29511")
     deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo")
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=cfg)
+    dp_group = getattr(engine.optimizer, "dp_process_group", None)
+    if wants_zero_groups(optimizer, stage) and dp_group is not None and get_world_size(dp_group) != get_world_size():
+        # LARS sums the partitions' squares over the default group: ZeRO must partition over all ranks
+        raise ConfigError(f"LARS under ZeRO needs the data-parallel group to span all {get_world_size()} ranks "
+                          f"(DeepSpeed's has {get_world_size(dp_group)})")
     return DeepSpeedParallel(model, engine, effective, device_type, syncbn, stage)

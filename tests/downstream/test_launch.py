@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 from safetensors.torch import save_file
 
 from bigseer.downstream.launch_check import single_process_cpu_launch

@@ -68,3 +68,42 @@ def test_build_lars_splits_groups_it_is_given():
     assert [g["lars_exclude"] for g in opt.param_groups] == [False, True]
     assert opt.param_groups[0]["trust_coefficient"] == 0.002 and opt.param_groups[1]["weight_decay"] == 0.0
     assert len(build_lars(model.parameters(), lr=0.1).param_groups) == 1
+
+
+def test_zero_partitioned_group_cuts_padding_and_equals_plain_lars():
+    """A ZeRO partition on one rank: the tensor flattened plus padding (ZeRO-3 leaves it uninitialised,
+    here NaN); norms come from the first zero_numel elements only, so the step equals plain LARS."""
+    torch.manual_seed(0)
+    p0, grads = torch.randn(3, 4), [torch.randn(3, 4), torch.randn(3, 4)]
+    plain = nn.Parameter(p0.clone())
+    flat = nn.Parameter(torch.cat([p0.reshape(-1), torch.full((4,), float("nan"))]))
+    kw = dict(lr=0.5, momentum=0.9, weight_decay=1e-3, trust_coefficient=0.02)
+    o_plain = LARS([plain], **kw)
+    o_flat = LARS([{"params": [flat], "zero_partitioned": True, "zero_numel": p0.numel()}], **kw)
+    for g in grads:
+        plain.grad = g.clone()
+        flat.grad = torch.cat([g.reshape(-1), torch.full((4,), float("inf"))])
+        o_plain.step()
+        o_flat.step()
+    torch.testing.assert_close(flat.detach()[:12].view(3, 4), plain.detach(), rtol=1e-6, atol=1e-7)
+    assert not torch.equal(plain.detach(), p0)
+
+
+def test_zero_partitioned_group_with_two_tensors_is_refused():
+    a, b = nn.Parameter(torch.ones(2)), nn.Parameter(torch.ones(2))
+    opt = LARS([{"params": [a, b], "zero_partitioned": True, "zero_numel": 2}], lr=0.1)
+    a.grad, b.grad = torch.ones(2), torch.ones(2)
+    with pytest.raises(ConfigError, match="zero_partitioned param groups need exactly one tensor"):
+        opt.step()
+
+
+def test_zero_param_groups_one_tensor_each_keeping_options():
+    from bigseer.parallel import param_groups_for, zero_param_groups
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    groups = zero_param_groups(param_groups_for(model, exclude_bn_bias=True))
+    assert [len(g["params"]) for g in groups] == [1, 1, 1, 1]
+    assert [g.get("lars_exclude", False) for g in groups] == [False, True, True, True]
+    assert all(g["zero_partitioned"] and g["zero_numel"] == g["params"][0].numel() for g in groups)
+    opt = build_lars(groups, lr=0.1, exclude_bn_bias=True)  # splitting one-tensor groups keeps them one-tensor
+    assert len(opt.param_groups) == 4 and all(len(g["params"]) == 1 for g in opt.param_groups)

@@ -103,7 +103,8 @@ def test_batchnorm_ones_zeros_and_last_gamma_zero(results):
     bn_weights = [n for n in r["full"] if n.endswith(".bn.weight")]
     assert len(bn_weights) > len(last)
     for n in bn_weights:
-        assert torch.equal(r["full"][n], torch.zeros_like(r["full"][n]) if n in last else torch.ones_like(r["full"][n])), n
+        w = r["full"][n]
+        assert torch.equal(w, torch.zeros_like(w) if n in last else torch.ones_like(w)), n
         assert not r["full"][n.replace(".weight", ".bias")].any(), n
     for n, b in r["buffers"].items():
         if n.endswith("running_var"):

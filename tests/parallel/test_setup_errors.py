@@ -58,7 +58,7 @@ def test_one_process_runs_plain_model_with_exclusion_groups(backend):
 
 
 @pytest.mark.parametrize("stage", [1, 3])
-def test_lars_refused_under_zero_before_any_work(stage):
-    with pytest.raises(ConfigError, match=f"LARS under DeepSpeed ZeRO stage {stage} is refused"):
+def test_lars_with_merged_groups_refused_under_zero_before_any_work(stage):
+    with pytest.raises(ConfigError, match=f"LARS under DeepSpeed ZeRO stage {stage}: param group 0 holds"):
         parallel.setup(make_model(0), backend="deepspeed", ds_config=f"zero{stage}_fp32",
-                       optimizer_factory=lambda g: LARS(g, lr=0.1))
+                       optimizer_factory=lambda g: LARS([q for gr in g for q in gr["params"]], lr=0.1))
