@@ -40,6 +40,9 @@ device_type=None) -> Parallel``
   ``full_state_dict`` call it.
 - One process without a process group: ddp/fsdp run the plain model (autocast for bf16/fp16).
 
+fsdp also accepts a model built on ``device="meta"`` and materialises only each rank's shards
+(``bigseer.parallel.meta_init``); other backends refuse a meta model.
+
 All validation happens before any collective or wrapping, and fails with one ``ConfigError`` line.
 """
 
@@ -93,6 +96,10 @@ def setup(model: nn.Module, *, backend: str, precision: str = "fp32", syncbn_gro
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r} is invalid: choose one of {', '.join(BACKENDS)}")
     check_precision(precision)
+    from bigseer.parallel.meta_init import is_meta_model
+
+    if backend != "fsdp" and is_meta_model(model):
+        raise ConfigError(f"backend {backend} needs a materialised model: build on device='meta' only for backend fsdp")
     if device_type is None:
         first = next(model.parameters(), None)
         device_type = first.device.type if first is not None else "cpu"

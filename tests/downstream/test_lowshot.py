@@ -58,3 +58,23 @@ def test_lowshot_run_refuses_a_fraction_that_empties_a_class(tmp_path):
     with pytest.raises(DataError, match="leaves class 'class_0' empty"):
         run_downstream(cfg)
     assert not os.path.exists(tmp_path / "o")  # failed before any work
+
+
+def test_lowshot_linear_protocol_keeps_the_trunk_frozen(tmp_path):
+    import torch
+
+    from bigseer.downstream.run_state import checkpoint_path
+    from bigseer.downstream.weights import load_trunk
+
+    data = write_colour_folder(str(tmp_path / "data"), num_classes=3, train_per_class=10, val_per_class=2, size=24)
+    out = str(tmp_path / "out")
+    cfg = EvalConfig(mode="lowshot", fraction=0.3, lowshot_protocol="linear", layer="res4", data=data,
+                     model="regnety_test", epochs=2, batch_size=6, lr=0.1, train_crop=24, eval_resize=24,
+                     eval_crop=24, output_dir=out, cpu=True, progress=False)
+    res = run_downstream(cfg)
+    assert res["protocol"] == "linear" and res["layer"] == "res4" and res["num_train_images"] == 9
+    state = torch.load(checkpoint_path(out), weights_only=False)
+    assert state["subset"] == balanced_subset(scan_image_folder(data)[0].targets, 0.3, seed=0)
+    fresh = load_trunk(None, "regnety_test", seed=0).state_dict()
+    for k, v in fresh.items():
+        assert torch.equal(state["model"][f"trunk.{k}"], v), k

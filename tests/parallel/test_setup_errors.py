@@ -62,3 +62,11 @@ def test_lars_with_merged_groups_refused_under_zero_before_any_work(stage):
     with pytest.raises(ConfigError, match=f"LARS under DeepSpeed ZeRO stage {stage}: param group 0 holds"):
         parallel.setup(make_model(0), backend="deepspeed", ds_config=f"zero{stage}_fp32",
                        optimizer_factory=lambda g: LARS([q for gr in g for q in gr["params"]], lr=0.1))
+
+
+def test_meta_model_refused_outside_fsdp():
+    from bigseer.models import build_regnet
+
+    with pytest.raises(ConfigError, match="backend ddp needs a materialised model"):
+        parallel.setup(build_regnet("regnety_test", device="meta"), backend="ddp",
+                       optimizer_factory=lambda g: torch.optim.SGD(g, lr=0.1))
