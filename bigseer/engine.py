@@ -169,7 +169,6 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
         while step < cfg.max_steps:
             t0 = time.perf_counter()
             batch = next(it)
-            logger.add_skipped(batch.skipped)
             lr = schedule.lr_at(step)
             par.set_lr(lr)
             if cfg.freeze_prototypes_iters and step in (start_step, cfg.freeze_prototypes_iters):
@@ -183,13 +182,14 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
             par.run_on_full_params(swav.normalize_prototypes)
             par.zero_grad()
             step += 1
-            loss_value = float(_mean_over_ranks(loss.detach()))
+            loss_value, peak_mem, skipped = _step_stats(loss.detach(), batch.skipped)
+            logger.add_skipped(skipped)
             schedule.observe(loss_value)
             result.losses.append(loss_value)
             dt = time.perf_counter() - t0
             logger.step(step, {"loss": loss_value, "lr": lr, "loss_scale": par.loss_scale,
                                "stepped": bool(stepped), "img_per_s": cfg.batch_size * world / dt,
-                               "peak_mem_mb": peak_memory_mb()})
+                               "peak_mem_mb": max(peak_mem), "peak_mem_mb_per_rank": peak_mem})
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
                 save(step)
         result.checkpoint = save(step)
@@ -205,10 +205,18 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     return result
 
 
-def _mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
-    from bigseer.distributed import all_reduce_mean
+def _step_stats(loss: torch.Tensor, skipped: dict[str, int]) -> tuple[float, list[float], dict[str, int]]:
+    """One all-gather per step: the loss averaged over ranks, each rank's peak memory (MiB) and the
+    skipped-image counts summed over ranks."""
+    from bigseer.data import SKIP_REASONS
+    from bigseer.distributed import all_gather_cat
 
-    return all_reduce_mean(t.float())
+    local = torch.tensor([float(loss), peak_memory_mb(), *(float(skipped.get(r, 0)) for r in SKIP_REASONS)],
+                         dtype=torch.float64)
+    rows = all_gather_cat(local.to(loss.device if loss.device.type != "meta" else "cpu")[None]).cpu()
+    totals = rows[:, 2:].sum(0)
+    return (float(rows[:, 0].mean()), rows[:, 1].tolist(),
+            {r: int(n) for r, n in zip(SKIP_REASONS, totals.tolist()) if n})
 
 
 def _export(checkpoint: Path | None, out: Path) -> Path | None:

@@ -104,3 +104,23 @@ def test_kill_9_at_random_moment_then_resume_matches(reference_run: tuple[Path, 
     assert "resumed from" in done.stderr
     losses = _losses(run_dir)
     assert [losses[s] for s in range(1, 11)] == ref_losses
+
+
+def test_corrupt_files_are_skipped_counted_and_logged(tmp_path: Path) -> None:
+    from PIL import Image
+
+    data = tmp_path / "images"
+    data.mkdir()
+    for i in range(6):
+        Image.new("RGB", (48 + 8 * i, 40), (40 * i, 255 - 30 * i, 90)).save(data / f"ok{i}.png")
+    (data / "empty.jpg").write_bytes(b"")
+    (data / "notes.png").write_text("not an image at all\n" * 20)
+    good = (data / "ok0.png").read_bytes()
+    (data / "cut.png").write_bytes(good[: len(good) // 2])
+    cfg = dict(TINY, max_steps=2, warmup_steps=0, checkpoint_every=0, data=str(data), batch_size=8)
+    result = pretrain(PretrainConfig(**cfg, output_dir=str(tmp_path / "run"), export=False))
+    assert len(result.losses) == 2
+    assert result.skipped.get("empty") and result.skipped.get("not_image")
+    assert sum(result.skipped.values()) >= 3  # all three bad files met in the first pass (9 files, 16 samples)
+    last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["skipped"] == result.skipped and len(last["peak_mem_mb_per_rank"]) == 1
