@@ -151,19 +151,41 @@ def _rank(rank: int, world: int, backend: str, cfg_kw: dict, crops: list[tuple[i
     g = torch.Generator().manual_seed(rank)
     held = {}
     times = []
+    phases: dict[str, int] = {}
+    peak = [0]  # VmHWM is reset per phase in the last step: keep the run's maximum here
+
+    def phase(name: str | None) -> None:
+        """Peak RSS growth of the phase that just ended (last step only), then reset VmHWM for the next."""
+        if step != steps - 1:
+            return
+        peak[0] = max(peak[0], _status_kib("VmHWM"))
+        if phase.current:  # type: ignore[attr-defined]
+            phases[phase.current] = (_status_kib("VmHWM") - base) * 1024  # type: ignore[attr-defined]
+        phases["start_" + (name or "end")] = (_status_kib("VmRSS") - base) * 1024
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        phase.current = name  # type: ignore[attr-defined]
+
+    phase.current = None  # type: ignore[attr-defined]
     for step in range(steps):
         x = [torch.randn(n, batch, 3, s, s, generator=g) for n, s in crops]
         t0 = time.perf_counter()
+        phase("forward")
         loss = p.forward(x)
+        phase("backward")
         p.backward(loss)
+        phase(None)
         if step == steps - 1:
             held = model_state_bytes(p)
+        phase("step")
         p.step()
         p.run_on_full_params(p.unwrapped.normalize_prototypes)
         p.zero_grad()
+        phase(None)
         times.append(time.perf_counter() - t0)
         assert torch.isfinite(loss.detach()), f"{backend}: loss {float(loss)}"
-    return {"peak_rss": (_status_kib("VmHWM") - base) * 1024, "held": held, "optimizer": optimizer,
+    peak[0] = max(peak[0], _status_kib("VmHWM"))
+    return {"peak_rss": (peak[0] - base) * 1024, "phases": phases, "held": held, "optimizer": optimizer,
             "step_s": statistics.median(times[1:] or times), "meta": meta, "loss": float(loss.detach())}
 
 
@@ -207,7 +229,9 @@ def main() -> None:
                          optimizer=res[0]["optimizer"], meta=res[0]["meta"], wall=time.perf_counter() - t0,
                          n=plan.trunk_params + plan.head_params))
         print(f"{backend}: done in {rows[-1]['wall']:.0f} s, rank-0 parts (MiB) "
-              f"{ {k: round(v / MIB) for k, v in res[0]['held'].items()} }, optimizer {res[0]['optimizer']}",
+              f"{ {k: round(v / MIB) for k, v in res[0]['held'].items()} }, optimizer {res[0]['optimizer']}; "
+              f"last step, per rank, RSS growth at phase start / phase peak (MiB): "
+              f"{[{k: round(v / MIB) for k, v in r['phases'].items()} for r in res]}",
               flush=True)
     base = rows[0]
     print(f"\n{args.model} SwAV (head {args.head}, {args.prototypes} prototypes, {rows[0]['n']:,} params), "

@@ -20,6 +20,7 @@ class PretrainConfig:
 
     # what to train on
     model: str = "regnety_tiny"  # SEER: regnety_256gf / seer_10b
+    zero_init_last: bool = True  # zero gamma of each block's last BN (pycls/timm default)
     data: str = "builtin"
     crops: str = "2x64+4x32"  # SEER: 2x224+4x96 (10B: 2x160+4x96)
     batch_size: int | None = None  # per rank; default: the DeepSpeed config's micro batch, else 32 (SEER: 16)

@@ -41,7 +41,7 @@ def build_swav_model(cfg: PretrainConfig, group: Any = None, device: Any = None)
     from bigseer.models import build_regnet
     from bigseer.ssl import SwAVHead, SwAVModel
 
-    trunk = build_regnet(cfg.model, device=device)
+    trunk = build_regnet(cfg.model, device=device, zero_init_last=cfg.zero_init_last)
     head = SwAVHead(trunk.num_features, list(cfg.head_dims), cfg.embed_dim, cfg.num_prototypes,
                     shard_prototypes=cfg.shard_prototypes, queue_length=cfg.queue_length,
                     queue_crops=len(cfg.crops_for_assign), group=group)

@@ -61,7 +61,7 @@ def load_checkpoint(output_dir: str, cfg: EvalConfig) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise CheckpointError(f"resume: no checkpoint at {path!r}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a foreign or truncated file
         raise CheckpointError(f"resume: cannot read {path!r}: {exc}") from exc
     if not isinstance(state, dict) or "config" not in state or "epoch" not in state:

@@ -42,7 +42,7 @@ def test_finetune_trains_the_whole_network(data, tmp_path):
     assert [h["epoch"] for h in hist] == [1, 2, 3]
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
     assert res["final"]["top1"] > 100 / 3  # better than chance on 3 colour classes
-    state = torch.load(checkpoint_path(out), weights_only=False)
+    state = torch.load(checkpoint_path(out), weights_only=True)
     fresh = load_trunk(None, "regnety_test", seed=0).state_dict()
     assert state["epoch"] == 3
     for key in ("stem.conv.weight", "s4.b1.conv2.conv.weight", "s1.b1.conv1.bn.running_mean"):
@@ -58,8 +58,8 @@ def test_resume_matches_the_uninterrupted_run(data, tmp_path):
     assert len(first["history"]) == 2
     resumed = run_downstream(_cfg(data, epochs=3, lr_milestones=[2], output_dir=part, resume=True))
     assert resumed["history"] == [{**h, "time_s": r["time_s"]} for h, r in zip(full["history"], resumed["history"])]
-    a = torch.load(checkpoint_path(str(tmp_path / "a")), weights_only=False)["model"]
-    b = torch.load(checkpoint_path(part), weights_only=False)["model"]
+    a = torch.load(checkpoint_path(str(tmp_path / "a")), weights_only=True)["model"]
+    b = torch.load(checkpoint_path(part), weights_only=True)["model"]
     for k in a:
         assert torch.equal(a[k], b[k]), k
 

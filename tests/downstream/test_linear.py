@@ -47,7 +47,7 @@ def test_linear_run_leaves_trunk_weights_and_bn_stats_unchanged(tmp_path, layer)
                      progress=False)
     res = run_downstream(cfg)
     assert res["layer"] == layer and len(res["history"]) == 2
-    state = torch.load(checkpoint_path(out), weights_only=False)["model"]
+    state = torch.load(checkpoint_path(out), weights_only=True)["model"]
     after = {k[len("trunk."):]: v for k, v in state.items() if k.startswith("trunk.")}
     assert after.keys() == before.keys()
     for k in before:

@@ -73,7 +73,7 @@ def test_lowshot_linear_protocol_keeps_the_trunk_frozen(tmp_path):
                      eval_crop=24, output_dir=out, cpu=True, progress=False)
     res = run_downstream(cfg)
     assert res["protocol"] == "linear" and res["layer"] == "res4" and res["num_train_images"] == 9
-    state = torch.load(checkpoint_path(out), weights_only=False)
+    state = torch.load(checkpoint_path(out), weights_only=True)
     assert state["subset"] == balanced_subset(scan_image_folder(data)[0].targets, 0.3, seed=0)
     fresh = load_trunk(None, "regnety_test", seed=0).state_dict()
     for k, v in fresh.items():
