@@ -27,20 +27,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from memstat import add_mmap_threshold_arg, apply_mmap_threshold, status_kib  # benchmarks/memstat.py
 import torch  # noqa: E402
 
 from bigseer.plan import parse_crops, plan_memory  # noqa: E402
 
 MODES = ("none", "all")
 MIB = 2 ** 20
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(field)
 
 
 def build(model: str, mode: str, head: list[int], prototypes: int, threads: int) -> object:
@@ -94,12 +87,12 @@ def _rss_child(args: tuple) -> int:
     model, mode, head, prototypes, threads, crops, batch = args
     p = build(model, mode, head, prototypes, threads)
     x = make_crops(crops, batch, 0)
-    base = _status_kib("VmRSS")
+    base = status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # VmHWM := current RSS
     loss = p.forward(x)  # type: ignore[attr-defined]
     p.backward(loss)  # type: ignore[attr-defined]
-    return (_status_kib("VmHWM") - base) * 1024
+    return (status_kib("VmHWM") - base) * 1024
 
 
 def main() -> None:
@@ -111,12 +104,9 @@ def main() -> None:
     ap.add_argument("--prototypes", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--mmap-threshold", type=int, default=65536,
-                    help="MALLOC_MMAP_THRESHOLD_ for the measured processes (glibc then returns every freed block "
-                         "above it to the OS at once, so RSS follows the live tensors; 0 = leave glibc's default)")
+    add_mmap_threshold_arg(ap)
     args = ap.parse_args()
-    if args.mmap_threshold:  # read by glibc at process start: applies to the spawned measuring processes
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
+    apply_mmap_threshold(args.mmap_threshold)
     crops = parse_crops(args.crops)
     head = [int(d) for d in args.head.split(",")]
 

@@ -10,8 +10,10 @@ LARS (SGD + momentum if a backend refuses LARS; the table says which) -> ``--ste
   flat parameter groups, fp32 master partitions, gradient partitions and buckets), taken after the last
   backward (before its optimizer step: parameters + gradients + the state from the previous step);
 - peak RSS growth: VmHWM minus the RSS just before the model is built (imports and process group done);
-- plan: ``bigseer.plan.plan_memory`` for the same run (params + grads + optimizer state without the
-  DeepSpeed reduce bucket, and the total with it).
+- phase peaks: in the last step, the peak RSS growth of forward, backward and optimizer step apart
+  (VmHWM reset between phases);
+- plan: ``bigseer.plan.plan_memory(..., collectives="gloo")`` for the same run (params + grads + optimizer
+  state, and the total with activations, the DeepSpeed reduce bucket and the backward temporaries).
 
 DeepSpeed's communication buckets (``ipg_*``) are reported apart: allocated at ``reduce_bucket_size``, resident
 only where touched. The ranks run with ``MALLOC_MMAP_THRESHOLD_`` (``--mmap-threshold``) so that RSS follows
@@ -32,6 +34,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
+from memstat import add_mmap_threshold_arg, apply_mmap_threshold, status_kib  # benchmarks/memstat.py
 import torch  # noqa: E402
 
 from bigseer.plan import parse_crops, plan_memory  # noqa: E402
@@ -39,14 +42,6 @@ from tests.distributed_utils import run_distributed  # noqa: E402
 
 MIB = 2 ** 20
 DS_DEFAULT_BUCKET = int(5e8)  # DeepSpeed reduce_bucket_size when the config leaves it out
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(field)
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -128,7 +123,7 @@ def _rank(rank: int, world: int, backend: str, cfg_kw: dict, crops: list[tuple[i
 
     cfg = PretrainConfig(**cfg_kw)
     torch.manual_seed(0)
-    base = _status_kib("VmRSS")
+    base = status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
     meta = backend == "fsdp"
@@ -158,10 +153,10 @@ def _rank(rank: int, world: int, backend: str, cfg_kw: dict, crops: list[tuple[i
         """Peak RSS growth of the phase that just ended (last step only), then reset VmHWM for the next."""
         if step != steps - 1:
             return
-        peak[0] = max(peak[0], _status_kib("VmHWM"))
+        peak[0] = max(peak[0], status_kib("VmHWM"))
         if phase.current:  # type: ignore[attr-defined]
-            phases[phase.current] = (_status_kib("VmHWM") - base) * 1024  # type: ignore[attr-defined]
-        phases["start_" + (name or "end")] = (_status_kib("VmRSS") - base) * 1024
+            phases[phase.current] = (status_kib("VmHWM") - base) * 1024  # type: ignore[attr-defined]
+        phases["start_" + (name or "end")] = (status_kib("VmRSS") - base) * 1024
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         phase.current = name  # type: ignore[attr-defined]
@@ -184,7 +179,7 @@ def _rank(rank: int, world: int, backend: str, cfg_kw: dict, crops: list[tuple[i
         phase(None)
         times.append(time.perf_counter() - t0)
         assert torch.isfinite(loss.detach()), f"{backend}: loss {float(loss)}"
-    peak[0] = max(peak[0], _status_kib("VmHWM"))
+    peak[0] = max(peak[0], status_kib("VmHWM"))
     return {"peak_rss": (peak[0] - base) * 1024, "phases": phases, "held": held, "optimizer": optimizer,
             "step_s": statistics.median(times[1:] or times), "meta": meta, "loss": float(loss.detach())}
 
@@ -198,12 +193,9 @@ def main() -> None:
     ap.add_argument("--prototypes", type=int, default=256)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--backends", default="ddp,fsdp,zero2,zero3")
-    ap.add_argument("--mmap-threshold", type=int, default=65536,
-                    help="MALLOC_MMAP_THRESHOLD_ for the measured processes (glibc then returns every freed block "
-                         "above it to the OS at once, so RSS follows the live tensors; 0 = leave glibc's default)")
+    add_mmap_threshold_arg(ap)
     args = ap.parse_args()
-    if args.mmap_threshold:  # read by glibc at process start: applies to the spawned measuring processes
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
+    apply_mmap_threshold(args.mmap_threshold)
     crops = parse_crops(args.crops)
     dims = [int(d) for d in args.head.split(",")]
     cfg_kw = dict(model=args.model, head_dims=tuple(dims[:-1]), embed_dim=dims[-1], num_prototypes=args.prototypes,
@@ -220,11 +212,10 @@ def main() -> None:
         kw = dict(world_size=2, backend="deepspeed" if ds else backend.replace("_eager", ""),
                   zero_stage=int(backend[-1]) if ds else 2, batch_per_gpu=args.batch, crops=crops, head_dims=dims,
                   prototypes=args.prototypes)
-        plan = plan_memory(args.model, ds_bucket=bucket, **kw)
-        plan_state = plan_memory(args.model, ds_bucket=0, **kw)  # model state without the reduce bucket
+        plan = plan_memory(args.model, ds_bucket=bucket, collectives="gloo", **kw)
         rows.append(dict(backend=backend, held=max(r["held"]["total"] for r in res),
                          parts=res[0]["held"], rss=max(r["peak_rss"] for r in res), step_s=res[0]["step_s"],
-                         plan_state=plan_state.params + plan_state.grads + plan_state.optimizer,
+                         plan_state=plan.params + plan.grads + plan.optimizer, plan=plan, res=res,
                          buckets=max(r["held"]["buckets"] for r in res), plan_total=plan.total,
                          optimizer=res[0]["optimizer"], meta=res[0]["meta"], wall=time.perf_counter() - t0,
                          n=plan.trunk_params + plan.head_params))
@@ -249,6 +240,14 @@ def main() -> None:
               f"{r['buckets'] / MIB:.0f} | "
               f"{r['rss'] / MIB:.0f} | {r['rss'] / base['rss']:.2f} | {r['plan_total'] / MIB:.0f} | "
               f"{r['plan_total'] / r['rss'] - 1:+.0%} | {r['step_s']:.2f} |")
+    print("\nLast step, peak RSS growth per phase (max over ranks) and the plan's parts (MiB):")
+    print("| backend | forward | backward | step | plan activations | plan comm buckets | plan gathered/temps |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        ph = {k: max(x["phases"].get(k, 0) for x in r["res"]) / MIB for k in ("forward", "backward", "step")}
+        pl = r["plan"]
+        print(f"| {r['backend']} | {ph['forward']:.0f} | {ph['backward']:.0f} | {ph['step']:.0f} | "
+              f"{pl.activations / MIB:.0f} | {pl.comm / MIB:.0f} | {pl.transient / MIB:.0f} |")
 
 
 if __name__ == "__main__":

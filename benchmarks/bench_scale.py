@@ -25,20 +25,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from memstat import add_mmap_threshold_arg, apply_mmap_threshold, status_kib  # benchmarks/memstat.py
 import torch  # noqa: E402
 
 from bigseer.plan import parse_crops, plan_memory  # noqa: E402
 
 GIB = 2 ** 30
 SEER_HEAD = "8192,8192,256"
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(field)
 
 
 def _cfg(model: str, head: list[int], prototypes: int, crops: list[tuple[int, int]], batch: int) -> object:
@@ -72,7 +65,7 @@ def _step_rank(rank: int, world: int, model_name: str, head: list[int], prototyp
 
     cfg = _cfg(model_name, head, prototypes, crops, batch)
     torch.manual_seed(0)
-    base = _status_kib("VmRSS")
+    base = status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     out: dict = {"base_gib": base / 2 ** 20}
@@ -83,7 +76,7 @@ def _step_rank(rank: int, world: int, model_name: str, head: list[int], prototyp
     p = parallel.setup(model, backend="fsdp", precision=precision, checkpointing="all",
                        optimizer_factory=lambda g: LARS(g, lr=0.1, momentum=0.9, weight_decay=1e-5))
     out["setup_s"] = time.perf_counter() - t0
-    out["after_setup_gib"] = (_status_kib("VmRSS") - base) / 2 ** 20
+    out["after_setup_gib"] = (status_kib("VmRSS") - base) / 2 ** 20
     g = torch.Generator().manual_seed(rank)
     x = [torch.randn(n, batch, 3, s, s, generator=g) for n, s in crops]
     t = time.perf_counter()
@@ -103,8 +96,8 @@ def _step_rank(rank: int, world: int, model_name: str, head: list[int], prototyp
     out["step_s"] = out["forward_s"] + out["backward_s"] + out["optim_s"]
     out["loss"] = float(loss.detach())
     out["finite"] = bool(torch.isfinite(loss.detach()))
-    out["peak_gib"] = _status_kib("VmHWM") / 2 ** 20
-    out["peak_growth_gib"] = (_status_kib("VmHWM") - base) / 2 ** 20
+    out["peak_gib"] = status_kib("VmHWM") / 2 ** 20
+    out["peak_growth_gib"] = (status_kib("VmHWM") - base) / 2 ** 20
     return out
 
 
@@ -175,12 +168,9 @@ def main() -> None:
     ap.add_argument("--plan-batch", type=int, default=16)
     ap.add_argument("--plan-crops", default="2x160,4x96")
     ap.add_argument("--plan-precisions", default="fp16,bf16")
-    ap.add_argument("--mmap-threshold", type=int, default=65536,
-                    help="MALLOC_MMAP_THRESHOLD_ for the spawned ranks (freed blocks above it go back to the OS at "
-                         "once, so RSS follows the live tensors; 0 = glibc's default)")
+    add_mmap_threshold_arg(ap)
     args = ap.parse_args()
-    if args.mmap_threshold:  # read by glibc at process start: applies to the spawned ranks
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
+    apply_mmap_threshold(args.mmap_threshold)
     (part_step if args.part == "step" else part_plan)(args)
 
 

@@ -8,14 +8,43 @@ divides parameters, gradients and optimizer state by what each backend shards:
 | backend            | params        | grads            | optimizer state (+ DeepSpeed fp32 master) |
 |--------------------|---------------|------------------|--------------------------------------------|
 | ddp                | full          | full             | full                                       |
-| fsdp / fairscale   | 1/W + 2 units | 1/W + 1 unit     | 1/W                                        |
+| fsdp / fairscale   | 1/W           | 1/W              | 1/W                                        |
 | deepspeed ZeRO-1   | full          | full             | 1/W (+ master 1/W)                         |
-| deepspeed ZeRO-2   | full          | 1/W + bucket     | 1/W (+ master 1/W)                         |
-| deepspeed ZeRO-3   | 1/W + 2 units | 1/W + bucket     | 1/W (+ master 1/W)                         |
+| deepspeed ZeRO-2   | full          | full (see below) | 1/W (+ master 1/W)                         |
+| deepspeed ZeRO-3   | 1/W           | 1/W              | 1/W (+ master 1/W)                         |
 
 Activations: everything autograd saves (inputs of convs/BN/linear, masks, ...) for all crops of one
 step, in the compute dtype (bf16/fp16 halve them); with activation checkpointing a checkpointed block
 keeps only its input, plus the largest such block's internals during its recompute.
+
+The peak is in the backward pass, so ``transient`` holds what is alive there on top of the above (each
+term is a mechanism in the named library, checked against RSS of 2-rank CPU runs in
+``benchmarks/bench_memory.py``):
+
+- every backend: the gradient of the largest saved activation and the gradient flowing into it (autograd
+  holds one op's grad_output and grad_input at a time) = 2 x the largest saved tensor;
+- FSDP2 (W > 1), u = largest unit: forward: the current + the prefetched unit's unsharded params plus the
+  prefetched all-gather output before its copy-out (3u); backward: 2 unsharded units + at the unit's
+  reduce, either (unsharded grads + ``foreach_reduce``'s reduce-scatter input, 2u) or (reduce-scatter
+  input + output u/W + on gloo the copy of the whole input that ``reduce_scatter_tensor`` makes, u);
+  measured on 2 gloo ranks the temporaries vary with the trunk calls per step (~1u for one small call,
+  ~2.8u for SwAV with one crop resolution, ~5.6u with two): 4.5u is within 20% of peak RSS for SwAV;
+- ZeRO-2: ``allreduce_bucket`` flattens a full reduce bucket (min(bucket, n)) into a new tensor;
+- ZeRO-3: gathered parameters are kept while their next use is within ``stage3_max_reuse_distance``
+  (default 1e9 elements), up to ``stage3_max_live_parameters``: max(2u, min(n, live, reuse)); for n
+  below both the whole model stays gathered from forward into backward (n); its reduce ``torch.cat``s
+  the bucket (min(bucket, n)), reduce-scatters into partitions (min(bucket, n)/W) and, on gloo, the
+  collective copies its input again;
+- DDP: nothing more (``bigseer.parallel.ddp`` uses ``gradient_as_bucket_view``: the grads are the
+  reducer's buckets).
+
+``comm`` holds DeepSpeed's persistent ``ipg`` reduce bucket: allocated with ``torch.empty`` at
+``reduce_bucket_size`` elements, resident only where gradients are copied in: min(bucket, n) elements.
+ZeRO-2 in DeepSpeed 0.19.8 fp32 keeps the gradients it averages (``averaged_gradients``, views of the
+parameters' gradients) in a storage the size of the whole model at any W (measured at W = 2 and 4), so
+its gradients are full-size. ``collectives="gloo"`` (CPU runs) adds gloo's reduce-scatter input copy
+(measured: a 100 MiB ``reduce_scatter_tensor`` raises peak RSS by 102 MiB; ``all_reduce`` by 2 MiB).
+
 ``measure_step_memory`` counts the same categories on a live ``Parallel`` (used to check the plan).
 """
 
@@ -33,6 +62,7 @@ from bigseer.models.regnet import build_regnet, count_params
 
 BACKENDS = ("ddp", "fsdp", "deepspeed", "fairscale")
 PRECISIONS = ("fp32", "bf16", "fp16")
+COLLECTIVES = ("nccl", "gloo")
 
 
 class PlanHead(nn.Module):
@@ -89,14 +119,16 @@ class MemoryPlan:
     optimizer: int
     activations: int
     buffers: int
-    transient: int = 0  # all-gathered FSDP/ZeRO-3 units (params x2 for prefetch, grads x1) or autocast copies
+    transient: int = 0  # peak temporaries: gathered FSDP/ZeRO-3 params, reduce buffers, activation grads, casts
     largest_unit: tuple[str, int] = ("", 0)  # (name, parameter elements) of the largest FSDP unit
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    comm: int = 0  # DeepSpeed's persistent ipg reduce bucket (touched part)
 
     @property
     def total(self) -> int:
-        return self.params + self.grads + self.optimizer + self.activations + self.buffers + self.transient
+        return (self.params + self.grads + self.optimizer + self.activations + self.buffers + self.comm
+                + self.transient)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -106,8 +138,8 @@ class MemoryPlan:
     def table(self) -> str:
         gib = 1024 ** 3
         rows = [("parameters", self.params), ("gradients", self.grads), ("optimizer state", self.optimizer),
-                ("activations", self.activations), ("buffers", self.buffers),
-                ("gathered/casts", self.transient), ("total", self.total)]
+                ("activations", self.activations), ("buffers", self.buffers), ("comm buckets", self.comm),
+                ("gathered/temps", self.transient), ("total", self.total)]
         head = (f"{self.model}: trunk {self.trunk_params:,} + head {self.head_params:,} params; backend "
                 f"{self.backend}, {self.precision}, world {self.world_size}, batch/GPU {self.batch_per_gpu}, "
                 f"crops {','.join(f'{n}x{s}' for n, s in self.crops)}, checkpointing {self.checkpointing}")
@@ -136,13 +168,15 @@ def _unit_sizes(model: nn.Module, threshold: int) -> list[tuple[str, int]]:
 
 
 def _activation_bytes(model: PlanModel, crops: list[tuple[int, int]], batch: int,
-                      checkpointed: set[int]) -> tuple[int, int, int]:
-    """(kept bytes, checkpointed-block input bytes, largest checkpointed block internals) for one step."""
+                      checkpointed: set[int]) -> tuple[int, int, int, int]:
+    """(kept bytes, checkpointed-block input bytes, largest checkpointed block internals, largest saved
+    tensor) for one step."""
     trunk, head = model.trunk, model.head
     params = {p.untyped_storage()._cdata for p in model.parameters()}
     where: list[Any] = [None]  # (crop group index, block id) while inside a block, else None
     group: list[int] = [0]
     per_key: dict[Any, int] = {}
+    largest = [0]
     block_inputs = 0
     seen: set[int] = set()
     keep: list[torch.Tensor] = []  # keeps storages alive so their ids stay unique
@@ -153,6 +187,7 @@ def _activation_bytes(model: PlanModel, crops: list[tuple[int, int]], batch: int
             seen.add(key)
             keep.append(t)
             per_key[where[0]] = per_key.get(where[0], 0) + t.untyped_storage().nbytes()
+            largest[0] = max(largest[0], t.untyped_storage().nbytes())
         return t
 
     def pre(block: nn.Module, args: tuple[Any, ...]) -> None:
@@ -180,24 +215,33 @@ def _activation_bytes(model: PlanModel, crops: list[tuple[int, int]], batch: int
             h.remove()
     kept = sum(v for k, v in per_key.items() if k is None or k[1] not in checkpointed)
     inner = [v for k, v in per_key.items() if k is not None and k[1] in checkpointed]
-    return kept, block_inputs, max(inner, default=0)  # one block is recomputed at a time
+    return kept, block_inputs, max(inner, default=0), largest[0]  # one block is recomputed at a time
 
 
 def plan_memory(model: str = "regnety_256gf", *, world_size: int = 1, backend: str = "fsdp",
                 precision: str = "fp32", batch_per_gpu: int = 16, crops: str | Sequence[tuple[int, int]] = "2x224+6x96",
                 checkpointing: Any = "none", head_dims: Sequence[int] = (8192, 8192, 256), prototypes: int = 16384,
                 zero_stage: int = 2, optimizer_states: int = 1, large_unit_threshold: int = int(1e8),
-                ds_bucket: int = int(5e7)) -> MemoryPlan:
-    """Per-rank memory of one training step (no allocation: meta model). ``optimizer_states`` = tensors of
-    optimizer state per parameter (LARS/SGD momentum: 1, Adam: 2)."""
+                ds_bucket: int = int(5e7), collectives: str = "nccl", ds_max_live_parameters: int = int(1e9),
+                ds_max_reuse_distance: int = int(1e9)) -> MemoryPlan:
+    """Per-rank memory of one training step at its peak (no allocation: meta model). ``optimizer_states`` =
+    tensors of optimizer state per parameter (LARS/SGD momentum: 1, Adam: 2); ``ds_bucket`` = DeepSpeed
+    ``reduce_bucket_size`` (elements); ``collectives`` = ``"nccl"`` (GPU) or ``"gloo"`` (CPU runs);
+    ``ds_max_*`` = ZeRO-3's ``stage3_max_live_parameters`` / ``stage3_max_reuse_distance``."""
     t0 = time.perf_counter()
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r} is invalid: choose one of {', '.join(BACKENDS)}")
     if precision not in PRECISIONS:
         raise ConfigError(f"precision={precision!r} is invalid: choose one of {', '.join(PRECISIONS)}")
+    if collectives not in COLLECTIVES:
+        raise ConfigError(f"collectives={collectives!r} is invalid: choose one of {', '.join(COLLECTIVES)}")
     for name, v in (("world_size", world_size), ("batch_per_gpu", batch_per_gpu), ("prototypes", prototypes)):
         if not isinstance(v, int) or v < 1:
             raise ConfigError(f"{name}={v!r} is invalid: must be a positive integer")
+    for name, v in (("ds_bucket", ds_bucket), ("ds_max_live_parameters", ds_max_live_parameters),
+                    ("ds_max_reuse_distance", ds_max_reuse_distance)):
+        if not isinstance(v, int) or v < 0:
+            raise ConfigError(f"{name}={v!r} is invalid: must be an integer >= 0")
     if backend == "deepspeed" and zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"zero_stage={zero_stage!r} is invalid: must be 0, 1, 2 or 3")
     crop_list = parse_crops(crops)
@@ -213,46 +257,67 @@ def plan_memory(model: str = "regnety_256gf", *, world_size: int = 1, backend: s
     f32 = 4
     low = precision != "fp32"
     compute = 2 if low else 4
+    gloo_copy = 1 if collectives == "gloo" else 0  # gloo's reduce_scatter_tensor copies its whole input
     notes: list[str] = []
 
     sizes = _unit_sizes(whole, large_unit_threshold)
     largest = max(sizes, key=lambda s: s[1])
     unit = largest[1]
+    kept, block_in, recompute, biggest_saved = _activation_bytes(whole, crop_list, batch_per_gpu, chosen)
+    activations = kept + block_in + recompute
+    act_grads = 2 * biggest_saved  # grad_output + grad_input of the op being differentiated
+    if low:
+        activations //= 2
+        act_grads //= 2
+        notes.append("activations halved for bf16/fp16 compute (BN statistics and the loss stay fp32)")
 
     transient = 0
+    comm = 0
+    shard = -(-n // W)
     if backend == "ddp":
+        # grads are the reducer's bucket views (gradient_as_bucket_view=True in bigseer.parallel.ddp): no copy
         params, grads, opt = n * f32, n * f32, optimizer_states * n * f32
         if low:
             transient = n * compute  # autocast's cached low-precision weight copies
     elif backend in ("fsdp", "fairscale"):
-        params = -(-n // W) * f32
-        grads = -(-n // W) * f32
-        opt = optimizer_states * -(-n // W) * f32
-        if W > 1:  # the unit being computed + the prefetched one, and one unit's unsharded grads
-            transient = 3 * unit * compute
+        params = shard * f32
+        grads = shard * f32
+        opt = optimizer_states * shard * f32
+        if W > 1:  # see the module docstring: FSDP2 all-gather / foreach_reduce buffers of the largest unit
+            forward = 3 * unit * compute
+            reduce = max(2 * unit, unit + -(-unit // W) + gloo_copy * unit) * f32
+            transient = max(forward, 2 * unit * compute + reduce)
     else:
         ds_fp16 = precision == "fp16"  # DeepSpeed's own fp16 (GPU); bf16 runs as fp32 + autocast
         p_el = 2 if ds_fp16 else 4
-        shard = -(-n // W)
+        bucket = min(ds_bucket, n)
         params = n * p_el if zero_stage < 3 else shard * p_el
-        transient = 2 * unit * p_el if zero_stage == 3 and W > 1 else 0
-        grads = n * p_el if zero_stage < 2 else shard * p_el + min(ds_bucket, n) * p_el
         opt = optimizer_states * shard * f32 + (shard * f32 if zero_stage >= 1 else 0)  # + fp32 master partition
         if zero_stage == 0:
             opt = optimizer_states * n * f32
-        notes.append("deepspeed: fp32 master partition counted in optimizer state; bucket sizes from ds_bucket")
-    kept, block_in, recompute = _activation_bytes(whole, crop_list, batch_per_gpu, chosen)
-    activations = kept + block_in + recompute
-    if low:
-        activations //= 2
-        notes.append("activations halved for bf16/fp16 compute (BN statistics and the loss stay fp32)")
+        if zero_stage <= 2:
+            grads = n * p_el  # ZeRO-2: averaged_gradients live in a whole-model-size storage (module doc)
+            if zero_stage == 2 and W > 1:
+                comm = bucket * p_el  # ipg bucket, touched up to min(bucket, n)
+                transient = bucket * p_el  # allreduce_bucket's flattened copy of a full bucket
+        else:
+            grads = shard * p_el  # grad_partitions_flat_buffer
+            if W > 1:
+                comm = bucket * p_el
+                # kept: params reused within the reuse distance, up to the live cap; at least the unit in use
+                # and the prefetched one
+                gathered = max(2 * unit, min(n, ds_max_live_parameters, ds_max_reuse_distance))
+                reduce = bucket + -(-bucket // W) + gloo_copy * bucket  # cat + partitions (+ gloo's copy)
+                transient = (gathered + reduce) * p_el
+        notes.append("deepspeed: fp32 master partition counted in optimizer state; ipg bucket of ds_bucket "
+                     "elements (touched part) in comm buckets")
+    transient += act_grads
     buffers = sum(b.numel() * b.element_size() for b in trunk.buffers())
     return MemoryPlan(model=model, backend=backend if backend != "deepspeed" else f"deepspeed-zero{zero_stage}",
                       precision=precision, world_size=W, batch_per_gpu=batch_per_gpu, crops=crop_list,
                       checkpointing=checkpointing, trunk_params=n_trunk, head_params=n_head, params=params,
                       grads=grads, optimizer=opt, activations=activations, buffers=buffers, transient=transient,
-                      largest_unit=largest,
-                      notes=notes, seconds=time.perf_counter() - t0)
+                      largest_unit=largest, notes=notes, seconds=time.perf_counter() - t0, comm=comm)
 
 
 def _storage_bytes(tensors: Any) -> int:

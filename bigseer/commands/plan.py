@@ -6,7 +6,7 @@ import argparse
 import json
 
 from bigseer.errors import ConfigError
-from bigseer.plan import BACKENDS, PRECISIONS, plan_memory
+from bigseer.plan import BACKENDS, COLLECTIVES, PRECISIONS, plan_memory
 
 
 def _ints(text: str) -> list[int]:
@@ -42,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizer_states", type=int, default=1, help="state tensors per param (LARS 1, Adam 2)")
     parser.add_argument("--large_unit_threshold", type=float, default=1e8,
                         help="convs with at least this many params get their own FSDP unit")
+    parser.add_argument("--ds_bucket", type=float, default=5e7,
+                        help="DeepSpeed reduce_bucket_size in elements (its default when the config omits it: 5e8)")
+    parser.add_argument("--collectives", default="nccl", choices=COLLECTIVES,
+                        help="gloo (CPU runs) adds the input copy its reduce-scatter makes")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
@@ -50,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
                        batch_per_gpu=args.batch_per_gpu, crops=args.crops,
                        checkpointing=_checkpointing(args.checkpointing), head_dims=_ints(args.head_dims),
                        prototypes=args.prototypes, zero_stage=args.zero_stage,
-                       optimizer_states=args.optimizer_states, large_unit_threshold=int(args.large_unit_threshold))
+                       optimizer_states=args.optimizer_states, large_unit_threshold=int(args.large_unit_threshold),
+                       ds_bucket=int(args.ds_bucket), collectives=args.collectives)
     print(json.dumps(plan.as_dict(), indent=2) if args.json else plan.table())
     return 0
