@@ -39,3 +39,17 @@ def make_model(seed: int = 0, preset: str = "regnety_test", shard: torch.Tensor 
 def make_batch(n: int, seed: int = 1, size: int = 32) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, size, size, generator=g)
+
+
+def run_steps(p, rank: int, world: int, steps: int = 2) -> list[float]:
+    """``steps`` training steps of a ``bigseer.parallel.Parallel`` on this rank's slice of a global batch of
+    4 x world; asserts every step is applied; returns this rank's losses."""
+    losses = []
+    for step in range(steps):
+        x = make_batch(4 * world, seed=10 + step)[rank * 4:(rank + 1) * 4]
+        loss = p.forward(x)
+        p.backward(loss)
+        assert p.step()
+        p.zero_grad()
+        losses.append(float(loss.detach()))
+    return losses

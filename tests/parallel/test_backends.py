@@ -13,7 +13,7 @@ from bigseer import parallel
 from bigseer.errors import ConfigError
 from bigseer.optim import LARS
 from tests.distributed_utils import run_distributed
-from tests.parallel.standin import make_batch, make_model
+from tests.parallel.standin import make_batch, make_model, run_steps
 
 LR = 0.4
 
@@ -23,17 +23,8 @@ def _lars(groups):
 
 
 def _train(backend, rank, world, steps=2, **kw):
-    model = make_model(0)
-    p = parallel.setup(model, backend=backend, optimizer_factory=_lars, **kw)
-    losses = []
-    for step in range(steps):
-        x = make_batch(4 * world, seed=10 + step)[rank * 4:(rank + 1) * 4]
-        loss = p.forward(x)
-        p.backward(loss)
-        assert p.step()
-        p.zero_grad()
-        losses.append(float(loss.detach()))
-    return p, losses
+    p = parallel.setup(make_model(0), backend=backend, optimizer_factory=_lars, **kw)
+    return p, run_steps(p, rank, world, steps)
 
 
 def _optimizer_level(rank, world):

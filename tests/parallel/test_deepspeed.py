@@ -14,7 +14,7 @@ from bigseer import parallel
 from bigseer.errors import ConfigError
 from bigseer.optim import LARS
 from tests.distributed_utils import run_distributed
-from tests.parallel.standin import StandIn, make_batch, make_model
+from tests.parallel.standin import StandIn, make_batch, make_model, run_steps
 
 
 def _sgd(groups):
@@ -75,12 +75,7 @@ def _weights(sd):
 
 
 def _train(p, rank, world, steps=2):
-    for step in range(steps):
-        x = make_batch(4 * world, seed=10 + step)[rank * 4:(rank + 1) * 4]
-        loss = p.forward(x)
-        p.backward(loss)
-        assert p.step()
-        p.zero_grad()
+    run_steps(p, rank, world, steps)
 
 
 def _rank_fn(rank, world, tmp):
