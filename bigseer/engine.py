@@ -7,7 +7,7 @@ checkpointing, optimizer sharding) is behind :func:`bigseer.parallel.setup`.
 from __future__ import annotations
 
 import logging
-import os
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +17,7 @@ import torch
 
 from bigseer.config import PretrainConfig, finalize, resolve_backend, resolve_precision, validate
 from bigseer.distributed import get_rank, get_world_size, init_distributed
-from bigseer.errors import CheckpointError, ConfigError
+from bigseer.errors import CheckpointError
 from bigseer.train_log import TrainLogger, peak_memory_mb, setup_logging
 
 log = logging.getLogger("bigseer")
@@ -106,10 +106,8 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     init_distributed()
     rank, world = get_rank(), get_world_size()
     setup_logging(rank)
-    if cfg.ds_config is not None and not os.path.isfile(cfg.ds_config):
-        raise ConfigError(f"DeepSpeed config {cfg.ds_config!r} does not exist")
-    cfg = finalize(cfg)
     validate(cfg, world)  # raises ConfigError before any work starts
+    cfg = finalize(cfg)
     backend = resolve_backend(cfg, world)
     precision = resolve_precision(cfg)
     out = Path(cfg.output_dir)
@@ -175,14 +173,15 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
                 # SwAV: prototypes get no updates for the first iterations (works under every backend)
                 par.set_frozen(proto_names, step < cfg.freeze_prototypes_iters)
             loss = par.forward(batch.crops)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step + 1}; lower the lr or use fp32/bf16")
             par.backward(loss)
             stepped = par.step()
             par.run_on_full_params(swav.normalize_prototypes)
             par.zero_grad()
             step += 1
             loss_value, peak_mem, skipped = _step_stats(loss.detach(), batch.skipped)
+            if not math.isfinite(loss_value):  # the mean over ranks: every rank stops together, no hang
+                raise FloatingPointError(f"loss is {loss_value} at step {step}; lower the lr or use fp32/bf16 "
+                                         f"(the last checkpoint is intact; --resume continues from it)")
             logger.add_skipped(skipped)
             schedule.observe(loss_value)
             result.losses.append(loss_value)
@@ -236,5 +235,4 @@ def _export(checkpoint: Path | None, out: Path) -> Path | None:
     return path
 
 
-__all__ = ["PretrainConfig", "PretrainResult", "pretrain", "build_swav_model", "peak_lr", "LRSchedule",
-           "ConfigError"]
+__all__ = ["PretrainConfig", "PretrainResult", "pretrain", "build_swav_model", "peak_lr", "LRSchedule"]

@@ -124,3 +124,24 @@ def test_corrupt_files_are_skipped_counted_and_logged(tmp_path: Path) -> None:
     assert sum(result.skipped.values()) >= 3  # all three bad files met in the first pass (9 files, 16 samples)
     last = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["skipped"] == result.skipped and len(last["peak_mem_mb_per_rank"]) == 1
+
+
+def test_non_finite_loss_stops_cleanly_and_keeps_last_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    from bigseer import checkpoint as ckpt
+    from bigseer.ssl import SwAVModel
+
+    real_forward = SwAVModel.forward
+    calls = {"n": 0}
+
+    def forward(self, crops):  # finite for 2 steps, then NaN
+        calls["n"] += 1
+        loss = real_forward(self, crops)
+        return loss * float("nan") if calls["n"] > 2 else loss
+
+    monkeypatch.setattr(SwAVModel, "forward", forward)
+    cfg = dict(TINY, max_steps=6, checkpoint_every=2, export=False)
+    with pytest.raises(FloatingPointError, match="loss is nan at step 3.*--resume continues"):
+        pretrain(PretrainConfig(**cfg, output_dir=str(tmp_path)))
+    latest = ckpt.find_latest(tmp_path)
+    assert latest is not None and latest.name == "step_00000002"
+    assert ckpt.read_meta(latest)["step"] == 2
