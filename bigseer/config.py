@@ -184,6 +184,10 @@ def ds_config_precision(ds: dict[str, Any]) -> str:
         return "fp16"
     if ds.get("bf16", {}).get("enabled") or ds.get("bfloat16", {}).get("enabled"):
         return "bf16"
+    autocast = ds.get("torch_autocast", {})
+    if autocast.get("enabled"):  # fp32 parameters + torch.autocast (how bigseer runs bf16 with fp32 BN)
+        dtype = str(autocast.get("dtype", "bfloat16")).replace("torch.", "")
+        return {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16"}.get(dtype, "bf16")
     return "fp32"
 
 

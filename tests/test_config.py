@@ -60,6 +60,8 @@ def test_deepspeed_config_contradictions(tmp_path: Path) -> None:
     cfg = PretrainConfig(ds_config=path)
     validate(cfg, world_size=2)
     assert resolve_backend(cfg, 2) == "deepspeed" and resolve_precision(cfg) == "fp16"
+    for name, want in (("zero2_bf16", "bf16"), ("zero3_fp32", "fp32"), ("zero1", "fp16")):
+        assert resolve_precision(PretrainConfig(ds_config=f"ds_configs/{name}.json")) == want, name
     with pytest.raises(ConfigError, match="backend is 'fsdp'"):
         validate(PretrainConfig(ds_config=path, backend="fsdp"), world_size=2)
     (tmp_path / "bad.json").write_text("{not json")
@@ -97,3 +99,8 @@ def test_flags_map_to_config_and_seer_recipe() -> None:
     seer = config_from_args(parser.parse_args(["--seer", "--num_prototypes", "3000"]))
     assert seer.model == SEER_RECIPE["model"] == "regnety_256gf"
     assert seer.num_prototypes == 3000 and seer.sinkhorn_iters == 10 and seer.crops == "2x224+4x96"
+    assert seer.precision == "fp16" and seer.max_steps > seer.warmup_steps == 8000
+    validate(seer, world_size=64)
+    ds = config_from_args(parser.parse_args(["--seer", "--deepspeed_config", "ds_configs/zero2_bf16.json"]))
+    assert ds.precision == "auto" and resolve_precision(ds) == "bf16"
+    validate(ds, world_size=64)

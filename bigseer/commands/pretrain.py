@@ -21,6 +21,7 @@ SEER_RECIPE: dict[str, Any] = {
     "embed_dim": 256, "num_prototypes": 16384, "sinkhorn_iters": 10, "epsilon": 0.05, "temperature": 0.1,
     "freeze_prototypes_iters": 313, "warmup_steps": 8000, "base_lr": 0.3, "start_lr": 0.15,
     "weight_decay": 1e-5, "syncbn_group_size": 64, "checkpointing": "all", "precision": "fp16",
+    "max_steps": 122_070,  # one pass over 1B images at batch 8192
 }
 
 _HELP = {
@@ -81,6 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> PretrainConfig:
     """Namespace -> PretrainConfig: defaults, then --seer, then explicit flags."""
     values: dict[str, Any] = dict(SEER_RECIPE) if getattr(args, "seer", False) else {}
+    if getattr(args, "ds_config", None):
+        values.pop("precision", None)  # a DeepSpeed JSON decides the precision unless --precision is given
     for f in dataclasses.fields(PretrainConfig):
         v = getattr(args, f.name, None)
         if v is not None:
