@@ -125,11 +125,12 @@ def save_checkpoint(output_dir: str | os.PathLike[str], step: int, backend: Back
         (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2))
     _barrier()
     if rank == 0:
-        _fsync_tree(tmp)
-        if final.exists():  # re-saving the same step (e.g. exit right after a periodic save)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync_dir(root)
+        if final.exists():  # this step is already committed (e.g. resuming a finished run): keep it, never
+            shutil.rmtree(tmp)  # delete a committed checkpoint, so no crash window leaves `latest` dangling
+        else:
+            _fsync_tree(tmp)
+            os.replace(tmp, final)
+            _fsync_dir(root)
         write_text_atomic(root / LATEST, final.name + "\n")
         _prune(root, keep_last)
     _barrier()

@@ -122,3 +122,13 @@ def test_kill_9_during_write_keeps_previous_checkpoint(tmp_path: Path) -> None:
     # the next save cleans the stale temp dir
     ckpt.save_checkpoint(tmp_path, 3, good, {"step": 3}, {}, keep_last=2)
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+def test_saving_a_committed_step_again_keeps_the_committed_one(tmp_path: Path) -> None:
+    first = FakeBackend(torch.ones(2))
+    path = ckpt.save_checkpoint(tmp_path, 5, first, {"step": 5}, {}, keep_last=2)
+    again = ckpt.save_checkpoint(tmp_path, 5, FakeBackend(torch.zeros(2)), {"step": 5}, {}, keep_last=2)
+    assert again == path and not list((tmp_path / "checkpoints").glob(".tmp-*"))
+    restored = FakeBackend(torch.full((2,), 7.0))
+    ckpt.load_checkpoint(path, restored)
+    assert torch.equal(restored.value, torch.ones(2))
