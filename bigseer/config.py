@@ -119,6 +119,12 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
     for name in ("num_workers", "warmup_steps", "checkpoint_every", "freeze_prototypes_iters", "queue_length"):
         _require(getattr(cfg, name) >= 0, f"{name}={getattr(cfg, name)} must be >= 0")
     _require(all(h > 0 for h in cfg.head_dims), f"head_dims={list(cfg.head_dims)} must all be > 0")
+    from bigseer.data.multicrop import parse_crops
+
+    n_crops = sum(g.count for g in parse_crops(cfg.crops))
+    _require(n_crops >= 2, f"crops={cfg.crops!r} gives {n_crops} crop: SwAV needs at least 2")
+    _require(len(cfg.crops_for_assign) > 0 and all(0 <= i < n_crops for i in cfg.crops_for_assign),
+             f"crops_for_assign={list(cfg.crops_for_assign)} must index the {n_crops} crops of {cfg.crops!r}")
     _require(cfg.base_lr > 0 and cfg.temperature > 0 and cfg.epsilon > 0,
              "base_lr, temperature and epsilon must be > 0")
     _require(cfg.warmup_steps < cfg.max_steps or cfg.warmup_steps == 0,

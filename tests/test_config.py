@@ -27,6 +27,9 @@ def _ds(tmp_path: Path, **cfg: object) -> str:
     ({"data": "/nonexistent/images"}, "data path '/nonexistent/images' does not exist"),
     ({"warmup_steps": 50, "max_steps": 10}, "warmup_steps=50 must be < max_steps=10"),
     ({"head_dims": (0,)}, r"head_dims=\[0\]"),
+    ({"crops": "2x"}, "bad crop spec '2x'"),
+    ({"crops": "1x64"}, "SwAV needs at least 2"),
+    ({"crops_for_assign": (0, 6)}, r"crops_for_assign=\[0, 6\] must index the 6 crops"),
 ])
 def test_bad_values_fail_before_work(changes: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
