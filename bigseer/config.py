@@ -23,6 +23,11 @@ class PretrainConfig:
     zero_init_last: bool = True  # zero gamma of each block's last BN (pycls/timm default)
     data: str = "builtin"
     crops: str = "2x64+4x32"  # SEER: 2x224+4x96 (10B: 2x160+4x96)
+    flip_p: float = 0.5  # SwAV/SEER augmentation: horizontal flip probability
+    jitter_strength: float = 1.0  # colour distortion strength s: ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) with p 0.8
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+    crop_ratio: tuple[float, ...] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect-ratio range
     batch_size: int | None = None  # per rank; default: the DeepSpeed config's micro batch, else 32 (SEER: 16)
     num_workers: int = 0
     # SwAV head and loss
@@ -76,7 +81,7 @@ class PretrainConfig:
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}")
         d = dict(d)
-        for key in ("head_dims", "crops_for_assign"):
+        for key in ("head_dims", "crops_for_assign", "crop_ratio"):
             if key in d and d[key] is not None:
                 d[key] = tuple(d[key])
         return cls(**d)
@@ -122,6 +127,11 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
     from bigseer.data.multicrop import parse_crops
 
     n_crops = sum(g.count for g in parse_crops(cfg.crops))
+    for name in ("flip_p", "grayscale_p", "blur_p"):
+        _require(0 <= getattr(cfg, name) <= 1, f"{name}={getattr(cfg, name)} must be a probability in [0, 1]")
+    _require(len(cfg.crop_ratio) == 2 and 0 < cfg.crop_ratio[0] <= cfg.crop_ratio[1],
+             f"crop_ratio={list(cfg.crop_ratio)} must be two numbers 0 < min <= max")
+    _require(cfg.jitter_strength >= 0, f"jitter_strength={cfg.jitter_strength} must be >= 0")
     _require(n_crops >= 2, f"crops={cfg.crops!r} gives {n_crops} crop: SwAV needs at least 2")
     _require(len(cfg.crops_for_assign) > 0 and all(0 <= i < n_crops for i in cfg.crops_for_assign),
              f"crops_for_assign={list(cfg.crops_for_assign)} must index the {n_crops} crops of {cfg.crops!r}")

@@ -101,7 +101,7 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     """Run (or resume) SwAV pretraining as configured; collective across all launched ranks."""
     from bigseer import checkpoint as ckpt
     from bigseer import parallel
-    from bigseer.data import MultiCropStream
+    from bigseer.data import AugmentConfig, MultiCropStream
 
     init_distributed()
     rank, world = get_rank(), get_world_size()
@@ -148,8 +148,10 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
         schedule.load_state_dict(trainer_state["schedule"])
         log.info("resumed from %s at step %d", resume_dir, start_step)
 
+    augment = AugmentConfig(flip_p=cfg.flip_p, jitter_strength=cfg.jitter_strength, grayscale_p=cfg.grayscale_p,
+                            blur_p=cfg.blur_p, ratio=(float(cfg.crop_ratio[0]), float(cfg.crop_ratio[1])))
     stream = MultiCropStream(cfg.data, cfg.crops, cfg.batch_size, rank=rank, world_size=world, seed=cfg.seed,
-                             num_workers=cfg.num_workers, start_batch=start_step)
+                             num_workers=cfg.num_workers, start_batch=start_step, augment=augment)
     log.info("bigseer pretrain: %s, backend %s, %d rank(s), precision %s, global batch %d, data %s",
              cfg.model, backend, world, getattr(par, "precision", precision), cfg.batch_size * world,
              stream.describe())

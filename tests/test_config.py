@@ -28,6 +28,8 @@ def _ds(tmp_path: Path, **cfg: object) -> str:
     ({"warmup_steps": 50, "max_steps": 10}, "warmup_steps=50 must be < max_steps=10"),
     ({"head_dims": (0,)}, r"head_dims=\[0\]"),
     ({"crops": "2x"}, "bad crop spec '2x'"),
+    ({"blur_p": 1.5}, r"blur_p=1.5 must be a probability"),
+    ({"crop_ratio": (2.0, 1.0)}, r"crop_ratio=\[2.0, 1.0\] must be two numbers"),
     ({"crops": "1x64"}, "SwAV needs at least 2"),
     ({"crops_for_assign": (0, 6)}, r"crops_for_assign=\[0, 6\] must index the 6 crops"),
 ])
@@ -96,7 +98,9 @@ def test_flags_map_to_config_and_seer_recipe() -> None:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     cfg = config_from_args(parser.parse_args(["--model", "regnety_test", "--head_dims", "8,4", "--resume",
-                                              "--no_export", "--local_rank=0", "--deepspeed_config", "x.json"]))
+                                              "--no_export", "--local_rank=0", "--deepspeed_config", "x.json",
+                                              "--crop_ratio", "1,1"]))
+    assert cfg.crop_ratio == (1.0, 1.0)
     assert cfg.model == "regnety_test" and cfg.head_dims == (8, 4) and cfg.resume and not cfg.export
     assert cfg.ds_config == "x.json"
     seer = config_from_args(parser.parse_args(["--seer", "--num_prototypes", "3000"]))

@@ -43,11 +43,14 @@ _HELP = {
 _OPTIONAL_TYPES: dict[str, type] = {"start_lr": float, "batch_size": int, "warmup_steps": int, "ds_config": str}
 
 
-def _parse_ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+def _tuple_of(kind: type) -> Any:
+    """argparse type: ``"a,b"`` -> a tuple of ``kind``."""
+    def parse(text: str) -> tuple[Any, ...]:
+        try:
+            return tuple(kind(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,8 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             else:
                 parser.add_argument(flag, action="store_true", default=None, help=helptext or f"enable {f.name}")
         elif isinstance(default, tuple):
-            parser.add_argument(flag, type=_parse_ints, default=None, metavar="N,N",
-                                help=f"{helptext} (default {','.join(map(str, default))})")
+            kind = float if any(isinstance(v, float) for v in default) else int
+            parser.add_argument(flag, type=_tuple_of(kind), default=None, metavar="N,N",
+                                help=f"{helptext} (default {','.join(f'{v:.4g}' for v in default)})")
         else:
             typ = _OPTIONAL_TYPES.get(f.name) or (float if isinstance(default, float) else
                                                   int if isinstance(default, int) else str)
