@@ -5,14 +5,23 @@ download), upsampled to ``--size`` px RGB PNGs in a temporary ImageFolder with a
 train/val split. It is the only real labeled image set that ships with our dependencies (torchvision's
 datasets all download; scikit-learn's other image sets are 2 photos or need fetching).
 
-1. SwAV-pretrain ``--model`` with ``bigseer.engine.pretrain`` on the *train images only* (labels unused)
-   for ``--pretrain_steps`` steps (wall time recorded: that is the CPU budget).
+1. SwAV-pretrain ``--model`` on the *train images only* (labels unused) for ``--pretrain_steps`` steps
+   (wall time recorded: that is the CPU budget), through bigseer's parts (``--pretrainer components``)
+   or ``bigseer.engine.pretrain`` (the default).
 2. Evaluate the exported trunk and the same preset at random init (seeded), in the same run, with
    bigseer.downstream: kNN (frozen res5), linear probe (frozen res4 and res5), low-shot fine-tuning on
    10% and 1% of the training images and labels.
 3. Print a side-by-side table (pretrained, random, difference) and optionally write it as markdown.
 
-    .venv/bin/python benchmarks/bench_pretraining_helps.py --pretrain_steps 600 --markdown benchmarks/results/downstream.md
+Augmentation matters here: with SEER's ImageNet recipe (crop scale down to 0.14 / 0.05, aspect 3/4-4/3,
+flips, colour strength 1.0, blur) the two views of a digit share almost nothing in a randomly initialised
+32 px RegNet's train-mode features, the swapped prediction has no signal, and SwAV falls into its
+trivial fixed point (loss = ln K, all embeddings equal). The default here is a digit-sized recipe: two
+square 32 px crops of scale 0.7-1, no flip (digits are not mirror-symmetric), brightness/contrast jitter
+0.4, no grayscale/blur (see benchmarks/results/downstream.md); both pretrainers use it (the engine through
+``PretrainConfig`` flip_p / jitter_strength / grayscale_p / blur_p / crop_ratio).
+
+    .venv/bin/python benchmarks/bench_pretraining_helps.py --markdown benchmarks/results/downstream.md
 """
 
 from __future__ import annotations
@@ -61,6 +70,15 @@ def write_digits_folder(root: str, size: int, seed: int = 0, val_fraction: float
     return {"train": len(train_idx), "val": len(val_idx)}
 
 
+def augment_config(args: argparse.Namespace) -> "AugmentConfig":
+    """The pretraining augmentation of the components pretrainer (the engine gets the same via PretrainConfig)."""
+    from bigseer.data.multicrop import AugmentConfig
+
+    ratio = (1.0, 1.0) if args.crop_ratio == "square" else (3.0 / 4.0, 4.0 / 3.0)
+    return AugmentConfig(flip_p=args.flip_p, jitter_strength=args.jitter, grayscale_p=args.grayscale_p,
+                         blur_p=args.blur_p, ratio=ratio)
+
+
 def pretrain_trunk(args: argparse.Namespace, train_dir: str, out_dir: str) -> tuple[str, dict[str, Any]]:
     """SwAV pretraining with bigseer's engine; returns the exported trunk path and run facts."""
     from bigseer.config import PretrainConfig
@@ -72,6 +90,9 @@ def pretrain_trunk(args: argparse.Namespace, train_dir: str, out_dir: str) -> tu
                          embed_dim=args.embed_dim, head_dims=(args.head_hidden,), epsilon=args.epsilon,
                          temperature=0.1, sinkhorn_iters=3, queue_length=args.queue_length,
                          freeze_prototypes_iters=args.freeze_prototypes, seed=args.seed, backend="none",
+                         zero_init_last=args.zero_init_last, flip_p=args.flip_p, jitter_strength=args.jitter,
+                         grayscale_p=args.grayscale_p, blur_p=args.blur_p,
+                         crop_ratio=(1.0, 1.0) if args.crop_ratio == "square" else (3 / 4, 4 / 3),
                          num_workers=args.workers, log_every=max(args.pretrain_steps // 20, 1))
     t0 = time.time()
     result = pretrain(cfg)
@@ -118,7 +139,8 @@ def pretrain_with_components(args: argparse.Namespace, train_dir: str, out_dir: 
     schedule = WarmupCosine(start_lr=peak / 64, peak_lr=peak, warmup_steps=warmup,
                             total_steps=args.pretrain_steps, final_lr=peak * 0.001)
     opt = LARS(model.parameters(), lr=schedule(0), momentum=0.9, weight_decay=1e-5)
-    stream = MultiCropStream(train_dir, args.crops, args.pretrain_batch, seed=args.seed, num_workers=args.workers)
+    stream = MultiCropStream(train_dir, args.crops, args.pretrain_batch, seed=args.seed, num_workers=args.workers,
+                             augment=augment_config(args))
     losses: list[float] = []
     t0 = time.time()
     model.train()
@@ -174,10 +196,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="regnety_tiny")
     p.add_argument("--size", type=int, default=32, help="digit image size (px) after upsampling")
-    p.add_argument("--pretrain_steps", type=int, default=600)
+    p.add_argument("--pretrain_steps", type=int, default=3000)
     p.add_argument("--pretrain_batch", type=int, default=64)
     p.add_argument("--pretrain_lr", type=float, default=0.6, help="base lr (peak = base * batch / 256)")
-    p.add_argument("--crops", default="2x32@0.3-1+4x16@0.1-0.3")
+    p.add_argument("--crops", default="2x32@0.7-1")
     p.add_argument("--prototypes", type=int, default=100)
     p.add_argument("--embed_dim", type=int, default=64)
     p.add_argument("--head_hidden", type=int, default=256)
@@ -185,11 +207,17 @@ def main() -> int:
     p.add_argument("--queue_length", type=int, default=0)
     p.add_argument("--freeze_prototypes", type=int, default=0)
     p.add_argument("--zero_init_last", action="store_true",
-                   help="zero-gamma on each block's last BN (components pretrainer; the engine always uses it). "
+                   help="zero-gamma on each block's last BN (both pretrainers). "
                         "Off by default: on 32 px images every block then starts as its 1x1 stride-2 shortcut, "
                         "so res5 depends only on the top-left input pixels")
     p.add_argument("--head_bn", action="store_true",
                    help="components pretrainer: SwAV's BN projection head + non-affine BN on the embedding")
+    p.add_argument("--flip_p", type=float, default=0.0, help="pretraining: horizontal flip probability")
+    p.add_argument("--jitter", type=float, default=0.4, help="pretraining: colour jitter strength")
+    p.add_argument("--grayscale_p", type=float, default=0.0, help="pretraining: grayscale probability")
+    p.add_argument("--blur_p", type=float, default=0.0, help="pretraining: Gaussian blur probability")
+    p.add_argument("--crop_ratio", choices=("square", "swav"), default="square",
+                   help="pretraining: RandomResizedCrop aspect ratio 1, or SwAV's 3/4-4/3")
     p.add_argument("--linear_epochs", type=int, default=20)
     p.add_argument("--linear_lr", type=float, default=0.1)
     p.add_argument("--lowshot_epochs", type=int, default=35)
@@ -229,8 +257,15 @@ def main() -> int:
     lines = ["| protocol (digits val top-1 %) | SwAV-pretrained | random init | difference |", "|---|---|---|---|"]
     for k in rows:
         lines.append(f"| {k} | {pre[k]:.2f} | {rnd[k]:.2f} | {pre[k] - rnd[k]:+.2f} |")
+    wins = sum(pre[k] > rnd[k] for k in rows)
+    verdict = f"pretrained beats random init on {wins}/{len(rows)} protocols"
+    collapsed = bool(facts) and facts["last_loss"] > facts["log_K"] - 0.05
+    if collapsed:
+        verdict += (f"; COLLAPSED: SwAV loss ended at {facts['last_loss']:.4f}, ln K = {facts['log_K']:.4f} "
+                    "(all embeddings equal; see benchmarks/results/downstream.md)")
     table = "\n".join(lines)
     print(table)
+    print(verdict)
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     summary = {"pretrained": pre, "random": rnd, "pretraining": facts,
                "load_avg_before": load_before, "load_avg_after_pretrain": load_mid, "load_avg_end": load_after}
@@ -244,11 +279,11 @@ def main() -> int:
                         f"{args.crops}): {facts['wall_s']} s wall on 2 shared CPU cores; SwAV loss "
                         f"{facts['first_loss']:.3f} (first 10%) -> {facts['last_loss']:.3f} (last 10%), "
                         f"ln K = {facts['log_K']:.3f}.\n\n")
-            f.write(table + "\n\n")
+            f.write(table + "\n\n" + verdict + ".\n\n")
             f.write(f"Evaluation wall time: {pre['eval_wall_s']} s (pretrained), {rnd['eval_wall_s']} s (random). "
                     f"Load average (1/5/15 min) before {load_before}, after pretraining {load_mid}, end "
                     f"{load_after}; `{uptime}`.\n")
-    return 0
+    return 2 if collapsed else 0
 
 
 if __name__ == "__main__":
