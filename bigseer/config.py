@@ -105,9 +105,9 @@ def _require(ok: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
+def validate(cfg: PretrainConfig, world_size: int = 1) -> PretrainConfig:
     """Check every field that can be checked without touching data or devices. Raises ConfigError.
-    ``None`` defaults are filled as :func:`finalize` does before checking."""
+    Returns the finalized config (``None`` defaults filled by :func:`finalize`) that was checked."""
     from bigseer.models import resolve_params
 
     if cfg.ds_config is not None:
@@ -156,6 +156,7 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> None:
         check_ds_config(cfg, world_size)
     if cfg.data != "builtin" and "*" not in cfg.data and "{" not in cfg.data:
         _require(os.path.exists(cfg.data), f"data path {cfg.data!r} does not exist")
+    return cfg
 
 
 def resolve_backend(cfg: PretrainConfig, world_size: int) -> str:

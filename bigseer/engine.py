@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from bigseer.config import PretrainConfig, finalize, resolve_backend, resolve_precision, validate
+from bigseer.config import PretrainConfig, resolve_backend, resolve_precision, validate
 from bigseer.distributed import get_rank, get_world_size, init_distributed
 from bigseer.errors import CheckpointError
 from bigseer.train_log import TrainLogger, peak_memory_mb, setup_logging
@@ -106,8 +106,7 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     init_distributed()
     rank, world = get_rank(), get_world_size()
     setup_logging(rank)
-    validate(cfg, world)  # raises ConfigError before any work starts
-    cfg = finalize(cfg)
+    cfg = validate(cfg, world)  # finalized; raises ConfigError before any work starts
     backend = resolve_backend(cfg, world)
     precision = resolve_precision(cfg)
     out = Path(cfg.output_dir)

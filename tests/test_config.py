@@ -111,3 +111,8 @@ def test_flags_map_to_config_and_seer_recipe() -> None:
     ds = config_from_args(parser.parse_args(["--seer", "--deepspeed_config", "ds_configs/zero2_bf16.json"]))
     assert ds.precision == "auto" and resolve_precision(ds) == "bf16"
     validate(ds, world_size=64)
+
+
+def test_validate_returns_the_finalized_config() -> None:
+    cfg = validate(PretrainConfig(max_steps=40))
+    assert cfg.batch_size == 32 and cfg.warmup_steps == 4
