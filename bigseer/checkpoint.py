@@ -183,7 +183,14 @@ def load_checkpoint(ckpt_dir: str | os.PathLike[str], backend: BackendState,
         raise CheckpointError(f"{ckpt} was written by {meta.get('world_size')} ranks; this run has "
                               f"{get_world_size()} (exact resume needs the same world size; use `bigseer export` "
                               "to take the weights elsewhere)")
-    backend.load(str(ckpt))
+    try:
+        backend.load(str(ckpt))
+    except CheckpointError:
+        raise
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError) as exc:  # truncated / foreign backend state
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{ckpt}: cannot restore the {backend.checkpoint_format!r} state ({first}); "
+                              "the checkpoint is corrupt or incomplete, resume from an older step dir") from None
     try:
         set_rng_state(torch.load(ckpt / f"rng_rank{get_rank()}.pt", weights_only=True))
         trainer = torch.load(ckpt / "trainer.pt", weights_only=True)

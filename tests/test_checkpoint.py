@@ -132,3 +132,12 @@ def test_saving_a_committed_step_again_keeps_the_committed_one(tmp_path: Path) -
     restored = FakeBackend(torch.full((2,), 7.0))
     ckpt.load_checkpoint(path, restored)
     assert torch.equal(restored.value, torch.ones(2))
+
+
+def test_truncated_backend_state_is_one_clear_error(tmp_path: Path) -> None:
+    path = ckpt.save_checkpoint(tmp_path, 1, FakeBackend(torch.ones(8)), {"step": 1}, {}, keep_last=1)
+    state = path / "state.pt"
+    state.write_bytes(state.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match=r"cannot restore the 'torch' state .*corrupt or incomplete"):
+        ckpt.load_checkpoint(path, FakeBackend(torch.zeros(8)))
+    assert state.exists()  # nothing deleted
