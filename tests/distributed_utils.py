@@ -8,11 +8,18 @@ Usage in a test::
 ``my_fn`` must be a module-level function (it is pickled by reference). Each rank has the default
 process group initialised (gloo, file store) before ``my_fn`` runs; its return value (anything
 ``torch.save`` can store) comes back in rank order. An exception on any rank fails the call.
+
+Every call gets its own free ``MASTER_PORT``: DeepSpeed's CPU all-reduce names its shared-memory segments
+after MASTER_ADDR/MASTER_PORT, so jobs on the default port (29500) share them (the suspected cause of a
+rare rank abort, "terminate called without an active exception", seen in full-suite runs). The
+segments of the call are removed afterwards.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import socket
 import tempfile
 from datetime import timedelta
 from typing import Any, Callable, Sequence
@@ -26,7 +33,7 @@ def _worker(rank: int, fn: Callable[..., Any], world_size: int, init_file: str, 
             args: Sequence[Any], env: dict[str, str]) -> None:
     os.environ.update(env)
     os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size)})
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("BIGSEER_TEST_THREADS", "1")))
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size,
                             timeout=timedelta(seconds=120))
     try:
@@ -37,11 +44,27 @@ def _worker(rank: int, fn: Callable[..., Any], world_size: int, init_file: str, 
         dist.destroy_process_group()
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_distributed(fn: Callable[..., Any], world_size: int, args: Sequence[Any] = (),
                     env: dict[str, str] | None = None) -> list[Any]:
     """Run ``fn(rank, world_size, *args)`` on ``world_size`` gloo ranks; return per-rank results."""
-    with tempfile.TemporaryDirectory() as tmp:
-        init_file = os.path.join(tmp, "store")
-        mp.start_processes(_worker, args=(fn, world_size, init_file, tmp, tuple(args), dict(env or {})),
-                           nprocs=world_size, join=True, start_method="spawn")
-        return [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in range(world_size)]
+    port = str(free_port())
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, **(env or {})}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            init_file = os.path.join(tmp, "store")
+            mp.start_processes(_worker, args=(fn, world_size, init_file, tmp, tuple(args), env),
+                               nprocs=world_size, join=True, start_method="spawn")
+            return [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in range(world_size)]
+    finally:
+        for seg in glob.glob(f"/dev/shm/deepspeed_*_{env['MASTER_ADDR']}_{env['MASTER_PORT']}_*"):
+            try:
+                os.unlink(seg)
+            except OSError:
+                pass

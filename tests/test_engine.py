@@ -18,6 +18,8 @@ import torch
 from bigseer.config import PretrainConfig
 from bigseer.engine import pretrain
 
+pytestmark = pytest.mark.numerics  # re-run by .ci/run under another kernel dispatch
+
 REPO = Path(__file__).resolve().parents[1]
 
 TINY = dict(model="regnety_test", crops="2x32+2x16", batch_size=8, head_dims=(32,), embed_dim=16,

@@ -32,6 +32,11 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
+def _acc(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in the accumulation dtype of its norms: float64 stays float64, everything else fp32."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def _norm_group(p: torch.Tensor) -> tuple[bool, Any]:
     """(needs all-reduce, group) for the squared norms of parameter ``p``."""
     if hasattr(p, "device_mesh") and hasattr(p, "to_local"):
@@ -51,7 +56,7 @@ def _zero_sq(group: dict[str, Any]) -> torch.Tensor:
     n = flat.numel()
     valid = max(0, min(n, group["zero_numel"] - get_rank() * n))  # padding past the tensor's end is cut
     g = p.grad.detach().reshape(-1)[:valid] if p.grad is not None else flat.new_zeros(0)
-    sq = torch.stack([flat[:valid].float().pow(2).sum(), g.float().pow(2).sum()]).view(1, 2)
+    sq = torch.stack([_acc(flat[:valid]).pow(2).sum(), _acc(g).pow(2).sum()]).view(1, 2)
     return all_reduce_sum(sq) if is_distributed() and get_world_size() > 1 else sq
 
 
@@ -79,7 +84,7 @@ class LARS(torch.optim.Optimizer):
     @torch.no_grad()
     def _norms(self, params: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Full-tensor L2 norms of params and grads (all-reduced where sharded, batched per process group)."""
-        sq = torch.stack([torch.stack([_local(p).float().pow(2).sum(), _local(p.grad).float().pow(2).sum()])
+        sq = torch.stack([torch.stack([_acc(_local(p)).pow(2).sum(), _acc(_local(p.grad)).pow(2).sum()])
                           for p in params]) if params else torch.zeros(0, 2)
         by_group: dict[Any, list[int]] = defaultdict(list)
         for i, p in enumerate(params):

@@ -4,7 +4,7 @@
 NCCL). Forward: per-channel sum, sum of squares and count are summed over the group, so the output,
 the running statistics and the input gradients equal those of one BatchNorm over the group's whole
 batch (the gradient of the *sum* of the ranks' losses, as in torch's SyncBatchNorm). Statistics are
-computed in fp32 whatever the input dtype. ``weight``/``bias`` gradients stay local (the data-parallel
+computed in fp32 whatever the input dtype (float64 for float64 inputs). ``weight``/``bias`` gradients stay local (the data-parallel
 wrapper averages them). State-dict keys are those of ``nn.BatchNorm2d``.
 """
 
@@ -20,6 +20,10 @@ from bigseer.distributed import get_world_size, is_distributed
 from bigseer.errors import ConfigError
 
 
+def _acc(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def _all_reduce(t: torch.Tensor, group: Any) -> torch.Tensor:
     if group is not None and get_world_size(group) > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
@@ -30,12 +34,12 @@ class _SyncBNFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                 eps: float, group: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        xf = x.float()
+        xf = _acc(x)
         c = x.shape[1]
         dims = [d for d in range(x.dim()) if d != 1]
         n_local = x.numel() // c
         stats = torch.cat([xf.sum(dims), (xf * xf).sum(dims),
-                           torch.tensor([float(n_local)], dtype=torch.float32, device=x.device)])
+                           torch.tensor([float(n_local)], dtype=xf.dtype, device=x.device)])
         stats = _all_reduce(stats, group)
         count = stats[-1]
         mean = stats[:c] / count
@@ -45,7 +49,7 @@ class _SyncBNFunction(torch.autograd.Function):
         xhat = (xf - mean.view(shape)) * invstd.view(shape)
         y = xhat
         if weight is not None:
-            y = y * weight.float().view(shape) + bias.float().view(shape)
+            y = y * _acc(weight).view(shape) + _acc(bias).view(shape)
         ctx.save_for_backward(xhat, invstd, weight)
         ctx.group = group
         ctx.count = count
@@ -60,7 +64,7 @@ class _SyncBNFunction(torch.autograd.Function):
         c = xhat.shape[1]
         dims = [d for d in range(xhat.dim()) if d != 1]
         shape = [1, c] + [1] * (xhat.dim() - 2)
-        g = gy.float()
+        g = gy.to(xhat.dtype)
         sum_g = g.sum(dims)
         sum_gx = (g * xhat).sum(dims)
         gw = sum_gx if weight is not None and ctx.needs_input_grad[1] else None
@@ -70,7 +74,7 @@ class _SyncBNFunction(torch.autograd.Function):
             red = _all_reduce(torch.cat([sum_g, sum_gx]), ctx.group)
             mean_g = red[:c] / ctx.count
             mean_gx = red[c:] / ctx.count
-            scale = invstd if weight is None else invstd * weight.float()
+            scale = invstd if weight is None else invstd * _acc(weight)
             gx = ((g - mean_g.view(shape) - xhat * mean_gx.view(shape)) * scale.view(shape)).to(ctx.in_dtype)
         if gw is not None:
             gw = gw.to(weight.dtype)

@@ -14,6 +14,8 @@ from bigseer.data import MultiCropStream
 from bigseer.errors import ConfigError, DataError
 from tests.data.zoo import bad_kinds, jpeg_bytes, noise_image, write_tar, write_zoo
 
+pytestmark = pytest.mark.numerics  # re-run by .ci/run under another kernel dispatch
+
 SPEC = "2x32+2x16"
 
 

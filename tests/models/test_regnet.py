@@ -13,6 +13,8 @@ from torch import nn
 from bigseer.errors import ConfigError
 from bigseer.models import PRESETS, TIMM_NAMES, RegNetParams, build_regnet, count_params, resolve_params
 
+pytestmark = pytest.mark.numerics  # re-run by .ci/run under another kernel dispatch
+
 # Expected (stage widths, depths, group widths) per preset. SEER rows: /work/shared/REFERENCE.md section 1.
 # timm-size rows: the published pycls RegNetY configs. Tiny rows: derived by hand below.
 EXPECTED: dict[str, tuple[list[int], list[int], list[int]]] = {

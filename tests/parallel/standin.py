@@ -53,3 +53,32 @@ def run_steps(p, rank: int, world: int, steps: int = 2) -> list[float]:
         p.zero_grad()
         losses.append(float(loss.detach()))
     return losses
+
+
+def emulate_ranks(world: int, steps: int, optimizer_factory, *, dtype: torch.dtype = torch.float64,
+                  seed: int = 10, syncbn: bool = False, grad_clip: float | None = None) -> tuple[list[float], dict]:
+    """What ``run_steps`` on ``world`` data-parallel ranks computes, in one process (default float64): the
+    reference whose distance to the fp32 run measures this computation's fp32 error (tests/numerics.py).
+
+    Without SyncBN every rank normalises its own 4 samples, so each slice runs its own forward and the
+    gradients are averaged; with SyncBN over the world it is one forward of the global batch (the mean of
+    equal-size per-rank means). Returns (per step the per-rank losses, one value with SyncBN, the
+    ranks' mean; the weights without BN running stats)."""
+    model = make_model(0).to(dtype)
+    init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    opt = optimizer_factory([{"params": list(model.parameters())}])
+    losses = []
+    for step in range(steps):
+        x = make_batch(4 * world, seed=seed + step).to(dtype)
+        slices = [x] if syncbn else [x[r * 4:(r + 1) * 4] for r in range(world)]
+        per_rank = [model(s) for s in slices]
+        total = sum(per_rank) / len(per_rank)
+        total.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(list(model.parameters()), grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append([float(v.detach()) for v in per_rank])
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()
+               if "running" not in k and "num_batches" not in k}
+    return losses, weights, {k: init[k] for k in weights}

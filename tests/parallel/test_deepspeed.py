@@ -14,7 +14,10 @@ from bigseer import parallel
 from bigseer.errors import ConfigError
 from bigseer.optim import LARS
 from tests.distributed_utils import run_distributed
-from tests.parallel.standin import StandIn, make_batch, make_model, run_steps
+from tests.numerics import assert_states_within_fp32_error
+from tests.parallel.standin import StandIn, emulate_ranks, make_batch, make_model, run_steps
+
+pytestmark = pytest.mark.numerics  # re-run by .ci/run under another kernel dispatch
 
 
 def _sgd(groups):
@@ -136,10 +139,12 @@ def results():
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_zero_fp32_matches_ddp(results, stage):
+    """Equal up to fp32 rounding (DeepSpeed averages gradients in its own buckets): the bound comes from the
+    float64 run of the same two SGD steps (tests/numerics.py)."""
     r0 = results[0]
     assert r0[f"zero{stage}_keys"] == list(make_model(0).state_dict())
-    for k, v in r0["ddp"].items():
-        torch.testing.assert_close(r0[f"zero{stage}"][k], v, rtol=1e-4, atol=1e-6, msg=k)
+    _, weights64, init = emulate_ranks(2, 2, _sgd)
+    assert_states_within_fp32_error(r0[f"zero{stage}"], r0["ddp"], weights64, f"zero{stage} vs ddp", init)
 
 
 def test_zero3_prototype_normalisation_and_zero2_reload(results):
