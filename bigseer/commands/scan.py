@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from bigseer.data.multicrop import DEFAULT_CROPS
-from bigseer.data.stream import DEFAULT_MIN_SIDE
+from bigseer.data.render import DEFAULT_MIN_SIDE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

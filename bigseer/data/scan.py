@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from bigseer.data.decode import SkipImage
 from bigseer.data.multicrop import AugmentConfig, CropGroup, parse_crops
 from bigseer.data.sources import open_source
-from bigseer.data.stream import DEFAULT_MIN_SIDE, SampleRenderer
+from bigseer.data.render import DEFAULT_MIN_SIDE, SampleRenderer
 from bigseer.errors import ConfigError
 
 _CHUNK = 16

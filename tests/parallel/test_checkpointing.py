@@ -5,7 +5,6 @@ kernels as the first (alignment), so fp32 would be a rounding-level comparison; 
 A second BN update would move the running stats by ~1e-1, orders of magnitude above it."""
 
 import pytest
-import torch
 
 from bigseer.errors import ConfigError
 from bigseer.parallel.checkpointing import apply_checkpointing, select_blocks

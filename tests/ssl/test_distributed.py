@@ -9,7 +9,6 @@ raised before any collective.
 
 from __future__ import annotations
 
-import copy
 
 import pytest
 import torch
