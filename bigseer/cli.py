@@ -21,6 +21,8 @@ COMMANDS: dict[str, str] = {
     "convert": "convert timm / torchvision / VISSL-SEER weights into a bigseer trunk",
     "plan": "per-rank memory plan for a model, backend, precision and world size (nothing allocated)",
     "scan": "stream a data source through decode + multi-crop once; counts, skips and images/s",
+    "index": "write the shard index (wids format) so start-up reads it instead of every tar header",
+    "shard": "turn a folder or path list into WebDataset tar shards plus their index (resumable)",
     "bench": "forward+backward throughput of a RegNetY trunk vs timm's on this machine",
     "models": "list the RegNetY presets with widths, depths and parameter counts",
 }

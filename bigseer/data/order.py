@@ -1,23 +1,28 @@
-"""Sample order: which item every (rank, worker) reads at every position, as a pure function.
+"""The global sample order: a pure function of (seed, pass, global position), never of ranks or workers.
 
-The stream is split into *slots*: ``slot = rank * workers + worker`` of ``world * workers``
-slots. In pass ``p`` the catalog of ``n`` items is shuffled by a keyed bijection ``perm_p``
-(a Feistel network with cycle walking, O(1) memory, no state), and slot ``s`` owns positions
-``s, s + S, s + 2S, ...`` of it, so every pass covers every item exactly once across all slots.
-A slot's infinite sequence is its share of pass 0, then of pass 1, and so on:
-``item(s, q) = perm_{q // L}(s + (q % L) * S)`` with ``L`` the slot's share length.
+docs/DESIGN-scale.md section 1 gives the construction; in short, for pass ``e`` over ``N`` samples in ``S``
+shards: permute the shards (seeded by ``e``), concatenate their members (each shard's members permuted by
+a keyed bijection), cut that sequence into ``L`` contiguous runs and let position ``p`` read the next
+sample of run ``p mod L`` (its *lane*). A lane therefore walks a few shards front to back; consecutive
+positions come from ``L`` different shards. Lookup is O(log S) per position with O(S + L) memory per
+pass; no per-image table exists.
 
-Bad items: the *replacement* for position ``q`` on try ``t`` is a uniformly drawn position of
-the same slot's share of the same pass (keyed by seed, slot, q, t), so a batch is a fixed
-function of its position however many bad items precede it, and ranks never read each other's
-items.
+Training step ``s`` consumes ``G`` consecutive positions and rank ``r`` of ``W`` takes the contiguous
+slice ``r*G/W .. (r+1)*G/W`` of them (:func:`rank_positions`). With ``L = G`` (the default) a rank's
+positions are the same ``G/W`` lanes at every step, so each shard of a pass is read by one rank only,
+whatever ``W``; the samples of a step never depend on ``W``.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
+import numpy as np
+
 from bigseer.errors import DataError
 
 _M64 = (1 << 64) - 1
+REPLACE_IN_SHARD = 3  # tries 1..3 replace a bad sample by another member of its shard, later tries anywhere
 
 
 def _mix(x: int) -> int:
@@ -28,7 +33,8 @@ def _mix(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def _key(*parts: int) -> int:
+def key_of(*parts: int) -> int:
+    """A 64-bit hash of integers (order matters)."""
     h = 0x51ED
     for p in parts:
         h = _mix(h ^ (p & _M64))
@@ -36,7 +42,7 @@ def _key(*parts: int) -> int:
 
 
 class KeyedPermutation:
-    """A pseudo-random bijection of ``range(n)`` determined by ``key``."""
+    """A pseudo-random bijection of ``range(n)`` determined by ``key`` (Feistel network + cycle walking)."""
 
     ROUNDS = 6
 
@@ -47,11 +53,11 @@ class KeyedPermutation:
         bits += bits % 2
         self.n, self.half = n, bits // 2
         self.mask = (1 << self.half) - 1
-        self.keys = [_key(key, r) for r in range(self.ROUNDS)]
+        self.keys = [key_of(key, r) for r in range(self.ROUNDS)]
 
     def __call__(self, i: int) -> int:
         x = i
-        while True:  # cycle walking: the domain is < 4n, so a few steps on average
+        while True:  # the domain is < 4n, so a few steps on average
             left, right = x >> self.half, x & self.mask
             for k in self.keys:
                 left, right = right, left ^ (_mix(right ^ k) & self.mask)
@@ -60,47 +66,91 @@ class KeyedPermutation:
                 return x
 
 
-class SampleOrder:
-    """Item index for every (slot, position); see the module docstring for the rule."""
+class _Pass:
+    """Per-pass tables: shard order, prefix sums of the permuted counts, lane run starts."""
 
-    def __init__(self, n: int, seed: int, rank: int, world_size: int, workers: int) -> None:
-        slots = world_size * workers
-        if n < slots:
-            raise DataError(f"data source has {n} samples, fewer than world_size x workers = {slots} "
-                            f"readers; use fewer workers or more data")
-        self.n, self.seed, self.rank, self.world_size, self.workers = n, seed, rank, world_size, workers
-        self.slots = slots
-        self._perms: dict[int, KeyedPermutation] = {}
+    def __init__(self, counts: np.ndarray, seed: int, e: int, lanes: int) -> None:
+        n = int(counts.sum())
+        rng = np.random.default_rng([seed & _M64, 0x5A55, e])
+        self.shards = rng.permutation(len(counts))
+        self.ends = np.cumsum(counts[self.shards])  # T_e index where each permuted shard ends
+        first = (np.arange(lanes, dtype=np.int64) - e * n) % lanes  # offset of each lane's first position
+        per_lane = np.where(first < n, (n - first + lanes - 1) // lanes, 0)
+        self.first = first
+        self.run_start = np.concatenate([[0], np.cumsum(per_lane)[:-1]])
 
-    def slot(self, worker: int) -> int:
-        """Global slot of this rank's ``worker``."""
-        return self.rank * self.workers + worker
 
-    def share(self, slot: int) -> int:
-        """Number of items a slot reads per pass."""
-        return (self.n - slot + self.slots - 1) // self.slots
+class GlobalOrder:
+    """Which catalog item (flat index) every global position reads; see the module docstring.
 
-    def _perm(self, p: int) -> KeyedPermutation:
-        perm = self._perms.get(p)
+    ``counts[k]``: samples of shard ``k`` in catalog order (flat index of shard ``k``'s member ``m`` is
+    ``sum(counts[:k]) + m``); ``lanes``: the run's lane count (its global batch when it started).
+    """
+
+    def __init__(self, counts: np.ndarray | list[int], seed: int, lanes: int) -> None:
+        counts = np.asarray(counts, dtype=np.int64)
+        if counts.ndim != 1 or counts.size == 0 or int(counts.sum()) < 1 or (counts < 0).any():
+            raise DataError("the data source holds no samples")
+        if isinstance(lanes, bool) or not isinstance(lanes, (int, np.integer)) or lanes < 1:
+            raise DataError(f"lanes must be an integer >= 1, got {lanes!r}")
+        self.counts, self.seed, self.lanes = counts, int(seed), int(lanes)
+        self.n = int(counts.sum())
+        self.starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        self._passes: OrderedDict[int, _Pass] = OrderedDict()
+        self._perms: OrderedDict[tuple[int, int], KeyedPermutation] = OrderedDict()
+
+    def _pass(self, e: int) -> _Pass:
+        tables = self._passes.get(e)
+        if tables is None:
+            tables = self._passes[e] = _Pass(self.counts, self.seed, e, self.lanes)
+            while len(self._passes) > 2:
+                self._passes.popitem(last=False)
+        return tables
+
+    def _member_perm(self, e: int, shard: int) -> KeyedPermutation:
+        perm = self._perms.get((e, shard))
         if perm is None:
-            if len(self._perms) > 2:
-                self._perms.pop(min(self._perms))
-            perm = self._perms[p] = KeyedPermutation(self.n, _key(self.seed, 0x5A55, p))
+            perm = self._perms[(e, shard)] = KeyedPermutation(int(self.counts[shard]), key_of(self.seed, 0x5EED, e, shard))
+            while len(self._perms) > 4096:
+                self._perms.popitem(last=False)
         return perm
 
-    def item(self, slot: int, q: int) -> int:
-        """Item read by ``slot`` at position ``q`` of its infinite sequence."""
-        length = self.share(slot)
-        p, o = divmod(q, length)
-        return self._perm(p)(slot + o * self.slots)
+    def locate(self, p: int) -> tuple[int, int]:
+        """(shard, member) read at global position ``p``: O(log S)."""
+        if p < 0:
+            raise ValueError(f"position must be >= 0, got {p}")
+        e, o = divmod(p, self.n)
+        tables = self._pass(e)
+        lane = p % self.lanes
+        t = (o - int(tables.first[lane])) // self.lanes
+        k = int(tables.run_start[lane]) + t
+        j = int(np.searchsorted(tables.ends, k, side="right"))
+        shard = int(tables.shards[j])
+        within = k - (int(tables.ends[j - 1]) if j else 0)
+        return shard, self._member_perm(e, shard)(within)
 
-    def replacement(self, slot: int, q: int, attempt: int) -> int:
-        """Stand-in for a bad item at position ``q`` (try ``attempt`` >= 1): same slot, same pass."""
-        length = self.share(slot)
-        p = q // length
-        o = _key(self.seed, 0xBAD, self.slots, slot, q, attempt) % length
-        return self._perm(p)(slot + o * self.slots)
+    def item(self, p: int) -> int:
+        """Flat catalog index read at global position ``p``."""
+        shard, member = self.locate(p)
+        return int(self.starts[shard]) + member
 
-    def epoch(self, slot: int, q: int) -> int:
-        """Pass number of position ``q``."""
-        return q // self.share(slot)
+    def epoch(self, p: int) -> int:
+        """The pass that position ``p`` belongs to."""
+        return p // self.n
+
+    def replacement(self, p: int, attempt: int) -> int:
+        """Stand-in for a bad item at position ``p`` on try ``attempt`` >= 1 (flat index): another member of
+        the same shard for the first tries, then any sample of the catalog (an unreachable shard)."""
+        h = key_of(self.seed, 0xBAD, p, attempt)
+        if attempt <= REPLACE_IN_SHARD:
+            shard, _ = self.locate(p)
+            return int(self.starts[shard]) + h % int(self.counts[shard])
+        return h % self.n
+
+
+def rank_positions(start: int, global_batch: int, rank: int, world_size: int) -> range:
+    """The global positions rank ``rank`` of ``world_size`` reads in the step starting at ``start``."""
+    if global_batch % world_size:
+        raise DataError(f"global batch {global_batch} is not divisible by {world_size} ranks")
+    per_rank = global_batch // world_size
+    return range(start + rank * per_rank, start + (rank + 1) * per_rank)

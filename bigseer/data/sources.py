@@ -6,14 +6,20 @@ brace patterns):
 * ``builtin`` or ``builtin:N`` - N procedurally drawn images (default 512), no files;
 * a directory - every non-hidden file below it, recursively, whatever its extension;
 * a ``.tar`` file, glob or brace pattern (``shards-{0000..0099}.tar``) - WebDataset-style shards
-  read with :mod:`tarfile` directly: one sample per key (path up to the first dot of the basename),
-  its image member (or, lacking one, its first member, which is then skipped as ``not_image``);
+  (:mod:`bigseer.data.tar_shards`): one sample per key (path up to the first dot of the basename), its
+  image member (or, lacking one, its first member, which is then skipped as ``not_image``); when the
+  pattern's directory holds an ``index.json`` listing exactly those shards, start-up reads only it;
+* a shard index ``*.json`` (:mod:`bigseer.data.shard_index`, WebDataset's ``wids`` format), local or a URL;
+* URLs of shards (``http(s)://``, ``s3://``, ``gs://``, brace patterns allowed), read through fsspec;
+  an ``index.json`` beside them is used when present;
 * any other file - a UTF-8 text list of image paths, one per line (relative paths are relative to
   the list file; blank lines and ``#`` comments ignored).
 
-The result is a :class:`Catalog`: ``len()`` items in a fixed order, each loadable by index with
-:meth:`Catalog.load`, which either returns a decoded image or raises SkipImage. Item tables are
-flat numpy arrays / one bytes blob, so forked DataLoader workers do not copy them page by page.
+The result is a :class:`Catalog`: ``len()`` items in a fixed order, grouped in shards
+(:meth:`Catalog.shard_counts`: a folder, a list or ``builtin`` is one shard), each loadable by index with
+:meth:`Catalog.load`, which either returns a decoded image or raises SkipImage. Tables are flat numpy
+arrays / one bytes blob, so forked DataLoader workers do not copy them page by page; tar shards keep
+O(shards) state (member tables are read per opened shard).
 """
 
 from __future__ import annotations
@@ -23,21 +29,20 @@ import io
 import logging
 import os
 import re
-import tarfile
 from typing import Callable
 
 import numpy as np
 from PIL import Image
 
 from bigseer.data.builtin import DEFAULT_COUNT, builtin_image
-from bigseer.data.decode import SkipImage, decode_bytes, decode_for_crops
+from bigseer.data.decode import SkipImage, decode_for_crops
+from bigseer.data.shard_index import DEFAULT_NAME, is_url, looks_like_index, read_index
+from bigseer.data.tar_members import IMAGE_EXTENSIONS  # noqa: F401 - re-exported
+from bigseer.data.tar_shards import TarShards
 from bigseer.errors import DataError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset(
-    "jpg jpeg jpe jfif png gif bmp webp tif tiff ppm pgm pbm pnm tga ico jp2 j2k avif heic".split())
-MAX_MEMBER_BYTES = 512 * 1024 * 1024
 _PROBE = 16
 
 
@@ -62,6 +67,15 @@ class _Part:
 
     def __len__(self) -> int:
         raise NotImplementedError
+
+    def shard_counts(self) -> np.ndarray:
+        """Samples per shard (a folder, list or builtin set is one shard)."""
+        return np.asarray([len(self)], dtype=np.int64)
+
+    def probe_items(self, probe: int) -> list[int]:
+        """Evenly spaced items to check for images at start-up."""
+        n = len(self)
+        return sorted({int(v) for v in np.linspace(0, n - 1, min(n, probe))})
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -95,6 +109,11 @@ def _header_ok(fp) -> bool:
             return img.size[0] > 0 and img.size[1] > 0
     except Exception:
         return False
+
+
+def header_ok_bytes(data: bytes) -> bool:
+    """True when ``data`` opens as an image (header only)."""
+    return _header_ok(io.BytesIO(data))
 
 
 class _PathPart(_Part):
@@ -136,104 +155,6 @@ class _BuiltinPart(_Part):
 
     def header_ok(self, i: int) -> bool:
         return True
-
-
-class _TarPart(_Part):
-    kind = "tar"
-
-    def __init__(self, origin: str, shards: list[str]) -> None:
-        self.origin, self.shards, self.bad_shards = origin, shards, []
-        idx, offsets, sizes = [], [], []
-        for s, shard in enumerate(shards):
-            try:
-                members = _index_tar(shard)
-            except DataError as exc:
-                if len(shards) == 1:
-                    raise
-                log.warning("skipping unreadable shard: %s", exc)
-                self.bad_shards.append(shard)
-                continue
-            for off, size in members:
-                idx.append(s)
-                offsets.append(off)
-                sizes.append(size)
-        if len(self.bad_shards) == len(shards):
-            raise DataError(f"none of the {len(shards)} tar shards of {origin} can be read")
-        self.shard_idx = np.asarray(idx, dtype=np.int32)
-        self.offsets = np.asarray(offsets, dtype=np.int64)
-        self.sizes = np.asarray(sizes, dtype=np.int64)
-        self._fds: dict[int, int] = {}
-        self._pid = -1
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_fds"], state["_pid"] = {}, -1
-        return state
-
-    def __len__(self) -> int:
-        return len(self.offsets)
-
-    def describe(self) -> str:
-        bad = f", {len(self.bad_shards)} unreadable shards skipped" if self.bad_shards else ""
-        return f"tar {self.origin} ({len(self.shards)} shards, {len(self)} samples{bad})"
-
-    def _read(self, i: int) -> bytes:
-        if self._pid != os.getpid():  # never share descriptors with a forked parent/child
-            self._fds, self._pid = {}, os.getpid()
-        s = int(self.shard_idx[i])
-        fd = self._fds.get(s)
-        if fd is None:
-            if len(self._fds) >= 16:
-                os.close(self._fds.pop(next(iter(self._fds))))
-            try:
-                fd = os.open(self.shards[s], os.O_RDONLY)
-            except OSError as exc:
-                raise SkipImage("unreadable", f"{self.shards[s]}: {exc.strerror or exc}") from None
-            self._fds[s] = fd
-        size = int(self.sizes[i])
-        if size > MAX_MEMBER_BYTES:
-            raise SkipImage("too_large", f"tar member of {size} bytes")
-        try:
-            data = os.pread(fd, size, int(self.offsets[i]))
-        except OSError as exc:
-            raise SkipImage("unreadable", str(exc)) from None
-        if len(data) < size:
-            raise SkipImage("truncated", f"tar member cut short ({len(data)} of {size} bytes)")
-        return data
-
-    def load(self, i: int, plan: Callable, **kw):
-        return decode_bytes(self._read(i), plan, **kw)
-
-    def header_ok(self, i: int) -> bool:
-        try:
-            data = self._read(i)
-        except SkipImage:
-            return False
-        return bool(data) and _header_ok(io.BytesIO(data))
-
-
-def _index_tar(path: str) -> list[tuple[int, int]]:
-    """(data offset, size) of one member per sample key, in tar order."""
-    by_key: dict[str, list[tuple[str, int, int]]] = {}
-    try:
-        tf = tarfile.open(path, "r:")
-    except (OSError, tarfile.TarError) as exc:
-        raise DataError(f"cannot read tar shard {path}: {exc}") from None
-    with tf:
-        try:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                d, base = os.path.split(m.name)
-                key, _, ext = base.partition(".")
-                by_key.setdefault(os.path.join(d, key), []).append((ext.lower(), m.offset_data, m.size))
-        except (tarfile.TarError, EOFError, OSError):
-            pass  # truncated shard: keep the members read so far; short reads are skipped later
-    out = []
-    for members in by_key.values():
-        pick = next((m for m in members if m[0].rsplit(".", 1)[-1] in IMAGE_EXTENSIONS), members[0])
-        out.append((pick[1], pick[2]))
-    return out
 
 
 def _split_top_level(spec: str) -> list[str]:
@@ -311,8 +232,53 @@ def _part_for_path(path: str) -> _Part:
     if lower.endswith((".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
         raise DataError(f"compressed tar shard {path} is not supported: use uncompressed .tar shards")
     if lower.endswith(".tar"):
-        return _TarPart(path, [path])
+        return TarShards(path, [path])
+    if looks_like_index(path):
+        return _from_index(path, path)
     return _PathPart("list", path, _read_list(path))
+
+
+def _from_index(origin: str, index: str):
+    part = TarShards.from_index(origin, read_index(index), index)
+    part.verify()
+    return part
+
+
+def _index_beside(origin: str, shards: list[str]):
+    """A TarShards from the ``index.json`` next to ``shards`` when it lists exactly them, else None."""
+    base = shards[0].rsplit("/", 1)[0] if is_url(shards[0]) else os.path.dirname(shards[0])
+    index = f"{base}/{DEFAULT_NAME}" if is_url(shards[0]) else os.path.join(base, DEFAULT_NAME)
+    if not is_url(index) and not os.path.isfile(index):
+        return None
+    try:
+        entries = read_index(index)
+    except DataError:
+        if is_url(index):
+            return None
+        raise
+    by_url = {os.path.abspath(e.url) if not is_url(e.url) else e.url: e for e in entries}
+    wanted = [os.path.abspath(u) if not is_url(u) else u for u in shards]
+    if set(wanted) != set(by_url):
+        log.info("%s does not list exactly the shards of %s; walking their headers instead", index, origin)
+        return None
+    log.info("using shard index %s for %s", index, origin)
+    part = TarShards.from_index(origin, [by_url[u] for u in wanted], index)
+    part.verify()
+    return part
+
+
+def _remote_parts(spec: str) -> list:
+    urls = expand_braces(spec)
+    if looks_like_index(spec):
+        return [_from_index(spec, spec)]
+    if not all(u.lower().endswith(".tar") for u in urls):
+        raise DataError(f"remote data {spec!r}: expected URLs of .tar shards or of a shard index (.json)")
+    part = _index_beside(spec, urls)
+    if part is None:
+        log.warning("no index.json beside %s: fetching every shard now to count its samples "
+                    "(`bigseer index` writes one)", spec)
+        part = TarShards(spec, urls)
+    return [part]
 
 
 def _parts_for(spec: str) -> list[_Part]:
@@ -326,13 +292,17 @@ def _parts_for(spec: str) -> list[_Part]:
             if count < 1:
                 raise DataError(f"bad data source {spec!r}: expected 'builtin' or 'builtin:N' with N >= 1")
         return [_BuiltinPart(count)]
+    if is_url(spec):
+        return _remote_parts(spec)
     if any(c in spec for c in "*?[{"):
         matches = sorted({m for p in expand_braces(spec) for m in glob.glob(os.path.expanduser(p))})
         if not matches:
             raise DataError(f"data pattern {spec!r} matches no files")
         shards = [m for m in matches if m.lower().endswith(".tar")]
         others = [m for m in matches if not m.lower().endswith(".tar")]
-        parts: list[_Part] = [_TarPart(spec, shards)] if shards else []
+        parts: list = []
+        if shards:
+            parts.append(_index_beside(spec, shards) or TarShards(spec, shards))
         return parts + [_part_for_path(m) for m in others]
     path = os.path.expanduser(spec)
     if not os.path.exists(path):
@@ -344,9 +314,13 @@ def _parts_for(spec: str) -> list[_Part]:
 class Catalog:
     """All items of one ``--data`` string, in a fixed order (concatenation of its parts)."""
 
-    def __init__(self, spec: str, parts: list[_Part]) -> None:
+    def __init__(self, spec: str, parts: list) -> None:
         self.spec, self.parts = spec, parts
         self._starts = np.cumsum([0] + [len(p) for p in parts])
+
+    def shard_counts(self) -> np.ndarray:
+        """Samples per shard over all parts, in item order (what the sample order is built on)."""
+        return np.concatenate([p.shard_counts() for p in self.parts])
 
     def __len__(self) -> int:
         return int(self._starts[-1])
@@ -370,7 +344,7 @@ class Catalog:
             n = len(part)
             if n == 0:
                 raise DataError(f"data source {part.describe()} holds no samples")
-            picks = sorted({int(v) for v in np.linspace(0, n - 1, min(n, probe))})
+            picks = part.probe_items(probe)
             if not any(part.header_ok(j) for j in picks):
                 what = "any" if len(picks) == n else f"any of {len(picks)} sampled"
                 raise DataError(f"data source {part.describe()}: not {what} file is a readable image")

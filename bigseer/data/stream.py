@@ -1,13 +1,14 @@
-"""MultiCropStream: the infinite, sharded, resumable stream of multi-crop batches.
+"""MultiCropStream: the infinite, resumable stream of multi-crop batches, the same for any world size.
 
-Batches are numbered ``g = 0, 1, 2, ...`` per rank. With ``W = max(1, num_workers)`` workers,
-batch ``g`` is built by virtual worker ``v = g % W`` as its local batch ``j = g // W`` from
-positions ``j*B .. j*B+B-1`` of slot ``rank*W + v`` (see :mod:`bigseer.data.order`), and the
-augmentation randomness of its ``b``-th image is seeded by ``(seed, rank, world, W, g, b)``.
-A bad image is counted by reason and replaced by ``SampleOrder.replacement`` (same slot, same
-pass), with the same augmentation seed. So batch ``g`` is a pure function of its position:
-``start_batch=k`` starts real worker ``w`` at batch ``k + w`` and the DataLoader's round-robin
-order yields ``k, k+1, ...`` exactly as the uninterrupted stream would, with no replay.
+The stream of a run is a sequence of *global positions* ``0, 1, 2, ...`` (:mod:`bigseer.data.order`:
+which sample each position reads is a function of the seed and the position only). Batch ``g`` of a
+stream started at position ``P`` is step ``g`` of the run: rank ``r`` of ``W`` reads positions
+``P + g*G + r*B .. P + g*G + (r+1)*B - 1`` (``B`` per-rank batch, ``G = B*W``). The augmentation of
+position ``p`` is seeded by ``(seed, p)``; a bad image is counted by reason and replaced by
+``GlobalOrder.replacement(p, attempt)`` with the same seed. So every batch is a pure function of its
+positions: DataLoader workers take batches round-robin (worker ``w`` builds ``w, w + workers, ...``),
+and a run resumed at position ``P`` on any number of ranks reads exactly the samples the uninterrupted
+run would have read.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from bigseer.data.decode import SkipImage
 from bigseer.data.multicrop import AugmentConfig, CropGroup, format_crops, normalize_uint8, parse_crops
 from bigseer.data.render import DEFAULT_MIN_SIDE, SampleRenderer
-from bigseer.data.order import SampleOrder
+from bigseer.data.order import GlobalOrder, rank_positions
 from bigseer.data.sources import open_source
 from bigseer.errors import BigseerError, ConfigError, DataError
 
@@ -46,60 +47,55 @@ class MultiCropBatch:
 
 class _MultiCropDataset(IterableDataset):
     def __init__(self, renderer: SampleRenderer, batch_size: int, seed: int, rank: int, world_size: int,
-                 workers: int, start_batch: int, max_tries: int) -> None:
+                 workers: int, start_position: int, lanes: int, max_tries: int) -> None:
         super().__init__()
         self.renderer, self.batch_size, self.seed = renderer, batch_size, seed
         self.rank, self.world_size, self.workers = rank, world_size, workers
-        self.start_batch, self.max_tries = start_batch, max_tries
-        self.order = SampleOrder(len(renderer.catalog), seed, rank, world_size, workers)
+        self.global_batch = batch_size * world_size
+        self.start_position, self.max_tries = start_position, max_tries
+        self.order = GlobalOrder(renderer.catalog.shard_counts(), seed, lanes)
         self._bad: dict[int, str] = {}
 
     def __iter__(self) -> Iterator[MultiCropBatch]:
         info = get_worker_info()
-        w = info.id if info is not None else 0
-        g = self.start_batch + w
+        g = info.id if info is not None else 0
         while True:
             yield self.make_batch(g)
             g += self.workers
 
-    def _rng(self, g: int, b: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, 0xA06, self.rank, self.world_size, self.workers, g, b])
-
-    def _render_one(self, item: int, g: int, b: int) -> list[np.ndarray]:
+    def _render_one(self, item: int, position: int) -> list[np.ndarray]:
         reason = self._bad.get(item)
         if reason is not None:
             raise SkipImage(reason)
         try:
-            return self.renderer.render(item, self._rng(g, b))
+            return self.renderer.render(item, np.random.default_rng([self.seed, 0xA06, position]))
         except SkipImage as exc:
             self._bad[item] = exc.reason
             raise
 
     def make_batch(self, g: int) -> MultiCropBatch:
-        """Batch number ``g`` of this rank (a pure function of g and the stream settings)."""
+        """Batch ``g`` after the start position (a pure function of its global positions)."""
+        positions = rank_positions(self.start_position + g * self.global_batch, self.global_batch, self.rank,
+                                   self.world_size)
         B = self.batch_size
-        v, j = g % self.workers, g // self.workers
-        slot = self.order.slot(v)
         bufs = [torch.empty((grp.count, B, grp.size, grp.size, 3), dtype=torch.uint8)
                 for grp in self.renderer.groups]
         views = [buf.numpy() for buf in bufs]
         skipped: Counter[str] = Counter()
         items = []
-        for b in range(B):
-            q = j * B + b
-            item = self.order.item(slot, q)
+        for b, p in enumerate(positions):
+            item = self.order.item(p)
             for attempt in range(1, self.max_tries + 2):
                 try:
-                    arrays = self._render_one(item, g, b)
+                    arrays = self._render_one(item, p)
                     break
                 except SkipImage as exc:
                     skipped[exc.reason] += 1
                     if attempt > self.max_tries:
                         raise DataError(
-                            f"no decodable image after {attempt} tries for batch {g} (slot {slot}); "
-                            f"skips so far in this batch: {dict(skipped)} - is the source mostly broken?"
-                        ) from None
-                    item = self.order.replacement(slot, q, attempt)
+                            f"no decodable image after {attempt} tries for position {p}; skips so far in "
+                            f"this batch: {dict(skipped)} - is the source mostly broken?") from None
+                    item = self.order.replacement(p, attempt)
             items.append(item)
             k = 0
             for gi, grp in enumerate(self.renderer.groups):
@@ -144,8 +140,10 @@ class MultiCropStream:
 
     ``source``: a ``--data`` string (:func:`bigseer.data.sources.open_source`); ``crops``: a spec
     like ``"2x224+4x96"`` or a list of CropGroup; ``batch_size``: images per rank and batch.
-    ``start_batch=k`` resumes at batch k; ``position`` is the index of the next batch to be
-    yielded (save it in the checkpoint; resume with ``start_batch=position``).
+    ``start_position``: the global position of the first batch (samples the run consumed before);
+    ``position`` is the global position of the next batch (save it in the checkpoint; any world size
+    resumes with ``start_position=position``). ``lanes``: the run's lane count (default: the global
+    batch; keep the first run's value when resuming, see :mod:`bigseer.data.order`).
     ``reduced_decode=False`` decodes JPEGs at full size (same crop geometry; slower);
     ``min_side`` / ``max_pixels`` bound usable image sizes (skip reasons too_small / too_large);
     ``max_tries`` bad images in a row for one batch slot raise DataError (never a stall);
@@ -154,13 +152,13 @@ class MultiCropStream:
     """
 
     def __init__(self, source: str, crops: str | list[CropGroup], batch_size: int, rank: int = 0,
-                 world_size: int = 1, seed: int = 0, num_workers: int = 0, start_batch: int = 0, *,
-                 augment: AugmentConfig | None = None, min_side: int = DEFAULT_MIN_SIDE,
+                 world_size: int = 1, seed: int = 0, num_workers: int = 0, start_position: int = 0, *,
+                 lanes: int | None = None, augment: AugmentConfig | None = None, min_side: int = DEFAULT_MIN_SIDE,
                  max_pixels: int | None = None, max_tries: int = DEFAULT_MAX_TRIES,
                  reduced_decode: bool = True, prefetch_factor: int = 2, pin_memory: bool = False,
                  worker_timeout_s: float = 0.0, multiprocessing_context: str | None = None) -> None:
         for name, value, lo in (("batch_size", batch_size, 1), ("world_size", world_size, 1),
-                                ("num_workers", num_workers, 0), ("start_batch", start_batch, 0),
+                                ("num_workers", num_workers, 0), ("start_position", start_position, 0),
                                 ("rank", rank, 0), ("min_side", min_side, 1), ("max_tries", max_tries, 0),
                                 ("prefetch_factor", prefetch_factor, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < lo:
@@ -177,10 +175,14 @@ class MultiCropStream:
         self.catalog = open_source(source)
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
         self.num_workers = num_workers
-        self.position = start_batch
+        self.global_batch = batch_size * world_size
+        self.lanes = self.global_batch if lanes is None else lanes
+        if isinstance(self.lanes, bool) or not isinstance(self.lanes, int) or self.lanes < 1:
+            raise ConfigError(f"lanes must be an integer >= 1, got {lanes!r}")
+        self.position = start_position
         self._dataset = _MultiCropDataset(
             SampleRenderer(self.catalog, self.groups, self.augment, min_side, max_pixels, reduced_decode),
-            batch_size, seed, rank, world_size, max(1, num_workers), start_batch, max_tries)
+            batch_size, seed, rank, world_size, max(1, num_workers), start_position, self.lanes, max_tries)
         self._loader_kw = {"prefetch_factor": prefetch_factor, "pin_memory": pin_memory,
                            "timeout": float(worker_timeout_s),
                            "multiprocessing_context": multiprocessing_context}
@@ -195,13 +197,12 @@ class MultiCropStream:
         raise TypeError("MultiCropStream is infinite")
 
     def state_dict(self) -> dict:
-        """Stream position plus the settings a resume must repeat for the same samples."""
-        return {"position": self.position, "seed": self.seed, "rank": self.rank,
-                "world_size": self.world_size, "num_workers": self.num_workers,
-                "batch_size": self.batch_size, "crops": format_crops(self.groups)}
+        """The world-size-free stream state: the next global position and what defines the order."""
+        return {"position": self.position, "seed": self.seed, "lanes": self.lanes, "samples": len(self.catalog),
+                "crops": format_crops(self.groups)}
 
     def _start(self) -> Iterator[MultiCropBatch]:
-        self._dataset.start_batch = self.position
+        self._dataset.start_position = self.position
         if self.num_workers == 0:
             return iter(self._dataset)
         kw = dict(self._loader_kw)
@@ -234,7 +235,7 @@ class MultiCropStream:
                 log.error("data loader failed%s", f" ({dead})" if dead else "", exc_info=True)
                 cause = f"{dead} ({_summary(exc)})" if dead else _summary(exc)
                 raise DataError(f"data loader worker failed: {cause}") from exc
-            self.position += 1
+            self.position += self.global_batch
             yield batch
 
     def close(self) -> None:

@@ -45,7 +45,7 @@ def test_batch_layout_and_values():
     lo, hi = (0 - 0.485) / 0.229, (1 - 0.406) / 0.225
     assert all(lo - 1e-4 <= float(c.min()) and float(c.max()) <= hi + 1e-4 for c in b.crops)
     assert float(b.crops[0].std()) > 0.2  # real image content, not constant
-    assert s.position == 1 and "builtin (64 generated images)" in s.describe()
+    assert s.position == 4 and "builtin (64 generated images)" in s.describe()  # the next global position
 
 
 def test_deterministic_under_seed_and_seed_matters():
@@ -62,10 +62,10 @@ def test_resume_with_workers_and_bad_images_matches_uninterrupted(zoo):
     root, _ = zoo
     full = _take(MultiCropStream(root, SPEC, 3, seed=1, num_workers=2), 6)
     assert sum(sum(b.skipped.values()) for b in full) > 0  # the resumed part crosses bad items too
-    resumed = MultiCropStream(root, SPEC, 3, seed=1, num_workers=2, start_batch=3)
+    resumed = MultiCropStream(root, SPEC, 3, seed=1, num_workers=2, start_position=9)  # 3 batches of 3
     again = _take(resumed, 3)
     assert all(_same(x, y) for x, y in zip(full[3:], again))
-    assert resumed.position == 6 and resumed.state_dict()["position"] == 6
+    assert resumed.position == 18 and resumed.state_dict()["position"] == 18
     # in-process and one worker are the same stream; restarting after close continues at position
     inproc = MultiCropStream(root, SPEC, 3, seed=1, num_workers=0)
     first = _take(inproc, 2)
@@ -75,14 +75,34 @@ def test_resume_with_workers_and_bad_images_matches_uninterrupted(zoo):
 
 
 def test_ranks_and_workers_cover_each_sample_once_per_pass():
-    n, world, workers, B = 24, 2, 2, 3
-    # each slot reads n / (world*workers) = 6 items per pass = 2 local batches -> 4 batches per rank
+    n, world, workers, B = 24, 2, 2, 3  # global batch 6: one pass = 4 steps
     seen = []
     for rank in range(world):
         s = MultiCropStream(f"builtin:{n}", "1x16+1x8", B, rank=rank, world_size=world, seed=3,
                             num_workers=workers)
         seen += [int(i) for b in _take(s, 4) for i in b.samples]
     assert sorted(seen) == list(range(n))
+
+
+def test_same_samples_and_pixels_on_any_world_size_and_worker_count(zoo):
+    """Step by step, the union over ranks of the samples (and their augmented crops) is the same on 1, 2
+    and 3 ranks with any number of workers, bad images included; the order never mentions ranks."""
+    root, _ = zoo
+    steps, G = 4, 6
+
+    def run(world, workers):
+        per_rank = [_take(MultiCropStream(root, SPEC, G // world, rank=r, world_size=world, seed=4,
+                                          num_workers=workers, lanes=G), steps) for r in range(world)]
+        return [(torch.cat([per_rank[r][s].samples for r in range(world)]),
+                 [torch.cat([per_rank[r][s].crops[i] for r in range(world)], dim=1) for i in range(2)])
+                for s in range(steps)]
+
+    one = run(1, 0)
+    for world, workers in ((2, 1), (3, 2)):
+        other = run(world, workers)
+        for (ids_a, crops_a), (ids_b, crops_b) in zip(one, other):
+            assert torch.equal(ids_a, ids_b)
+            assert all(torch.equal(x, y) for x, y in zip(crops_a, crops_b))
 
 
 def test_bad_inputs_are_counted_by_reason_in_the_batches(zoo):
@@ -134,7 +154,7 @@ def test_bad_settings_fail_before_start(tmp_path):
         (dict(worker_timeout_s=-1), ConfigError, "worker_timeout_s"),
         (dict(seed="0"), ConfigError, "seed"),
         (dict(source=str(tmp_path / "missing")), DataError, "does not exist"),
-        (dict(source="builtin:3", world_size=2, num_workers=2), DataError, "fewer than"),
+        (dict(lanes=0), ConfigError, "lanes"),
     ]:
         args = dict(source="builtin:16", crops=SPEC, batch_size=2)
         args.update(kw)
@@ -149,6 +169,6 @@ def test_tar_shards_stream_from_workers(tmp_path):
         write_tar(str(tmp_path / f"part-{k}.tar"), members)
     pattern = str(tmp_path / "part-{0..1}.tar")
     a = _take(MultiCropStream(pattern, SPEC, 3, seed=2, num_workers=2), 4)
-    b = _take(MultiCropStream(pattern, SPEC, 3, seed=2, num_workers=2, start_batch=2), 2)
+    b = _take(MultiCropStream(pattern, SPEC, 3, seed=2, num_workers=2, start_position=6), 2)
     assert all(_same(x, y) for x, y in zip(a[2:], b))
     assert sum(x.skipped.get("not_image", 0) for x in a) >= 2  # both bad members met in one pass
