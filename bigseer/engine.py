@@ -150,7 +150,8 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     augment = AugmentConfig(flip_p=cfg.flip_p, jitter_strength=cfg.jitter_strength, grayscale_p=cfg.grayscale_p,
                             blur_p=cfg.blur_p, ratio=(float(cfg.crop_ratio[0]), float(cfg.crop_ratio[1])))
     stream = MultiCropStream(cfg.data, cfg.crops, cfg.batch_size, rank=rank, world_size=world, seed=cfg.seed,
-                             num_workers=cfg.num_workers, start_batch=start_step, augment=augment)
+                             num_workers=cfg.num_workers, start_position=start_step * cfg.batch_size * world,
+                             augment=augment)
     log.info("bigseer pretrain: %s, backend %s, %d rank(s), precision %s, global batch %d, data %s",
              cfg.model, backend, world, getattr(par, "precision", precision), cfg.batch_size * world,
              stream.describe())
