@@ -1,11 +1,14 @@
-"""``bigseer convert``: timm / torchvision / HF / pycls-detectron2 / VISSL-SEER weights -> a bigseer
-trunk (timm-layout ``model.safetensors`` with the RegNet params in its metadata), ready to fine-tune."""
+"""``bigseer convert``: timm / torchvision / HF / pycls-detectron2 / VISSL-SEER (incl. SEER-10B's part
+layout) weights -> a bigseer trunk (timm-layout ``model.safetensors`` with the RegNet params in its
+metadata, plus timm's local-dir config.json), ready to fine-tune."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+from bigseer.errors import ConfigError
 from bigseer.export.exporter import export_weights
 from bigseer.export.sources import open_weights
 from bigseer.export.writer import parse_dtype, parse_shard_size
@@ -27,3 +30,16 @@ def convert_weights(src: str | Path, out: str | Path, *, model: str | RegNetPara
                               include_head=False)
     finally:
         opened.close()
+
+
+def parse_model_arg(text: str | None) -> str | dict[str, Any] | None:
+    """``--model``: a preset name, or a JSON dict of RegNetParams fields (``'{"depth": 20, "w0": 368, ...}'``)."""
+    if text is None or not text.lstrip().startswith("{"):
+        return text
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"--model {text!r} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ConfigError(f"--model {text!r} must be a preset name or a JSON object of RegNetParams fields")
+    return value

@@ -34,6 +34,7 @@ class Layout:
     block_index_base: int  # the layout's number for block 1
     modules: dict[str, str]  # timm block-local module -> layout module
     stage_index_base: int = 1  # the layout's number for stage 1 (res2)
+    normalize: Callable[[str], str] | None = None  # layout module name -> its plain form (read side only)
 
     def from_timm(self, key: str) -> str:
         """timm key -> this layout's key (CheckpointError for a key outside the trunk)."""
@@ -48,6 +49,8 @@ class Layout:
     def to_timm(self, key: str) -> str:
         """This layout's key -> timm key (CheckpointError naming the key if it is not a trunk key)."""
         module, leaf = _split_leaf(key, self.name)
+        if self.normalize is not None:
+            module = self.normalize(module)
         for timm_mod, mod in self.stem.items():
             if module == mod:
                 return f"{timm_mod}.{leaf}"
@@ -75,6 +78,29 @@ _TIMM_MODULES = ("conv1.conv", "conv1.bn", "conv2.conv", "conv2.bn", "se.fc1", "
 
 def _modules(*names: str) -> dict[str, str]:
     return dict(zip(_TIMM_MODULES, names))
+
+
+# SEER-10B (VISSL ``regnet_fsdp`` / ``regnet_v2``) nests each stage's blocks in FSDP groups with
+# stage-global block indices: ``_feature_blocks.res4.block3-part1.block3-9.f.a.0`` is the plain
+# ``_feature_blocks.res4.block3-9.f.a.0``. Renaming only: the parts hold whole blocks.
+_VISSL_PART = re.compile(r"^_feature_blocks\.res(\d)\.block(\d)-part\d+\.(block(\d)-\d+\..+)$")
+_VISSL_BLOCK = re.compile(r"^_feature_blocks\.res(\d)\.block(\d)-\d+\.")
+
+
+def _vissl_plain(module: str) -> str:
+    """Strip the 10B ``blockS-partK.`` level; CheckpointError when the res / stage numbers disagree
+    (``res{S+1}.block{S}-...``), so a mislabelled block never lands in another stage."""
+    m = _VISSL_PART.match(module)
+    if m:
+        if m.group(2) != m.group(4):
+            raise CheckpointError(f"VISSL key {module!r}: part of stage {m.group(2)} holds a block of stage "
+                                  f"{m.group(4)}")
+        module = f"_feature_blocks.res{m.group(1)}.{m.group(3)}"
+    b = _VISSL_BLOCK.match(module)
+    if b and int(b.group(1)) != int(b.group(2)) + 1:
+        raise CheckpointError(f"VISSL key {module!r}: res{b.group(1)} must hold block{int(b.group(1)) - 1}-* "
+                              f"(stage S is res(S+1))")
+    return module
 
 
 LAYOUTS: dict[str, Layout] = {
@@ -107,7 +133,7 @@ LAYOUTS: dict[str, Layout] = {
         lambda s, i: f"_feature_blocks.res{s + 1}.block{s}-{i - 1}",
         re.compile(r"^_feature_blocks\.res\d\.block([1-4])-(\d+)\.(.+)$"), 0,
         _modules("f.a.0", "f.a.1", "f.b.0", "f.b.1", "f.se.excitation.0", "f.se.excitation.2", "f.c",
-                 "f.final_bn", "proj", "bn")),
+                 "f.final_bn", "proj", "bn"), normalize=_vissl_plain),
 }
 
 def get_layout(name: str, *, export: bool = False) -> Layout:

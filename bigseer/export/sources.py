@@ -197,7 +197,14 @@ def _as_trunk(source: TensorSource, path: Path, given: RegNetParams | None, meta
         if s.startswith(_NON_TRUNK_PREFIXES):
             head[s] = (source, k)
             continue
-        trunk[lay.to_timm(s)] = (source, k)
+        try:
+            name = lay.to_timm(s)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from exc
+        if name in trunk:
+            raise CheckpointError(f"{path}: keys {trunk[name][1]!r} and {k!r} both map to trunk key {name!r} "
+                                  f"({layout} layout)")
+        trunk[name] = (source, k)
     view = MappedSource(trunk, str(path))
     shapes = {k: v.shape for k, v in view.infos().items()}
     what = f"{path} ({layout} layout)"
