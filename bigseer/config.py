@@ -8,8 +8,10 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from bigseer.errors import ConfigError
+from bigseer.parallel.ds_json import ds_config_path, load_ds_config
 
 BACKENDS = ("auto", "none", "ddp", "fsdp", "deepspeed", "fairscale")
+RESUME = ("no", "latest", "auto")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "plateau")
 
@@ -63,11 +65,20 @@ class PretrainConfig:
     output_dir: str = "runs/demo"
     checkpoint_every: int = 0  # 0: only at exit
     keep_last: int = 2
-    resume: bool = False
+    async_checkpoint: bool = True  # write checkpoints in the background (training stalls for the copy only)
+    deepspeed_native: bool = False  # also write DeepSpeed's own checkpoint (with `latest`) for its scripts
+    resume: str = "no"  # no | latest (fail without a checkpoint) | auto (fresh without one)
+    collective_timeout_s: int = 1800  # a rank stuck this long in a collective ends the job with a line naming it
+    shard_cache: str | None = None  # node-local cache dir for remote shards (default: under the temp dir)
     seed: int = 0
     log_every: int = 1
+    log_samples: bool = False  # record every step's sample ids (all ranks) in metrics.jsonl: data audits, tests
     export: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.resume, bool):  # resume=True / False (bigseer 0.1) = latest / no
+            self.resume = "latest" if self.resume else "no"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict of all fields."""
@@ -81,6 +92,8 @@ class PretrainConfig:
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}")
         d = dict(d)
+        if isinstance(d.get("resume"), bool):  # bigseer 0.1 configs
+            d["resume"] = "latest" if d["resume"] else "no"
         for key in ("head_dims", "crops_for_assign", "crop_ratio"):
             if key in d and d[key] is not None:
                 d[key] = tuple(d[key])
@@ -111,7 +124,9 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> PretrainConfig:
     from bigseer.models import resolve_params
 
     if cfg.ds_config is not None:
-        _require(os.path.isfile(cfg.ds_config), f"DeepSpeed config {cfg.ds_config!r} does not exist")
+        from dataclasses import replace
+
+        cfg = replace(cfg, ds_config=ds_config_path(cfg.ds_config))  # one reader: a path or a shipped name
     cfg = finalize(cfg)
     assert cfg.batch_size is not None and cfg.warmup_steps is not None
 
@@ -119,6 +134,11 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> PretrainConfig:
     _require(cfg.backend in BACKENDS, f"unknown backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")
     _require(cfg.precision in PRECISIONS, f"unknown precision {cfg.precision!r}; choose one of {', '.join(PRECISIONS)}")
     _require(cfg.schedule in SCHEDULES, f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    _require(cfg.resume in RESUME, f"resume={cfg.resume!r} is invalid; choose one of {', '.join(RESUME)}")
+    _require(cfg.collective_timeout_s > 0, f"collective_timeout_s={cfg.collective_timeout_s} must be > 0")
+    _require(not cfg.queue_length or cfg.queue_length % cfg.batch_size == 0,
+             f"queue_length={cfg.queue_length} must be a multiple of the per-rank batch {cfg.batch_size} (the queue "
+             "holds whole steps, so it can be re-split when the run resumes on another number of ranks)")
     for name in ("batch_size", "max_steps", "embed_dim", "num_prototypes", "sinkhorn_iters", "keep_last", "log_every"):
         _require(getattr(cfg, name) > 0, f"{name}={getattr(cfg, name)} must be > 0")
     for name in ("num_workers", "warmup_steps", "checkpoint_every", "freeze_prototypes_iters", "queue_length"):
@@ -148,13 +168,21 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> PretrainConfig:
                  f"num_prototypes={cfg.num_prototypes} must be divisible by the world size {world_size} "
                  "when shard_prototypes is on")
     backend = resolve_backend(cfg, world_size)
+    from bigseer.parallel import check_available
+
+    import torch
+
+    check_available(backend, "cuda" if torch.cuda.is_available() else "cpu")
+    _require(not cfg.deepspeed_native or backend == "deepspeed",
+             f"deepspeed_native writes DeepSpeed's own checkpoint: it needs backend deepspeed, not {backend!r}")
     _require(backend != "deepspeed" or cfg.ds_config is not None,
              "backend 'deepspeed' needs a DeepSpeed JSON config (--deepspeed_config ds_configs/zero2.json)")
     if cfg.ds_config is not None:
         _require(backend == "deepspeed",
                  f"a DeepSpeed config was given but backend is {backend!r}; use --backend deepspeed")
         check_ds_config(cfg, world_size)
-    if cfg.data != "builtin" and "*" not in cfg.data and "{" not in cfg.data:
+    if cfg.data != "builtin" and "*" not in cfg.data and "{" not in cfg.data and "://" not in cfg.data \
+            and "," not in cfg.data:
         _require(os.path.exists(cfg.data), f"data path {cfg.data!r} does not exist")
     return cfg
 
@@ -168,18 +196,11 @@ def resolve_backend(cfg: PretrainConfig, world_size: int) -> str:
     return "ddp" if world_size > 1 else "none"
 
 
-def load_ds_config(path: str) -> dict[str, Any]:
-    """Read a DeepSpeed JSON config with a clear error on bad JSON."""
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"DeepSpeed config {path!r} is not valid JSON: {exc}") from None
-
-
 def check_ds_config(cfg: PretrainConfig, world_size: int) -> None:
     """Reject DeepSpeed configs that contradict the run's flags (batch sizes, precision)."""
     ds = load_ds_config(cfg.ds_config or "")
+    if cfg.extra.get("resumed_batch"):  # an elastic resume sets the batch; the JSON's batch fields are the old run's
+        ds = {k: v for k, v in ds.items() if k not in ("train_micro_batch_size_per_gpu", "train_batch_size")}
     micro = ds.get("train_micro_batch_size_per_gpu")
     if isinstance(micro, int) and micro != cfg.batch_size:
         raise ConfigError(f"{cfg.ds_config}: train_micro_batch_size_per_gpu={micro} contradicts "

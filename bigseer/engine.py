@@ -45,9 +45,12 @@ def build_swav_model(cfg: PretrainConfig, group: Any = None, device: Any = None)
     head = SwAVHead(trunk.num_features, list(cfg.head_dims), cfg.embed_dim, cfg.num_prototypes,
                     shard_prototypes=cfg.shard_prototypes, queue_length=cfg.queue_length,
                     queue_crops=len(cfg.crops_for_assign), group=group)
-    return SwAVModel(trunk, head, temperature=cfg.temperature, epsilon=cfg.epsilon,
-                     sinkhorn_iters=cfg.sinkhorn_iters, crops_for_assign=tuple(cfg.crops_for_assign),
-                     freeze_prototypes_iters=cfg.freeze_prototypes_iters, group=group)
+    model = SwAVModel(trunk, head, temperature=cfg.temperature, epsilon=cfg.epsilon,
+                      sinkhorn_iters=cfg.sinkhorn_iters, crops_for_assign=tuple(cfg.crops_for_assign),
+                      freeze_prototypes_iters=cfg.freeze_prototypes_iters, group=group)
+    if device is None or torch.device(device).type != "meta":
+        model.init_weights(seed=cfg.seed)  # a function of (seed, name, row): the meta/FSDP path gets the same
+    return model
 
 
 def peak_lr(cfg: PretrainConfig, world_size: int) -> float:
@@ -97,25 +100,55 @@ def _meta(cfg: PretrainConfig, backend: str) -> dict[str, Any]:
             "head": head, "config": cfg.to_dict()}
 
 
-def pretrain(cfg: PretrainConfig) -> PretrainResult:
-    """Run (or resume) SwAV pretraining as configured; collective across all launched ranks."""
-    from bigseer import checkpoint as ckpt
-    from bigseer import parallel
-    from bigseer.data import AugmentConfig, MultiCropStream
+def _find_resume(cfg: PretrainConfig) -> Path | None:
+    """The checkpoint ``cfg.resume`` asks for (None: start fresh); ``latest`` without one is an error."""
+    from bigseer.checkpoint import find_latest
 
-    init_distributed()
+    mode = "latest" if cfg.resume is True else ("no" if cfg.resume is False else cfg.resume)
+    if mode in ("no", None):
+        return None
+    found = find_latest(cfg.output_dir)
+    if found is None and mode == "latest":
+        raise CheckpointError(f"--resume: no checkpoint under {cfg.output_dir} (use --resume auto to start fresh "
+                              "when there is none)")
+    if found is None:
+        log.info("--resume auto: no checkpoint under %s; starting from step 0", cfg.output_dir)
+    return found
+
+
+def _read_trainer(step_dir: Path) -> dict[str, Any]:
+    try:
+        return torch.load(step_dir / "trainer.pt", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise CheckpointError(f"{step_dir}: cannot read trainer state: {str(exc).splitlines()[0]}") from None
+
+
+def pretrain(cfg: PretrainConfig) -> PretrainResult:
+    """Run (or resume, on any number of ranks and any backend) SwAV pretraining; collective across ranks."""
+    from bigseer import parallel
+    from bigseer.checkpoint import CheckpointWriter, load_checkpoint, read_meta
+    from bigseer.checkpoint.queue import load_queue_state, queue_pieces, queue_state
+    from bigseer.data import AugmentConfig, MultiCropStream
+    from bigseer.resume import plan_resume
+
+    init_distributed(timeout_s=cfg.collective_timeout_s if isinstance(cfg.collective_timeout_s, int) else 1800)
     rank, world = get_rank(), get_world_size()
     setup_logging(rank)
+    if cfg.shard_cache:
+        import os
+
+        os.environ["BIGSEER_SHARD_CACHE"] = cfg.shard_cache  # inherited by DataLoader workers
+    resume_dir = _find_resume(cfg)
+    resumed_trainer: dict[str, Any] = {}
+    if resume_dir is not None:
+        saved_meta = read_meta(resume_dir)
+        resumed_trainer = _read_trainer(resume_dir)
+        cfg = plan_resume(cfg, saved_meta, resumed_trainer, world, str(resume_dir))
     cfg = validate(cfg, world)  # finalized; raises ConfigError before any work starts
     backend = resolve_backend(cfg, world)
     precision = resolve_precision(cfg)
     out = Path(cfg.output_dir)
-
-    resume_dir = None
-    if cfg.resume:
-        resume_dir = ckpt.find_latest(out)
-        if resume_dir is None:
-            log.warning("--resume: no checkpoint under %s; starting from step 0", out)
+    global_batch = cfg.batch_size * world
 
     torch.manual_seed(cfg.seed)
     if backend == "fsdp":  # built on meta; parallel.setup shards it, then each rank allocates its shards only
@@ -130,38 +163,58 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
         model, backend="ddp" if backend == "none" else backend, precision=precision,
         syncbn_group_size=world if cfg.syncbn_group_size == -1 else (cfg.syncbn_group_size or None),
         checkpointing=cfg.checkpointing, ds_config=cfg.ds_config, exclude_bn_bias=cfg.lars_exclude_bn_bias,
+        native_checkpoint=cfg.deepspeed_native, init_seed=cfg.seed,
         optimizer_factory=lambda groups: LARS(groups, lr=schedule.lr_at(0), momentum=cfg.momentum,
                                               weight_decay=cfg.weight_decay, trust_coefficient=cfg.lars_trust),
     )
     swav = par.unwrapped
     proto_ids = {id(p) for p in swav.head.prototype_parameters()}
     proto_names = [n for n, p in swav.named_parameters() if id(p) in proto_ids]
+    writer = CheckpointWriter(out, cfg.keep_last, async_save=cfg.async_checkpoint)
 
-    start_step = 0
+    def pieces(with_queue: bool = True) -> list[Any]:
+        return par.state_pieces() + (queue_pieces(swav.head, cfg.batch_size, rank, world) if with_queue else [])
+
+    start_step, samples, lanes = 0, 0, global_batch
     if resume_dir is not None:
-        def check(meta: dict[str, Any]) -> None:
-            if meta.get("model_name") != cfg.model:
-                raise CheckpointError(f"{resume_dir} is a {meta.get('model_name')} run; this run builds {cfg.model}")
-        trainer_state = ckpt.load_checkpoint(resume_dir, par, check_meta=check)
-        start_step = int(trainer_state["step"])
+        saved_queue = int(saved_meta.get("config", {}).get("queue_length", 0) or 0)
+        same_queue = saved_queue > 0 and int(resumed_trainer.get("global_batch", -1)) == global_batch
+        trainer_state, _, missing = load_checkpoint(resume_dir, pieces(with_queue=same_queue), group=writer.group)
+        par.after_load()
+        start_step, samples = int(trainer_state["step"]), int(trainer_state["samples"])
+        lanes = int(trainer_state["lanes"])
         schedule.load_state_dict(trainer_state["schedule"])
-        log.info("resumed from %s at step %d", resume_dir, start_step)
+        par.load_scaler_state(trainer_state.get("scaler"))
+        if same_queue:
+            load_queue_state(swav.head, trainer_state.get("queue"), cfg.batch_size)
+        log.info("resumed from %s at step %d (%d samples seen; written by %s ranks)%s", resume_dir, start_step,
+                 samples, trainer_state.get("world_size", "?"),
+                 f"; no optimizer state for {len(missing)} tensors (a checkpoint from before the first step)"
+                 if missing else "")
 
     augment = AugmentConfig(flip_p=cfg.flip_p, jitter_strength=cfg.jitter_strength, grayscale_p=cfg.grayscale_p,
                             blur_p=cfg.blur_p, ratio=(float(cfg.crop_ratio[0]), float(cfg.crop_ratio[1])))
     stream = MultiCropStream(cfg.data, cfg.crops, cfg.batch_size, rank=rank, world_size=world, seed=cfg.seed,
-                             num_workers=cfg.num_workers, start_position=start_step * cfg.batch_size * world,
-                             augment=augment)
+                             num_workers=cfg.num_workers, start_position=samples, lanes=lanes, augment=augment)
+    catalog = {"samples": len(stream.catalog), "shards": int(len(stream.catalog.shard_counts()))}
+    if resumed_trainer.get("catalog") not in (None, catalog):
+        raise CheckpointError(f"cannot resume {resume_dir}: it read a data source of {resumed_trainer['catalog']} "
+                              f"but --data {cfg.data} has {catalog} (the sample order would not continue)")
+    if lanes != global_batch:
+        log.info("global batch %d differs from the run's first (%d lanes): the same samples, but ranks now share "
+                 "shards", global_batch, lanes)
     log.info("bigseer pretrain: %s, backend %s, %d rank(s), precision %s, global batch %d, data %s",
-             cfg.model, backend, world, getattr(par, "precision", precision), cfg.batch_size * world,
-             stream.describe())
+             cfg.model, backend, world, getattr(par, "precision", precision), global_batch, stream.describe())
     logger = TrainLogger(str(out), cfg.max_steps, start_step, rank, cfg.log_every)
     result = PretrainResult(output_dir=out, steps=start_step)
     meta = _meta(cfg, backend)
 
     def save(step: int) -> Path:
-        state = {"step": step, "schedule": schedule.state_dict()}
-        return ckpt.save_checkpoint(out, step, par, state, meta, keep_last=cfg.keep_last)
+        state = {"step": step, "samples": samples, "lanes": lanes,
+                 "global_batch": global_batch, "world_size": world, "schedule": schedule.state_dict(),
+                 "scaler": par.scaler_state(), "queue": queue_state(swav.head, cfg.batch_size), "catalog": catalog}
+        par.sync_bn_stats()
+        return writer.save(step, pieces(), state, meta, native=par.write_native)
 
     it = iter(stream)
     step = start_step
@@ -180,6 +233,7 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
             par.run_on_full_params(swav.normalize_prototypes)
             par.zero_grad()
             step += 1
+            samples += global_batch
             loss_value, peak_mem, skipped = _step_stats(loss.detach(), batch.skipped)
             if not math.isfinite(loss_value):  # the mean over ranks: every rank stops together, no hang
                 raise FloatingPointError(f"loss is {loss_value} at step {step}; lower the lr or use fp32/bf16 "
@@ -188,13 +242,18 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
             schedule.observe(loss_value)
             result.losses.append(loss_value)
             dt = time.perf_counter() - t0
-            logger.step(step, {"loss": loss_value, "lr": lr, "loss_scale": par.loss_scale,
-                               "stepped": bool(stepped), "img_per_s": cfg.batch_size * world / dt,
-                               "peak_mem_mb": max(peak_mem), "peak_mem_mb_per_rank": peak_mem})
+            extra = {"samples": _all_samples(batch.samples)} if cfg.log_samples else {}
+            logger.step(step, {**extra, "loss": loss_value, "lr": lr, "loss_scale": par.loss_scale,
+                               "stepped": bool(stepped), "img_per_s": global_batch / dt,
+                               "peak_mem_mb": max(peak_mem), "peak_mem_mb_per_rank": peak_mem,
+                               "checkpoint_stall_s": writer.last_stall_s})
+            writer.last_stall_s = 0.0
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
                 save(step)
         result.checkpoint = save(step)
+        writer.wait()
     finally:
+        writer.close()
         result.curves = logger.close()
         result.skipped = dict(logger.skipped_total)
         close = getattr(stream, "close", None)
@@ -218,6 +277,15 @@ def _step_stats(loss: torch.Tensor, skipped: dict[str, int]) -> tuple[float, lis
     totals = rows[:, 2:].sum(0)
     return (float(rows[:, 0].mean()), rows[:, 1].tolist(),
             {r: int(n) for r, n in zip(SKIP_REASONS, totals.tolist()) if n})
+
+
+def _all_samples(samples: torch.Tensor | None) -> list[int]:
+    """The sample ids of this step on all ranks, sorted (one all-gather)."""
+    from bigseer.distributed import all_gather_cat
+
+    if samples is None:
+        return []
+    return sorted(all_gather_cat(samples.to(torch.int64)).tolist())
 
 
 def _export(checkpoint: Path | None, out: Path) -> Path | None:

@@ -1,6 +1,9 @@
-"""Downstream evaluation of a bigseer trunk: fine-tune, linear probe, low-shot or kNN.
+"""Downstream evaluation of a bigseer trunk: fine-tune, linear probe, low-shot, kNN or low-shot logistic probes.
 
     accelerate launch examples/finetune.py --weights EXPORT --data DIR --mode linear --layer res4
+    # k-shot (1, 2, 5, 10 per class) and 1% / 10% logistic probes, mean ± std over 5 draws; raw-pixel baseline:
+    python examples/finetune.py --weights EXPORT --data DIR --mode probe --cpu --eval_resize 37 --eval_crop 32
+    python examples/finetune.py --features pixels --data DIR --mode probe --cpu --eval_resize 37 --eval_crop 32
     # two CPU processes (plain `--cpu --num_processes 2` silently runs one):
     accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no \
         --dynamo_backend no examples/finetune.py --cpu --model regnety_tiny --data DIR --mode finetune

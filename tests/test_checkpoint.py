@@ -1,4 +1,6 @@
-"""Atomic checkpoint commit, pointer, pruning, RNG restore, crash safety and clear errors."""
+"""Checkpoints on one process: atomic commit, pointer, pruning, RNG, async saves, crash safety, clear errors.
+
+(Multi-rank resharding through the engine is tests/test_elastic.py; pieces and formats tests/checkpoint/.)"""
 
 from __future__ import annotations
 
@@ -15,61 +17,55 @@ import pytest
 import torch
 
 from bigseer import checkpoint as ckpt
+from bigseer.checkpoint import Piece
 from bigseer.errors import CheckpointError
 
+REPO = Path(__file__).resolve().parents[1]
 
-class FakeBackend:
-    """Stands in for a parallel backend: one tensor of 'model state'."""
 
-    checkpoint_format = "torch"
-
-    def __init__(self, value: torch.Tensor) -> None:
-        self.value = value
-
-    def save(self, directory: str) -> None:
-        torch.save({"v": self.value}, os.path.join(directory, "state.pt"))
-
-    def load(self, directory: str) -> None:
-        self.value = torch.load(os.path.join(directory, "state.pt"), weights_only=True)["v"]
+def _pieces(value: torch.Tensor, other: torch.Tensor | None = None) -> list[Piece]:
+    out = [Piece.whole("model.w", value)]
+    if other is not None:
+        out.append(Piece.whole("optim.w.momentum_buffer", other))
+    return out
 
 
 def test_roundtrip_pointer_rng_and_pruning(tmp_path: Path) -> None:
-    backend = FakeBackend(torch.arange(4.0))
+    value = torch.arange(6.0).reshape(2, 3)
     for step in (10, 20, 30):
-        backend.value = torch.full((4,), float(step))
+        value.fill_(float(step))
         torch.manual_seed(step)
-        path = ckpt.save_checkpoint(tmp_path, step, backend, {"step": step}, {"model_name": "m"}, keep_last=2)
+        path = ckpt.save_checkpoint(tmp_path, step, _pieces(value), {"step": step}, {"model": "m"}, keep_last=2)
         expected_next = torch.rand(3)
     assert path.name == "step_00000030"
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step_00000030"
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == ["step_00000020", "step_00000030"]
     meta = ckpt.read_meta(path)
-    assert meta["format"] == "torch" and meta["step"] == 30 and meta["world_size"] == 1
+    assert meta["format"] == "elastic" and meta["step"] == 30 and meta["world_size"] == 1
 
     torch.manual_seed(12345)  # scramble, then restore from the checkpoint
-    fresh = FakeBackend(torch.zeros(4))
+    fresh = torch.zeros(2, 3)
     found = ckpt.find_latest(tmp_path)
     assert found == path
-    trainer = ckpt.load_checkpoint(found, fresh)
-    assert trainer == {"step": 30}
-    assert torch.equal(fresh.value, torch.full((4,), 30.0))
+    trainer, meta, missing = ckpt.load_checkpoint(found, _pieces(fresh, torch.zeros(2, 3)))
+    assert trainer == {"step": 30} and missing == ["optim.w.momentum_buffer"]  # optional state: kept as is
+    assert torch.equal(fresh, torch.full((2, 3), 30.0))
     # RNG restored to its state at save time: the first draw equals the draw made right after saving
     assert torch.equal(torch.rand(3), expected_next)
 
 
 def test_errors_name_what_is_wrong(tmp_path: Path) -> None:
-    backend = FakeBackend(torch.zeros(1))
-    path = ckpt.save_checkpoint(tmp_path, 1, backend, {"step": 1}, {}, keep_last=1)
+    path = ckpt.save_checkpoint(tmp_path, 1, _pieces(torch.zeros(4)), {"step": 1}, {"model": "m"}, keep_last=1)
     with pytest.raises(CheckpointError, match="no meta.json"):
         ckpt.read_meta(tmp_path)
-    other = FakeBackend(torch.zeros(1))
-    other.checkpoint_format = "dcp"
-    with pytest.raises(CheckpointError, match="format 'torch'"):
-        ckpt.load_checkpoint(path, other)
+    with pytest.raises(CheckpointError, match=r"model.w is \[4\] in the checkpoint but \[5\] in this run"):
+        ckpt.load_checkpoint(path, _pieces(torch.zeros(5)))
+    with pytest.raises(CheckpointError, match="has no tensor 'model.v'"):
+        ckpt.load_checkpoint(path, [Piece.whole("model.v", torch.zeros(4))])
     meta = json.loads((path / "meta.json").read_text())
-    (path / "meta.json").write_text(json.dumps(dict(meta, world_size=4)))
-    with pytest.raises(CheckpointError, match="written by 4 ranks"):
-        ckpt.load_checkpoint(path, backend)
+    (path / "meta.json").write_text(json.dumps(dict(meta, format="dcp")))
+    with pytest.raises(CheckpointError, match="bigseer 0.1 checkpoint.*`bigseer export` still reads"):
+        ckpt.load_checkpoint(path, _pieces(torch.zeros(4)))
     (path / "meta.json").write_text("{truncated")
     with pytest.raises(CheckpointError, match="corrupt"):
         ckpt.read_meta(path)
@@ -79,65 +75,87 @@ def test_errors_name_what_is_wrong(tmp_path: Path) -> None:
 
 
 _SLOW_WRITER = textwrap.dedent("""
-    import os, sys, time, torch
-    from bigseer import checkpoint as ckpt
+    import sys, time, torch
+    import bigseer.checkpoint.store as store
+    from bigseer.checkpoint import CheckpointWriter, Piece
 
-    class Slow:
-        checkpoint_format = "torch"
-        def save(self, d):
-            with open(os.path.join(d, "state.pt"), "wb") as f:
-                for _ in range(400):
-                    f.write(b"x" * 65536)
-                    f.flush()
-                    time.sleep(0.01)
-        def load(self, d):
-            pass
-
-    print("writing", flush=True)
-    ckpt.save_checkpoint(sys.argv[1], 2, Slow(), {"step": 2}, {}, keep_last=2)
-    print("done", flush=True)
+    real = store.write_staged
+    def slow(directory, staged, **kw):  # the state write of step 2 hangs half-way
+        real(directory, staged, **kw)
+        print("writing", flush=True)
+        time.sleep(60)
+    writer = CheckpointWriter(sys.argv[1], keep_last=2, async_save=sys.argv[2] == "async")
+    writer.save(1, [Piece.whole("model.w", torch.ones(3))], {"step": 1}, {"model": "m"})
+    writer.wait()
+    store.write_staged = slow
+    writer.save(2, [Piece.whole("model.w", torch.full((3,), 2.0))], {"step": 2}, {"model": "m"})
+    print("training goes on", flush=True)  # only reached at once when the save runs in the background
+    time.sleep(60)
 """)
 
 
-def test_kill_9_during_write_keeps_previous_checkpoint(tmp_path: Path) -> None:
-    good = FakeBackend(torch.ones(2))
-    ckpt.save_checkpoint(tmp_path, 1, good, {"step": 1}, {}, keep_last=2)
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_kill_9_during_a_save_keeps_the_previous_checkpoint(tmp_path: Path, mode: str) -> None:
     script = tmp_path / "slow.py"
     script.write_text(_SLOW_WRITER)
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path)], stdout=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
-    deadline = time.time() + 30
-    while not list((tmp_path / "checkpoints").glob(".tmp-*/state.pt")) and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # mid-write
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path), mode], stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.stdout is not None
+    lines = {proc.stdout.readline().strip(), proc.stdout.readline().strip()} if mode == "async" else \
+        {proc.stdout.readline().strip()}
+    assert "writing" in lines and (mode == "sync" or "training goes on" in lines)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert list((tmp_path / "checkpoints").glob(".tmp-*")), "the kill should have left an uncommitted temp dir"
     latest = ckpt.find_latest(tmp_path)
     assert latest is not None and latest.name == "step_00000001"
-    restored = FakeBackend(torch.zeros(2))
-    assert ckpt.load_checkpoint(latest, restored) == {"step": 1}
-    assert torch.equal(restored.value, torch.ones(2))
-    # the next save cleans the stale temp dir
-    ckpt.save_checkpoint(tmp_path, 3, good, {"step": 3}, {}, keep_last=2)
-    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+    restored = torch.zeros(3)
+    assert ckpt.load_checkpoint(latest, [Piece.whole("model.w", restored)])[0] == {"step": 1}
+    assert torch.equal(restored, torch.ones(3))
+    ckpt.save_checkpoint(tmp_path, 3, [Piece.whole("model.w", restored)], {"step": 3}, {"model": "m"})
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))  # the next save cleans the stale temp dir
+
+
+def test_async_save_stalls_only_for_the_copy_and_the_next_save_waits(tmp_path: Path, monkeypatch) -> None:
+    import bigseer.checkpoint.store as store
+
+    real = store.write_staged
+    done = []
+
+    def slow(directory, staged, **kw):
+        time.sleep(0.5)
+        real(directory, staged, **kw)
+        done.append(Path(directory).name)
+
+    monkeypatch.setattr(store, "write_staged", slow)
+    w = torch.ones(1000)
+    writer = ckpt.CheckpointWriter(tmp_path, keep_last=3, async_save=True)
+    writer.save(1, [Piece.whole("model.w", w)], {"step": 1}, {"model": "m"})
+    assert writer.last_stall_s < 0.4 and not done  # returned before the write finished
+    w.fill_(7.0)  # training changes the weights while the save runs: the staged copy is what gets written
+    writer.save(2, [Piece.whole("model.w", w)], {"step": 2}, {"model": "m"})
+    assert done == [".tmp-step_00000001"]  # the second save waited for the first
+    writer.close()
+    one, two = torch.zeros(1000), torch.zeros(1000)
+    ckpt.load_checkpoint(tmp_path / "checkpoints" / "step_00000001", [Piece.whole("model.w", one)])
+    ckpt.load_checkpoint(tmp_path / "checkpoints" / "step_00000002", [Piece.whole("model.w", two)])
+    assert torch.equal(one, torch.ones(1000)) and torch.equal(two, torch.full((1000,), 7.0))
+    assert ckpt.find_latest(tmp_path).name == "step_00000002"
 
 
 def test_saving_a_committed_step_again_keeps_the_committed_one(tmp_path: Path) -> None:
-    first = FakeBackend(torch.ones(2))
-    path = ckpt.save_checkpoint(tmp_path, 5, first, {"step": 5}, {}, keep_last=2)
-    again = ckpt.save_checkpoint(tmp_path, 5, FakeBackend(torch.zeros(2)), {"step": 5}, {}, keep_last=2)
+    path = ckpt.save_checkpoint(tmp_path, 5, _pieces(torch.ones(2)), {"step": 5}, {"model": "m"})
+    again = ckpt.save_checkpoint(tmp_path, 5, _pieces(torch.zeros(2)), {"step": 5}, {"model": "m"})
     assert again == path and not list((tmp_path / "checkpoints").glob(".tmp-*"))
-    restored = FakeBackend(torch.full((2,), 7.0))
-    ckpt.load_checkpoint(path, restored)
-    assert torch.equal(restored.value, torch.ones(2))
+    restored = torch.full((2,), 7.0)
+    ckpt.load_checkpoint(path, _pieces(restored))
+    assert torch.equal(restored, torch.ones(2))
 
 
-def test_truncated_backend_state_is_one_clear_error(tmp_path: Path) -> None:
-    path = ckpt.save_checkpoint(tmp_path, 1, FakeBackend(torch.ones(8)), {"step": 1}, {}, keep_last=1)
-    state = path / "state.pt"
-    state.write_bytes(state.read_bytes()[:200])
-    with pytest.raises(CheckpointError, match=r"cannot restore the 'torch' state .*corrupt or incomplete"):
-        ckpt.load_checkpoint(path, FakeBackend(torch.zeros(8)))
-    assert state.exists()  # nothing deleted
+def test_truncated_state_is_one_clear_error(tmp_path: Path) -> None:
+    path = ckpt.save_checkpoint(tmp_path, 1, _pieces(torch.ones(8)), {"step": 1}, {"model": "m"})
+    data = next(p for p in (path / "state").iterdir() if p.suffix == ".distcp")
+    data.write_bytes(data.read_bytes()[:20])
+    with pytest.raises(CheckpointError, match=r"cannot read the checkpoint state .*corrupt or incomplete"):
+        ckpt.load_checkpoint(path, _pieces(torch.zeros(8)))
+    assert data.exists()  # nothing deleted

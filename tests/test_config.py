@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import json
 from pathlib import Path
 
@@ -57,8 +59,16 @@ def test_deepspeed_config_contradictions(tmp_path: Path) -> None:
     path = _ds(tmp_path, train_batch_size=100)
     with pytest.raises(ConfigError, match="train_batch_size=100 contradicts"):
         validate(PretrainConfig(ds_config=path), world_size=2)
-    with pytest.raises(ConfigError, match="DeepSpeed config '/nope.json' does not exist"):
+    with pytest.raises(ConfigError, match="DeepSpeed config '/nope.json' not found: give a JSON file or one of "
+                                          "the shipped names .*zero2_fp32"):
         validate(PretrainConfig(ds_config="/nope.json"), world_size=2)
+    # one reader: a shipped name resolves in validation and in the backend alike, from the package itself
+    from bigseer.parallel.deepspeed import zero_stage
+    from bigseer.parallel.ds_json import CONFIG_DIR, load_ds_config
+
+    resolved = validate(PretrainConfig(ds_config="zero3_fp32"), world_size=2).ds_config
+    assert resolved == os.path.join(CONFIG_DIR, "zero3_fp32.json") and "bigseer" in Path(CONFIG_DIR).parts
+    assert zero_stage(load_ds_config("zero3_fp32")) == zero_stage(load_ds_config(resolved)) == 3
     path = _ds(tmp_path, fp16={"enabled": True})
     with pytest.raises(ConfigError, match="trains in fp16 but --precision is bf16"):
         validate(PretrainConfig(ds_config=path, precision="bf16"), world_size=2)

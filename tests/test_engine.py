@@ -51,10 +51,13 @@ def test_run_writes_checkpoint_curves_and_loadable_export(reference_run: tuple[P
     assert list((out / "tensorboard").glob("events.*"))
     from bigseer import load_pretrained
 
+    from bigseer.export.readers import open_training_checkpoint
+
     trunk = load_pretrained(out / "export" / "model.safetensors")
-    state = torch.load(out / "checkpoints" / "step_00000010" / "state.pt", weights_only=True)["model"]
+    source, _, meta = open_training_checkpoint(out / "checkpoints" / "step_00000010")
+    assert meta["format"] == "elastic"
     for k, v in trunk.state_dict().items():
-        assert torch.equal(v, state[f"trunk.{k}"]), k
+        assert torch.equal(v, source.get(f"trunk.{k}")), k
 
 
 def test_resume_continues_bitwise(reference_run: tuple[Path, list[float]], tmp_path: Path) -> None:
@@ -71,7 +74,7 @@ def test_resume_refuses_other_model(reference_run: tuple[Path, list[float]], tmp
 
     shutil.copytree(reference_run[0] / "checkpoints", tmp_path / "checkpoints")
     cfg = dict(TINY, model="regnety_tiny")
-    with pytest.raises(CheckpointError, match="regnety_test run; this run builds regnety_tiny"):
+    with pytest.raises(CheckpointError, match="it trains model='regnety_test', this run asks model='regnety_tiny'"):
         pretrain(PretrainConfig(**cfg, output_dir=str(tmp_path), resume=True, export=False))
 
 

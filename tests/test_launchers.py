@@ -32,11 +32,11 @@ def test_deepspeed_launcher_zero2_fp16_falls_back_on_cpu(tmp_path: Path) -> None
     log = done.stderr + done.stdout
     assert "backend deepspeed, 2 rank(s), precision bf16, global batch 32" in log  # micro batch 16 from the JSON
     assert "RuntimeWarning: bigseer: DeepSpeed fp16 is not supported on this cpu device" in log
-    assert (tmp_path / "checkpoints" / "step_00000003" / "deepspeed").is_dir()
+    assert (tmp_path / "checkpoints" / "step_00000003" / "state" / ".metadata").is_file()  # the elastic format
 
 
 def test_torchrun_fsdp(tmp_path: Path) -> None:
     done = _run([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "examples/pretrain.py",
                  "--backend", "fsdp", "--batch_size", "4", "--syncbn_group_size", "-1"], tmp_path)
     assert "backend fsdp, 2 rank(s), precision fp32, global batch 8" in done.stderr
-    assert (tmp_path / "checkpoints" / "step_00000003" / "dcp").is_dir()
+    assert (tmp_path / "checkpoints" / "step_00000003" / "state" / ".metadata").is_file()

@@ -35,7 +35,8 @@ _HELP = {
     "ds_config": "DeepSpeed JSON config (implies --backend deepspeed)",
     "syncbn_group_size": "0 = off, -1 = whole world, N = groups of N ranks",
     "checkpointing": "activation checkpointing: none | all | per-stage counts like 0,2,8,1",
-    "resume": "resume from OUTPUT_DIR/checkpoints/latest",
+    "resume": "continue from OUTPUT_DIR/checkpoints/latest: --resume (or latest) fails without a checkpoint, "
+              "--resume auto starts fresh without one (for schedulers that restart jobs)",
 }
 
 
@@ -58,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = PretrainConfig()
     for f in dataclasses.fields(PretrainConfig):
         if f.name == "extra":
+            continue
+        if f.name == "resume":
+            parser.add_argument("--resume", nargs="?", const="latest", default=None, choices=("no", "latest", "auto"),
+                                help=_HELP["resume"])
             continue
         default = getattr(defaults, f.name)
         flag = f"--{f.name}"

@@ -2,24 +2,27 @@
 
 A crop spec such as ``"2x224+4x96"`` becomes a list of :class:`CropGroup`. For every image the
 crop *geometry* (RandomResizedCrop boxes and flips) is drawn on the image's full, EXIF-oriented
-size before anything is decoded, so the decoder may decode at a reduced size (JPEG ``draft``)
+size before anything is decoded, so the decoder may decode at a reduced size (JPEG DCT scaling)
 without changing the crop statistics; :func:`needed_scale` says how small it may decode.
 
 Augmentations follow SwAV's ``main_swav.py`` order and defaults: RandomResizedCrop (bilinear,
 antialiased), horizontal flip, colour distortion (ColorJitter 0.8s/0.8s/0.8s/0.2s with p 0.8 in a
 random order, grayscale p 0.2), PIL Gaussian blur with p 0.5 and radius in [0.1, 2.0], ImageNet
 normalisation. Randomness comes only from the ``numpy.random.Generator`` passed in.
+:func:`render_crop` is the CPU path (uint8 throughout); :mod:`bigseer.data.tensor_augment` is the
+same per-crop pipeline as torch ops for any device.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance, ImageFilter
+from PIL import Image, ImageFilter, ImageStat
 
 from bigseer.errors import ConfigError
 
@@ -180,46 +183,129 @@ def needed_scale(plans: list[CropPlan]) -> float:
     return min(1.0, need)
 
 
-def _adjust_hue(img: Image.Image, factor: float) -> Image.Image:
-    if abs(factor) < 1e-9:
-        return img
-    h, s, v = img.convert("HSV").split()
-    shifted = (np.asarray(h, dtype=np.uint8) + np.uint8(int(round(factor * 255)) % 256))
-    return Image.merge("HSV", (Image.fromarray(shifted.astype(np.uint8), "L"), s, v)).convert("RGB")
+def crop_box(width: int, height: int, scale_xy: tuple[float, float],
+             plan: CropPlan) -> tuple[float, float, float, float]:
+    """The plan's box in the pixels of an image decoded at ``scale_xy`` (``width`` x ``height``)."""
+    sx, sy = scale_xy
+    x0, y0, x1, y1 = plan.box
+    return (x0 * sx, y0 * sy, min(x1 * sx, width), min(y1 * sy, height))
+
+
+_SCRATCH = threading.local()  # per-thread float32 work arrays by crop shape (no page faults per call)
+
+
+def _scratch(height: int, width: int) -> tuple[np.ndarray, ...]:
+    cache = getattr(_SCRATCH, "arrays", None)
+    if cache is None:
+        cache = _SCRATCH.arrays = {}
+    arrays = cache.get((height, width))
+    if arrays is None:
+        if len(cache) > 8:
+            cache.clear()
+        planes = np.empty((4, height, width), np.float32)
+        arrays = cache[(height, width)] = (np.empty((3, height, width), np.float32),
+                                           np.empty((3, height, width), np.float32), *planes)
+    return arrays
+
+
+def adjust_hue_uint8(rgb: np.ndarray, factor: float) -> np.ndarray:
+    """Rotate the HSV hue of uint8 ``HxWx3`` by ``factor`` turns (torchvision's ``adjust_hue``).
+
+    Exact HSV rotation in float32, rounded once (<= 1 LSB from a float64 colorsys round trip);
+    V and S are kept. PIL's uint8 HSV round trip (the previous path) is off the exact rotation by
+    up to 17 LSB: H truncated to 1/255 turn (6), shift rounded to 1/255 turn (3), wrap mod 256
+    instead of 255 (6), S truncated (1), rounding (1). Channel ``c`` of the result is
+    ``V - C * clip(min(k, 4 - k), 0, 1)`` with ``k = (n_c + H') mod 6``, ``n = (5, 3, 1)``.
+    """
+    height, width = rgb.shape[:2]
+    x, k, maxc, c, h, tmp = _scratch(height, width)
+    np.copyto(x, rgb.transpose(2, 0, 1))
+    r, g, b = x
+    np.maximum(r, g, out=maxc)
+    np.maximum(maxc, b, out=maxc)
+    np.minimum(r, g, out=c)
+    np.minimum(c, b, out=c)
+    np.subtract(maxc, c, out=c)                      # chroma C = V - min
+    np.maximum(c, 1.0, out=tmp)                      # C is 0 or >= 1; C == 0 ignores the hue
+    inv = np.reciprocal(tmp, out=tmp)
+    np.subtract(r, g, out=h)                         # hue in sector units, blue is max
+    h *= inv
+    h += 4.0
+    for top, (p, q, offset) in ((g, (b, r, 2.0)), (r, (g, b, 0.0))):  # green, then red take precedence
+        hh = np.subtract(p, q, out=k[0])
+        hh *= inv
+        hh += offset
+        np.copyto(h, hh, where=maxc == top)
+    h += np.float32(6.0 * (factor % 1.0) + 6.0)     # rotate, keep positive
+    np.add(h, np.array([5.0, 3.0, 1.0], np.float32)[:, None, None], out=k)
+    t = x                                            # x is no longer needed
+    np.multiply(k, np.float32(1.0 / 6.0), out=t)
+    np.floor(t, out=t)
+    t *= 6.0
+    k -= t                                           # k mod 6
+    np.subtract(4.0, k, out=t)
+    np.minimum(k, t, out=k)
+    np.clip(k, 0.0, 1.0, out=k)
+    k *= c
+    np.subtract(maxc, k, out=k)
+    k += 0.5
+    out = np.empty((height, width, 3), np.uint8)
+    np.copyto(out.transpose(2, 0, 1), k, casting="unsafe")  # truncation of v + 0.5 = rounding
+    return out
+
+
+def _blend(degenerate: Image.Image, img: Image.Image, factor: float) -> Image.Image:
+    return Image.blend(degenerate, img, factor)  # PIL's ImageEnhance: truncates to uint8, clips
+
+
+def _jitter(out: Image.Image, jitter: tuple) -> Image.Image:
+    """ColorJitter on a uint8 RGB image in the plan's order: brightness, contrast and saturation
+    as PIL's ImageEnhance (same blends, same degenerate images), hue by :func:`adjust_hue_uint8`."""
+    order, bright, contrast, sat, hue = jitter
+    for op in order:
+        if op == 0:
+            out = _blend(Image.new("RGB", out.size, 0), out, bright)
+        elif op == 1:
+            mean = int(ImageStat.Stat(out.convert("L")).mean[0] + 0.5)
+            out = _blend(Image.new("RGB", out.size, (mean, mean, mean)), out, contrast)
+        elif op == 2:
+            out = _blend(out.convert("L").convert("RGB"), out, sat)
+        elif abs(hue) >= 1e-9:
+            out = Image.fromarray(adjust_hue_uint8(np.asarray(out), hue), "RGB")
+    return out
 
 
 def render_crop(img: Image.Image, scale_xy: tuple[float, float], plan: CropPlan) -> np.ndarray:
     """Cut, resize and colour-augment one crop from ``img`` (RGB, possibly reduced by
-    ``scale_xy`` relative to the full size the plan was drawn on). Returns uint8 HxWx3."""
-    sx, sy = scale_xy
-    x0, y0, x1, y1 = plan.box
-    box = (x0 * sx, y0 * sy, min(x1 * sx, img.width), min(y1 * sy, img.height))
+    ``scale_xy`` relative to the full size the plan was drawn on). Returns uint8 HxWx3.
+
+    All on uint8: one antialiased bilinear ``resize(box=...)`` of the crop box (PIL), flip,
+    :func:`_jitter`, grayscale (ITU-R 601 luma, kept single-channel through the blur), PIL's
+    Gaussian blur (extended box blur, sigma = radius). Against the previous all-PIL path: the same
+    PIL ops (so the same pixels) except hue, which is the exact rotation (see adjust_hue_uint8;
+    later blends can scale its difference, crops measure mean |diff| <= 2 LSB in the tests).
+    """
+    box = crop_box(img.width, img.height, scale_xy, plan)
     out = img.resize((plan.size, plan.size), Image.Resampling.BILINEAR, box=box)
     if plan.flip:
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     jitter = plan.extra.get("jitter")
     if jitter is not None:
-        order, bright, contrast, sat, hue = jitter
-        for op in order:
-            if op == 0:
-                out = ImageEnhance.Brightness(out).enhance(bright)
-            elif op == 1:
-                out = ImageEnhance.Contrast(out).enhance(contrast)
-            elif op == 2:
-                out = ImageEnhance.Color(out).enhance(sat)
-            else:
-                out = _adjust_hue(out, hue)
+        out = _jitter(out, jitter)
     if plan.extra.get("gray"):
-        out = out.convert("L").convert("RGB")
+        out = out.convert("L")
     radius = plan.extra.get("blur")
     if radius is not None:
         out = out.filter(ImageFilter.GaussianBlur(radius=radius))
-    return np.asarray(out, dtype=np.uint8)
+    arr = np.asarray(out, dtype=np.uint8)
+    return np.repeat(arr[:, :, None], 3, axis=2) if arr.ndim == 2 else arr
 
 
 def normalize_uint8(batch: torch.Tensor, aug: AugmentConfig) -> torch.Tensor:
-    """``[..., H, W, 3]`` uint8 -> ``[..., 3, H, W]`` float32 normalised with ``aug.mean/std``."""
-    x = batch.movedim(-1, -3).to(torch.float32)
+    """``[..., H, W, 3]`` uint8 -> ``[..., 3, H, W]`` float32 normalised with ``aug.mean/std``,
+    on ``batch``'s device; one converting copy, then in-place ``(x - 255 mean) / (255 std)``."""
+    x = torch.empty(batch.movedim(-1, -3).shape, dtype=torch.float32, device=batch.device)
+    x.copy_(batch.movedim(-1, -3))
     mean = torch.tensor(aug.mean, dtype=torch.float32).view(3, 1, 1) * 255.0
     std = torch.tensor(aug.std, dtype=torch.float32).view(3, 1, 1) * 255.0
-    return ((x - mean) / std).contiguous()
+    return x.sub_(mean.to(batch.device)).div_(std.to(batch.device))

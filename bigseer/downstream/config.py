@@ -2,7 +2,9 @@
 
 Modes: ``finetune`` (whole network), ``linear`` (frozen trunk, linear classifier on pooled res4/res5),
 ``lowshot`` (a class-balanced ``fraction`` of the training images and labels; fine-tunes by default,
-``--lowshot_protocol linear`` probes instead) and ``knn`` (weighted kNN on frozen features, no training).
+``--lowshot_protocol linear`` probes instead), ``knn`` (weighted kNN on frozen features, no training) and
+``probe`` (logistic-regression probes on frozen, standardised features with k labeled images per class
+and with a fraction of the labels, mean and std over several draws; ``bigseer.downstream.probe``).
 Every hyperparameter left as ``None`` takes its mode default (``MODE_DEFAULTS``).
 """
 
@@ -15,7 +17,8 @@ from typing import Any
 
 from bigseer.errors import ConfigError
 
-MODES = ("finetune", "linear", "lowshot", "knn")
+MODES = ("finetune", "linear", "lowshot", "knn", "probe")
+FEATURES = ("trunk", "pixels")
 LAYERS = ("res4", "res5")
 
 # SEER paper fine-tuning: SGD momentum 0.9, batch 256, lr 0.0125, weight decay 1e-4, 35 epochs with
@@ -31,7 +34,9 @@ MODE_DEFAULTS: dict[str, dict[str, Any]] = {
     "lowshot": _FINETUNE,
     "linear": _LINEAR,
     "knn": dict(_LINEAR, epochs=0),
+    "probe": dict(_LINEAR, epochs=0),  # no SGD: batch_size is the feature-extraction batch
 }
+NO_SGD_MODES = ("knn", "probe")
 # Fields that may differ between a run and its resumption.
 RESUMABLE_CHANGES = {"epochs", "resume", "output_dir", "num_workers", "progress", "cpu", "weights", "data"}
 
@@ -61,6 +66,12 @@ class EvalConfig:
     lowshot_protocol: str = "finetune"  # finetune | linear
     knn_k: int = 20
     knn_temperature: float = 0.07
+    # probe: k labeled images per class and fractions of the labels, several draws, logistic regression
+    shots: list[int] = field(default_factory=lambda: [1, 2, 5, 10])
+    fractions: list[float] = field(default_factory=lambda: [0.01, 0.1])
+    draws: int = 5
+    probe_c: float = 1.0  # inverse L2 strength of scikit-learn's LogisticRegression
+    features: str = "trunk"  # trunk | pixels (the raw-pixel baseline, no weights needed)
     # augmentation / evaluation sizes
     train_crop: int = 224
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
@@ -96,11 +107,11 @@ class EvalConfig:
             raise bad("mode", f"one of {MODES}")
         if not self.data:
             raise ConfigError("data is required: a directory with train/<class>/ and val/<class>/ image folders")
-        if self.weights is None and self.model is None:
+        if self.weights is None and self.model is None and not (self.mode == "probe" and self.features == "pixels"):
             raise ConfigError("give --weights (a bigseer export or checkpoint) or --model PRESET (random init)")
         if self.resume and not self.output_dir:
             raise ConfigError("resume needs output_dir (the directory holding checkpoint.pt)")
-        if self.mode != "knn" and (self.epochs is None or self.epochs < 1):
+        if self.mode not in NO_SGD_MODES and (self.epochs is None or self.epochs < 1):
             raise bad("epochs", "an integer >= 1")
         if self.batch_size is None or self.batch_size < 1:
             raise bad("batch_size", "an integer >= 1")
@@ -119,8 +130,10 @@ class EvalConfig:
             raise ConfigError("lowshot needs --fraction (e.g. 0.01 or 0.1)")
         if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
             raise bad("fraction", "in (0, 1]")
-        if self.fraction is not None and self.mode in ("finetune", "linear"):
-            raise ConfigError(f"fraction is only used by lowshot and knn, not {self.mode}")
+        if self.fraction is not None and self.mode in ("finetune", "linear", "probe"):
+            raise ConfigError(f"fraction is only used by lowshot and knn, not {self.mode}"
+                              + (" (probe takes --fractions)" if self.mode == "probe" else ""))
+        self._validate_probe()
         if self.lowshot_protocol not in ("finetune", "linear"):
             raise bad("lowshot_protocol", "finetune or linear")
         if self.knn_k < 1:
@@ -142,6 +155,26 @@ class EvalConfig:
             raise bad("color_jitter", ">= 0")
         if self.num_workers < 0:
             raise bad("num_workers", ">= 0")
+
+    def _validate_probe(self) -> None:
+        """Raise ConfigError for bad probe settings (checked in every mode: they have defaults)."""
+        def bad(name: str, allowed: str) -> ConfigError:
+            return ConfigError(f"{name}={getattr(self, name)!r} is invalid: must be {allowed}")
+
+        if self.features not in FEATURES:
+            raise bad("features", f"one of {FEATURES}")
+        if not isinstance(self.shots, (list, tuple)) or \
+                any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.shots):
+            raise bad("shots", "a list of integers >= 1 (labeled images per class)")
+        if not isinstance(self.fractions, (list, tuple)) or \
+                any(isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f <= 1 for f in self.fractions):
+            raise bad("fractions", "a list of numbers in (0, 1]")
+        if self.mode == "probe" and not (self.shots or self.fractions):
+            raise ConfigError("probe needs at least one labeled budget: --shots or --fractions")
+        if isinstance(self.draws, bool) or not isinstance(self.draws, int) or self.draws < 1:
+            raise bad("draws", "an integer >= 1")
+        if not isinstance(self.probe_c, (int, float)) or not self.probe_c > 0 or self.probe_c == float("inf"):
+            raise bad("probe_c", "a finite number > 0")
 
     @property
     def trains_trunk(self) -> bool:
@@ -188,6 +221,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     f.add_argument("--lowshot_protocol", choices=("finetune", "linear"), default="finetune")
     f.add_argument("--knn_k", type=int, default=20)
     f.add_argument("--knn_temperature", type=float, default=0.07)
+    f.add_argument("--shots", type=int, nargs="*", default=[1, 2, 5, 10],
+                   help="probe: labeled images per class, one budget each")
+    f.add_argument("--fractions", type=float, nargs="*", default=[0.01, 0.1],
+                   help="probe: class-balanced fractions of the training labels, one budget each")
+    f.add_argument("--draws", type=int, default=5, help="probe: subsets drawn per budget (mean and std)")
+    f.add_argument("--probe_c", type=float, default=1.0, help="probe: LogisticRegression C (inverse L2)")
+    f.add_argument("--features", choices=FEATURES, default="trunk",
+                   help="probe: trunk features, or raw pixels (the baseline; no weights needed)")
     a = p.add_argument_group("augmentation and evaluation sizes")
     a.add_argument("--train_crop", type=int, default=224)
     a.add_argument("--crop_scale", type=float, nargs=2, default=[0.08, 1.0], metavar=("LO", "HI"))

@@ -1,10 +1,11 @@
-"""The downstream run: fine-tuning, linear evaluation, low-shot and kNN under ``accelerate``.
+"""The downstream run: fine-tuning, linear evaluation, low-shot, kNN and logistic probes under ``accelerate``.
 
 ``run_downstream(cfg)`` validates everything (flags, data folders, low-shot subset, weights, resume
 checkpoint) before the first collective, then trains with SGD + step LR, evaluates top-1 / top-5 on the
 centre-cropped validation set after every epoch, writes an atomic checkpoint each epoch and returns the
 results dict (also written as ``results.json``). Data order and augmentation are seeded per (seed, epoch,
-rank), so a resumed run reproduces the uninterrupted one.
+rank), so a resumed run reproduces the uninterrupted one. ``mode="probe"`` trains nothing: it extracts
+frozen features once and fits low-shot logistic probes (:func:`bigseer.downstream.probe.run_probe`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -67,6 +69,8 @@ def _log(msg: str, main: bool) -> None:
 def run_downstream(cfg: EvalConfig) -> dict[str, Any]:
     """Run one downstream evaluation; returns (and writes to ``output_dir/results.json``) the results."""
     cfg = cfg.resolved()
+    if cfg.mode == "probe":
+        return _run_probe(cfg)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if cfg.batch_size % world:
         raise ConfigError(f"batch_size={cfg.batch_size} (global) must be divisible by the {world} processes")
@@ -105,6 +109,26 @@ def run_downstream(cfg: EvalConfig) -> dict[str, Any]:
         results.update(_run_knn(cfg, trunk, train, val_set, per_rank_batch, main))
     else:
         results.update(_run_training(cfg, accelerator, trunk, train, val_set, subset, state, per_rank_batch))
+    if cfg.output_dir and main:
+        save_results(cfg.output_dir, results)
+    accelerator.wait_for_everyone()
+    return results
+
+
+def _run_probe(cfg: EvalConfig) -> dict[str, Any]:
+    """``--mode probe``: logistic probes on frozen features (bigseer.downstream.probe), under accelerate."""
+    from accelerate import Accelerator
+
+    from bigseer.downstream.probe import run_probe
+
+    accelerator = Accelerator(cpu=cfg.cpu)
+    main = accelerator.is_main_process
+    warning = single_process_cpu_launch(accelerator.num_processes)
+    if warning:
+        _log(warning, main)
+    results = run_probe(replace(cfg, progress=cfg.progress and main))
+    results.update({"mode": "probe", "model": cfg.model, "weights": cfg.weights, "layer": cfg.layer,
+                    "world_size": accelerator.num_processes, "config": cfg.to_dict()})
     if cfg.output_dir and main:
         save_results(cfg.output_dir, results)
     accelerator.wait_for_everyone()

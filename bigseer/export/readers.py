@@ -1,4 +1,7 @@
-"""Stream tensors out of bigseer training checkpoints ("torch" / "dcp" / "deepspeed") and weight files.
+"""Stream tensors out of bigseer training checkpoints and weight files.
+
+Training checkpoints are format "elastic" (:mod:`bigseer.checkpoint.elastic`, read here through
+``DcpSource``); "torch" / "dcp" / "deepspeed" are the per-backend formats of bigseer 0.1, still exported.
 
 Every reader lists tensor names, shapes and dtypes without loading data (``infos()``) and returns one
 tensor at a time (``get(name)``), so an export never holds the whole model: "torch" files are opened
@@ -11,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +24,6 @@ import torch
 from bigseer.errors import CheckpointError, ConfigError
 from bigseer.models.regnet import RegNetParams, resolve_params
 
-FORMATS = ("torch", "dcp", "deepspeed")
 
 
 @dataclass(frozen=True)
@@ -233,34 +234,17 @@ class DeepSpeedSource(TensorSource):
 
 
 def resolve_step_dir(path: str | Path) -> Path | None:
-    """The committed step directory for ``path`` (a step dir, a ``checkpoints`` dir with ``latest``,
-    or a run output dir), or None when ``path`` is not a training checkpoint."""
-    p = Path(path)
-    if (p / "meta.json").is_file():
-        return p
-    for base in (p, p / "checkpoints"):
-        latest = base / "latest"
-        if latest.is_file():
-            name = latest.read_text().strip()
-            step = Path(name) if Path(name).is_absolute() else base / name
-            if not (step / "meta.json").is_file():
-                raise CheckpointError(f"{latest} names {name!r}, which has no meta.json")
-            return step
-    return None
+    """The committed step directory for ``path`` (see :func:`bigseer.checkpoint.find_latest`)."""
+    from bigseer.checkpoint.directory import find_latest
+
+    return find_latest(path)
 
 
 def read_meta(step_dir: Path) -> dict[str, Any]:
-    """meta.json of a step directory, validated (format and model params)."""
-    try:
-        meta = json.loads((step_dir / "meta.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{step_dir / 'meta.json'}: unreadable ({exc})") from exc
-    fmt = meta.get("format") if isinstance(meta, dict) else None
-    if fmt not in FORMATS:
-        raise CheckpointError(f"{step_dir / 'meta.json'}: format {fmt!r} is not one of {', '.join(FORMATS)}")
-    if "model" not in meta:
-        raise CheckpointError(f"{step_dir / 'meta.json'}: no 'model' (RegNet params)")
-    return meta
+    """meta.json of a step directory, validated (:func:`bigseer.checkpoint.read_meta`)."""
+    from bigseer.checkpoint.directory import read_meta as _read
+
+    return _read(step_dir)
 
 
 def meta_params(meta: dict[str, Any], where: Path) -> RegNetParams:
@@ -280,13 +264,19 @@ def open_training_checkpoint(path: str | Path) -> tuple[TensorSource, RegNetPara
     meta = read_meta(step)
     params = meta_params(meta, step)
     fmt = meta["format"]
-    if fmt == "torch":
+    if fmt == "elastic":  # every backend since bigseer 0.2: logical tensors in DCP (bigseer.checkpoint.elastic)
+        from bigseer.checkpoint.elastic import STATE_DIR
+
+        if not (step / STATE_DIR).is_dir():
+            raise CheckpointError(f"{step}: format 'elastic' but no {STATE_DIR}/ directory")
+        source: TensorSource = DcpSource(step / STATE_DIR)
+    elif fmt == "torch":
         def select(loaded: Any) -> dict[str, torch.Tensor]:
             if not isinstance(loaded, dict) or not isinstance(loaded.get("model"), dict):
                 raise CheckpointError(f"{step / 'state.pt'}: no 'model' state dict")
             return loaded["model"]
 
-        source: TensorSource = TorchFileSource(step / "state.pt", select)
+        source = TorchFileSource(step / "state.pt", select)
     elif fmt == "dcp":
         if not (step / "dcp").is_dir():
             raise CheckpointError(f"{step}: format 'dcp' but no dcp/ directory")

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from bigseer.errors import ConfigError
+from bigseer.models.init import RowsOf, default_seed, fill_, init_param_, normal, whole
 
 STAGE_NAMES = ("res2", "res3", "res4", "res5")
 
@@ -254,23 +255,28 @@ class RegNet(nn.Module):
         return x.mean((2, 3))
 
     @torch.no_grad()
-    def init_weights(self, device: Any = None) -> "RegNet":
+    def init_weights(self, device: Any = None, *, seed: int | None = None, rows_of: RowsOf = whole) -> "RegNet":
         """Materialise (if on meta) and initialise: kaiming-normal fan-out convs, BN (1, 0), fresh running
-        stats, and zero gamma on each block's last BN when ``zero_init_last``. Returns self."""
+        stats, zero gamma on each block's last BN when ``zero_init_last``. Values are a function of
+        ``(seed, parameter name, row)`` (:mod:`bigseer.models.init`): ``rows_of`` lets a caller holding only
+        some rows of each tensor (an FSDP shard) fill exactly those. ``seed`` defaults to a draw from torch's
+        default generator. Returns self."""
         if device is not None or any(t.is_meta for t in self.parameters()):
-            target = device if device is not None else "cpu"
-            self.to_empty(device=target)
-        for m in self.modules():
+            self.to_empty(device=device if device is not None else "cpu")
+        seed = default_seed() if seed is None else seed
+        last = {id(b.conv3.bn.weight) for b in self.blocks()} if self.zero_init_last else set()
+        for name, m in self.named_modules():
             if isinstance(m, nn.Conv2d):
                 fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-                m.weight.normal_(0.0, math.sqrt(2.0 / fan_out))
+                init_param_(m.weight, f"{name}.weight", seed, normal(math.sqrt(2.0 / fan_out)), rows_of)
                 if m.bias is not None:
-                    m.bias.zero_()
-            elif isinstance(m, nn.BatchNorm2d):
-                m.reset_parameters()
-        if self.zero_init_last:
-            for b in self.blocks():
-                b.conv3.bn.weight.zero_()
+                    fill_(m.bias, 0.0, rows_of)
+            elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+                fill_(m.weight, 0.0 if id(m.weight) in last else 1.0, rows_of)
+                fill_(m.bias, 0.0, rows_of)
+                for buf, value in ((m.running_mean, 0.0), (m.running_var, 1.0), (m.num_batches_tracked, 0)):
+                    if buf is not None:
+                        buf.fill_(value)
         return self
 
 

@@ -12,7 +12,7 @@ Entry point::
     p.zero_grad(); p.set_lr(lr); p.loss_scale          # float, or None without loss scaling
     p.run_on_full_params(lambda m: m.normalize_prototypes())   # every rank, every backend
     sd = p.full_state_dict()       # collective; rank 0 gets the full state, model's own keys, CPU
-    p.save(step_dir); p.load(step_dir)   # backend-native, format p.checkpoint_format
+    p.state_pieces(); p.after_load()     # checkpoint pieces of logical tensors (bigseer.checkpoint)
     p.unwrapped                    # the model object passed in (on_after_backward, ...)
 
 ``setup(model, *, backend, precision="fp32", syncbn_group_size=None, checkpointing="none",
@@ -31,17 +31,20 @@ device_type=None) -> Parallel``
   ``{"params": 1-d tensors, "lars_exclude": True, "weight_decay": 0.0}``. Under DeepSpeed ZeRO >= 1 a
   factory that returns ``LARS`` is called again with ``zero_param_groups`` of those (one tensor per
   group, ``zero_partitioned=True``), which makes LARS exact there; it must keep one tensor per group.
-- Checkpoint formats (``p.save(dir)`` / ``p.load(dir)``, collective, ``dir`` = the step directory):
-  ddp "torch" (``dir/state.pt`` = {model, optimizer, scaler}, rank 0 writes), fsdp "dcp" (``dir/dcp`` =
-  DCP of {"model", "optim"}, ``dir/scaler.pt`` if fp16), deepspeed "deepspeed"
-  (``engine.save_checkpoint(dir/deepspeed, tag="state")``). Models with ``_bigseer_sharded`` params
-  (ddp/fsdp only) add ``dir/sharded_rank{r:05d}.pt`` per rank (params + their optimizer state).
-- ``p.sync_bn_stats()`` averages BN running stats across ranks (no-op with SyncBN); ``save`` and
-  ``full_state_dict`` call it.
+- Checkpoints: ``p.state_pieces()`` lists where this rank's share of every logical tensor lives (model
+  parameters / buffers ``model.<fqn>``, optimizer state ``optim.<fqn>.<key>``): DDP tensors whole (one owner
+  rank writes each), FSDP2 row blocks, ZeRO-1/2/3 fp32-master slices, sharded prototypes row blocks.
+  ``bigseer.checkpoint`` writes and reads them in one world-size- and backend-free format;
+  ``p.after_load()`` refreshes backend copies (DeepSpeed's bit16 / gathered parameters);
+  ``p.scaler_state()`` / ``p.load_scaler_state()`` move the loss scale between backends;
+  ``p.write_native(dir)`` adds DeepSpeed's own checkpoint when ``native_checkpoint=True``.
+- ``p.sync_bn_stats()`` averages BN running stats across ranks (no-op with SyncBN); the engine calls it
+  before every checkpoint; ``full_state_dict`` calls it.
 - One process without a process group: ddp/fsdp run the plain model (autocast for bf16/fp16).
 
-fsdp also accepts a model built on ``device="meta"`` and materialises only each rank's shards
-(``bigseer.parallel.meta_init``); other backends refuse a meta model.
+fsdp also accepts a model built on ``device="meta"`` and materialises only each rank's shards with the
+model's own ``init_weights(seed=init_seed, rows_of=...)`` (``bigseer.parallel.meta_init``): the same values
+as an eager build with that seed. Other backends refuse a meta model.
 
 All validation happens before any collective or wrapping, and fails with one ``ConfigError`` line.
 """
@@ -62,9 +65,23 @@ from bigseer.parallel.syncbn import GroupSyncBatchNorm, convert_syncbn, make_syn
 
 BACKENDS = ("ddp", "fsdp", "deepspeed", "fairscale")
 
-__all__ = ["BACKENDS", "PRECISIONS", "Parallel", "setup", "GroupSyncBatchNorm", "convert_syncbn",
+__all__ = ["BACKENDS", "PRECISIONS", "Parallel", "setup", "check_available", "GroupSyncBatchNorm", "convert_syncbn",
            "make_syncbn_groups", "average_bn_stats", "apply_checkpointing", "param_groups_for",
            "zero_param_groups"]
+
+
+def check_available(backend: str, device_type: str) -> None:
+    """One ConfigError line when ``backend`` cannot run here (before any work): fairscale is CUDA-only,
+    deepspeed needs its package."""
+    if backend == "fairscale":
+        from bigseer.parallel.fairscale import check_fairscale
+
+        check_fairscale(device_type)
+    elif backend == "deepspeed":
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ConfigError("backend deepspeed needs the deepspeed package (pip install deepspeed)")
 
 
 def param_groups_for(model: nn.Module, exclude_bn_bias: bool = False) -> list[dict[str, Any]]:
@@ -91,10 +108,13 @@ def setup(model: nn.Module, *, backend: str, precision: str = "fp32", syncbn_gro
           checkpointing: Any = "none", optimizer_factory: Callable[[Any], Any],
           ds_config: dict[str, Any] | str | None = None, exclude_bn_bias: bool = False,
           grad_clip: float | None = None, large_unit_threshold: int = int(1e8),
-          device_type: str | None = None) -> Parallel:
+          device_type: str | None = None, native_checkpoint: bool = False,
+          init_seed: int | None = None) -> Parallel:
     """Wrap ``model`` for data-parallel training with ``backend`` and build its optimizer (see module doc)."""
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r} is invalid: choose one of {', '.join(BACKENDS)}")
+    if native_checkpoint and backend != "deepspeed":
+        raise ConfigError(f"native_checkpoint writes DeepSpeed's own format: backend {backend} has none")
     check_precision(precision)
     from bigseer.parallel.meta_init import is_meta_model
 
@@ -151,11 +171,13 @@ def setup(model: nn.Module, *, backend: str, precision: str = "fp32", syncbn_gro
     if backend == "fsdp":
         from bigseer.parallel.fsdp import setup_fsdp
 
-        return setup_fsdp(model, large_unit_threshold=large_unit_threshold, **common)
+        return setup_fsdp(model, large_unit_threshold=large_unit_threshold, init_seed=init_seed, **common)
     if backend == "deepspeed":
         from bigseer.parallel.deepspeed import setup_deepspeed
 
-        return setup_deepspeed(model, ds_config=ds_config, **common)
+        par = setup_deepspeed(model, ds_config=ds_config, **common)
+        par.native_checkpoint = native_checkpoint
+        return par
     from bigseer.parallel.fairscale import setup_fairscale
 
     return setup_fairscale(model, **common)

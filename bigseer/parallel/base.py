@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import inspect
-import os
 from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
-from bigseer.distributed import all_gather_cat, get_rank, get_world_size
-from bigseer.errors import CheckpointError, ConfigError
+from bigseer.checkpoint.pieces import Piece
+from bigseer.distributed import all_gather_cat
+from bigseer.errors import ConfigError
 from bigseer.parallel.bn_stats import average_bn_stats
 from bigseer.parallel.precision import autocast
+from bigseer.parallel.state import ensure_momentum, model_pieces, optimizer_pieces
 
 
 def trunk_of(model: nn.Module) -> nn.Module:
@@ -60,7 +61,6 @@ class Parallel:
     """
 
     backend = "base"
-    checkpoint_format = "torch"
 
     def __init__(self, model: nn.Module, module: nn.Module, optimizer: Any, precision: str, device_type: str,
                  syncbn: bool, scaler: Any = None, grad_clip: float | None = None,
@@ -158,70 +158,33 @@ class Parallel:
         sd = {k: v.detach().cpu().clone() for k, v in self.unwrapped.state_dict().items()}
         return gather_sharded_entries(self.unwrapped, sd)
 
-    def _save_sharded_sidecar(self, directory: str) -> None:
-        """Every rank writes its ``_bigseer_sharded`` params and their optimizer state to
-        ``directory/sharded_rank{r:05d}.pt`` (the main formats would keep only one rank's slice)."""
-        params = sharded_params(self.unwrapped)
-        if not params:
+    # ---- checkpoint pieces (bigseer.checkpoint writes and reads them; world-size and backend free) ----
+    def state_pieces(self) -> list[Piece]:
+        """Where this rank's share of every logical tensor lives: model parameters and buffers
+        (``model.<fqn>``) and the optimizer's tensor state (``optim.<fqn>.<key>``), after creating any
+        momentum buffers an SGD-style optimizer has not made yet. Local views: saving stages copies of
+        them, loading writes into them."""
+        ensure_momentum(self.optimizer)
+        return model_pieces(self.unwrapped) + optimizer_pieces(self.unwrapped, self.optimizer)
+
+    def after_load(self) -> None:
+        """Make the backend consistent after ``state_pieces()`` were written into (nothing for views of the
+        parameters themselves; DeepSpeed refreshes its copies of the fp32 master)."""
+
+    def scaler_state(self) -> dict[str, Any] | None:
+        """The dynamic loss scaler's state in a backend-free form (None without loss scaling)."""
+        if self.scaler is None:
+            return None
+        sd = self.scaler.state_dict()
+        return {"scale": float(sd.get("scale", self.scaler.get_scale())), "growth_tracker": int(sd.get("_growth_tracker", 0))}
+
+    def load_scaler_state(self, state: dict[str, Any] | None) -> None:
+        """Restore :meth:`scaler_state` (from any backend's checkpoint)."""
+        if self.scaler is None or not state:
             return
-        names = {id(p): n for n, p in self.unwrapped.named_parameters()}
-        state = {"world_size": get_world_size(), "params": {}, "optimizer": {}}
-        for p in params:
-            state["params"][names[id(p)]] = p.detach().cpu().clone()
-            opt_state = getattr(self.optimizer, "state", {}).get(p)
-            if opt_state:
-                state["optimizer"][names[id(p)]] = {k: (v.detach().cpu().clone() if isinstance(v, torch.Tensor)
-                                                        else v) for k, v in opt_state.items()}
-        os.makedirs(directory, exist_ok=True)
-        torch.save(state, os.path.join(directory, f"sharded_rank{get_rank():05d}.pt"))
+        sd = self.scaler.state_dict()
+        sd.update(scale=float(state["scale"]), _growth_tracker=int(state.get("growth_tracker", 0)))
+        self.scaler.load_state_dict(sd)
 
-    def _load_sharded_sidecar(self, directory: str) -> None:
-        params = sharded_params(self.unwrapped)
-        if not params:
-            return
-        path = os.path.join(directory, f"sharded_rank{get_rank():05d}.pt")
-        if not os.path.isfile(path):
-            raise CheckpointError(f"{path} does not exist: the checkpoint lacks this rank's sharded parameters")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state["world_size"] != get_world_size():
-            raise CheckpointError(f"{path} was written by {state['world_size']} ranks; this run has "
-                                  f"{get_world_size()} (sharded parameters cannot be resharded)")
-        names = {id(p): n for n, p in self.unwrapped.named_parameters()}
-        with torch.no_grad():
-            for p in params:
-                name = names[id(p)]
-                p.copy_(state["params"][name])
-                if name in state["optimizer"]:
-                    self.optimizer.state[p] = {k: (v.to(p.device) if isinstance(v, torch.Tensor) else v)
-                                               for k, v in state["optimizer"][name].items()}
-
-    def _extra_state(self) -> dict[str, Any]:
-        return {"scaler": self.scaler.state_dict() if self.scaler is not None else None}
-
-    def _load_extra_state(self, state: dict[str, Any]) -> None:
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-
-    def save(self, directory: str) -> None:
-        """Write model + optimizer (+ scaler) in format "torch": ``directory/state.pt`` (rank 0 writes), plus
-        ``sharded_rank*.pt`` per rank when the model has ``_bigseer_sharded`` params. Collective."""
-        self.sync_bn_stats()
-        state = {"model": self.unwrapped.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 **self._extra_state()}
-        if get_rank() == 0:
-            os.makedirs(directory, exist_ok=True)
-            torch.save(state, os.path.join(directory, "state.pt"))
-        self._save_sharded_sidecar(directory)
-        if get_world_size() > 1:
-            torch.distributed.barrier()
-
-    def load(self, directory: str) -> None:
-        """Read what ``save`` wrote (every rank reads ``directory/state.pt``)."""
-        path = os.path.join(directory, "state.pt")
-        if not os.path.isfile(path):
-            raise CheckpointError(f"{path} does not exist (format 'torch' checkpoint expected)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        self.unwrapped.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self._load_extra_state(state)
-        self._load_sharded_sidecar(directory)
+    def write_native(self, directory: str) -> None:
+        """Write the backend's own checkpoint format beside bigseer's (only DeepSpeed has one, on request)."""

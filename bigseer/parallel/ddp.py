@@ -35,7 +35,6 @@ def wrap_ddp(model: nn.Module, device_type: str) -> nn.Module:
 
 class DDPParallel(Parallel):
     backend = "ddp"
-    checkpoint_format = "torch"
 
 
 def setup_ddp(model: nn.Module, *, precision: str, device_type: str, syncbn: bool,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 import warnings
 from typing import Any, Callable
@@ -27,28 +26,12 @@ import torch
 from torch import nn
 
 from bigseer.distributed import get_world_size, is_distributed
-from bigseer.errors import CheckpointError, ConfigError
+from bigseer.errors import ConfigError
 from bigseer.parallel.base import Parallel, call_on_model, sharded_params
+from bigseer.parallel.ds_json import load_ds_config
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "ds_configs")
 SEER_FP16 = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
              "hysteresis": 2, "min_loss_scale": 1}
-
-
-def load_ds_config(name_or_path: str | dict[str, Any]) -> dict[str, Any]:
-    """A dict, a JSON path, or a name in ``ds_configs/`` (e.g. ``"zero2"``, ``"zero3_bf16"``)."""
-    if isinstance(name_or_path, dict):
-        return copy.deepcopy(name_or_path)
-    path = name_or_path
-    if not os.path.isfile(path):
-        path = os.path.join(CONFIG_DIR, f"{name_or_path}.json")
-    if not os.path.isfile(path):
-        raise ConfigError(f"DeepSpeed config {name_or_path!r} not found (a JSON file or a name in {CONFIG_DIR})")
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"DeepSpeed config {path} is not valid JSON: {exc}") from None
 
 
 def zero_stage(ds_config: dict[str, Any]) -> int:
@@ -123,7 +106,6 @@ def _to_half(obj: Any) -> Any:
 
 class DeepSpeedParallel(Parallel):
     backend = "deepspeed"
-    checkpoint_format = "deepspeed"
 
     def __init__(self, model: nn.Module, engine: Any, precision: str, device_type: str, syncbn: bool,
                  stage: int) -> None:
@@ -131,6 +113,7 @@ class DeepSpeedParallel(Parallel):
                          autocast_precision="fp32")  # DeepSpeed applies its own autocast
         self.engine = engine
         self.stage = stage
+        self.native_checkpoint = False
         self._hooks: dict[int, Any] = {}
 
     def set_frozen(self, names: Any, frozen: bool) -> None:
@@ -191,18 +174,36 @@ class DeepSpeedParallel(Parallel):
             return {k: v.detach().cpu().clone() for k, v in (sd or {}).items()}
         return {k: v.detach().cpu().clone() for k, v in self.unwrapped.state_dict().items()}
 
-    def save(self, directory: str) -> None:
-        """Format "deepspeed": ``engine.save_checkpoint(directory/deepspeed, tag="state")``."""
-        self.sync_bn_stats()
-        self.engine.save_checkpoint(os.path.join(directory, "deepspeed"), tag="state", save_latest=False)
+    def state_pieces(self) -> list[Any]:
+        """ZeRO >= 1: the fp32 master partitions and their optimizer state, by parameter
+        (:mod:`bigseer.parallel.zero_pieces`); stage 0: the module's own parameters."""
+        from bigseer.parallel.zero_pieces import zero3_pieces, zero12_pieces
 
-    def load(self, directory: str) -> None:
-        path = os.path.join(directory, "deepspeed")
-        if not os.path.isdir(os.path.join(path, "state")):
-            raise CheckpointError(f"{path}/state does not exist (format 'deepspeed' checkpoint expected)")
-        load_path, _ = self.engine.load_checkpoint(path, tag="state")
-        if load_path is None:
-            raise CheckpointError(f"DeepSpeed could not load the checkpoint in {path}")
+        if self.stage == 0:
+            return super().state_pieces()
+        return (zero3_pieces if self.stage == 3 else zero12_pieces)(self.engine.optimizer, self.unwrapped)
+
+    def after_load(self) -> None:
+        from bigseer.parallel.zero_pieces import refresh_after_load
+
+        if self.stage:
+            refresh_after_load(self.engine.optimizer, self.unwrapped, self.stage)
+
+    def scaler_state(self) -> dict[str, Any] | None:
+        scaler = getattr(self.engine.optimizer, "loss_scaler", None) if self.precision == "fp16" else None
+        return {"scale": float(scaler.cur_scale), "growth_tracker": 0} if scaler is not None else None
+
+    def load_scaler_state(self, state: dict[str, Any] | None) -> None:
+        scaler = getattr(self.engine.optimizer, "loss_scaler", None) if self.precision == "fp16" else None
+        if scaler is not None and state:
+            scaler.cur_scale = float(state["scale"])
+
+    def write_native(self, directory: str) -> None:
+        """DeepSpeed's own checkpoint in ``directory/deepspeed`` with its ``latest`` file, so DeepSpeed's
+        scripts (``zero_to_fp32.py`` copied beside it) run as documented. Collective, synchronous; only with
+        ``setup(..., native_checkpoint=True)``."""
+        if self.native_checkpoint:
+            self.engine.save_checkpoint(os.path.join(directory, "deepspeed"), tag="state", save_latest=True)
 
 
 def setup_deepspeed(model: nn.Module, *, precision: str, device_type: str, syncbn: bool,

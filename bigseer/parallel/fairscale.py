@@ -6,13 +6,34 @@ up front. fairscale is an optional extra (``pip install bigseer[fairscale]``), i
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from bigseer.checkpoint.pieces import Piece
 from bigseer.errors import ConfigError
 from bigseer.parallel.base import Parallel, call_on_model, sharded_params, trunk_of
+
+_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_fpw_module.")
+
+
+def _persistent_buffers(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(name, buffer) of the buffers a state dict would hold, without calling state_dict (collective here)."""
+    out = []
+    for mname, m in module.named_modules():
+        for bname, b in m._buffers.items():
+            if b is not None and bname not in m._non_persistent_buffers_set:
+                out.append((f"{mname}.{bname}" if mname else bname, b))
+    return out
+
+
+def _clean(name: str) -> str:
+    """A parameter name without FairScale's wrapper levels (the model's own key)."""
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
 
 
 def check_fairscale(device_type: str) -> None:
@@ -29,7 +50,6 @@ def check_fairscale(device_type: str) -> None:
 
 class FairScaleParallel(Parallel):
     backend = "fairscale"
-    checkpoint_format = "torch"
 
     def full_state_dict(self) -> dict[str, Any]:
         self.sync_bn_stats()
@@ -40,10 +60,30 @@ class FairScaleParallel(Parallel):
         with torch.no_grad(), self.module.summon_full_params(recurse=True, writeback=True):
             return call_on_model(fn, self.unwrapped)
 
-    def save(self, directory: str) -> None:  # noqa: D102 - rank-local shards, format "torch" per rank
-        raise ConfigError("checkpoints under backend fairscale are not implemented; use fsdp or deepspeed")
+    def state_pieces(self) -> list[Piece]:
+        """With ``flatten_parameters=False`` every parameter is sharded on its own: rank ``r`` holds elements
+        ``[r ps, (r + 1) ps)`` of it flattened (``ps`` = shard size, the last shard padded), and the
+        optimizer's state has the shard's shape. Names are the model's own (FairScale's wrapper prefixes
+        removed), so a FairScale checkpoint resumes under fsdp / ddp / deepspeed and exports like any other.
+        Runs on CUDA only (benchmarks/gpu_check.py exercises save / load / export)."""
+        from bigseer.parallel.state import ensure_momentum, owner_of, tensor_piece
 
-    load = save
+        ensure_momentum(self.optimizer)
+        rank = torch.distributed.get_rank()
+        params = {_clean(n): p for n, p in self.module.named_parameters()}
+        pieces = [tensor_piece(f"model.{_clean(k)}", v, owner=owner_of(_clean(k)))
+                  for k, v in _persistent_buffers(self.module)]
+        for name, p in params.items():
+            full = tuple(getattr(p, "_orig_size", p.shape))
+            numel = math.prod(full)
+            ps = p.data.numel()
+            lo, hi = rank * ps, min((rank + 1) * ps, numel)
+            ranges = [(lo, 0, hi - lo)] if hi > lo and getattr(p, "_is_sharded", False) else [(0, 0, numel)]
+            pieces.append(Piece(f"model.{name}", full, p.data.reshape(-1), ranges))
+            for key, v in self.optimizer.state.get(p, {}).items():
+                if isinstance(v, torch.Tensor) and v.numel() == ps:
+                    pieces.append(Piece(f"optim.{name}.{key}", full, v.reshape(-1), ranges))
+        return pieces
 
 
 def setup_fairscale(model: nn.Module, *, precision: str, device_type: str, syncbn: bool,

@@ -7,20 +7,18 @@ RegNet block, the head (fp32: prototype scores stay fp32), then the root (stem a
 ``get_model_state_dict`` gives the model's own keys.
 
 A model built on ``device="meta"`` is sharded first, then only each rank's shards are allocated and
-initialised (``bigseer.parallel.meta_init.materialize_meta``) on the first real device (CUDA's current
-device when available, else CPU).
+initialised by the model's own ``init_weights`` (``bigseer.parallel.meta_init.materialize_meta``) on the
+first real device (CUDA's current device when available, else CPU): the values of an eager build.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from bigseer.distributed import is_distributed
-from bigseer.errors import CheckpointError
 from bigseer.parallel.base import Parallel, gather_sharded_entries, sharded_params, trunk_of
 from bigseer.parallel.precision import DTYPES, make_scaler
 
@@ -71,8 +69,10 @@ def shard_fsdp2(model: nn.Module, precision: str, device_type: str,
 
 
 class FSDPParallel(Parallel):
+    """FSDP2: parameters and their optimizer state are ``Shard(0)`` DTensors, so checkpoint pieces are
+    row blocks (``bigseer.parallel.state``); BN buffers are replicated."""
+
     backend = "fsdp"
-    checkpoint_format = "dcp"
 
     def _clip(self) -> None:
         if self.grad_clip:
@@ -88,41 +88,6 @@ class FSDPParallel(Parallel):
         sd = get_model_state_dict(self.unwrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return gather_sharded_entries(self.unwrapped, sd)
 
-    def save(self, directory: str) -> None:
-        """Format "dcp": ``directory/dcp`` = DCP of {"model", "optim"}; ``directory/scaler.pt`` when fp16;
-        ``sharded_rank*.pt`` per rank for ``_bigseer_sharded`` params (DCP would keep one rank's). Collective."""
-        if not is_distributed():
-            return super().save(directory)
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict
-
-        self.sync_bn_stats()
-        msd, osd = get_state_dict(self.unwrapped, self.optimizer)
-        dcp.save({"model": msd, "optim": osd}, checkpoint_id=os.path.join(directory, "dcp"))
-        if self.scaler is not None and torch.distributed.get_rank() == 0:
-            torch.save(self._extra_state(), os.path.join(directory, "scaler.pt"))
-        self._save_sharded_sidecar(directory)
-        torch.distributed.barrier()
-
-    def load(self, directory: str) -> None:
-        if not is_distributed():
-            return super().load(directory)
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
-        path = os.path.join(directory, "dcp")
-        if not os.path.isdir(path):
-            raise CheckpointError(f"{path} does not exist (format 'dcp' checkpoint expected)")
-        msd, osd = get_state_dict(self.unwrapped, self.optimizer)
-        state = {"model": msd, "optim": osd}
-        dcp.load(state, checkpoint_id=path)
-        set_state_dict(self.unwrapped, self.optimizer, model_state_dict=state["model"],
-                       optim_state_dict=state["optim"])
-        extra = os.path.join(directory, "scaler.pt")
-        if self.scaler is not None and os.path.isfile(extra):
-            self._load_extra_state(torch.load(extra, weights_only=True))
-        self._load_sharded_sidecar(directory)
-
 
 def real_device(device_type: str) -> torch.device:
     """The device a meta model is materialised on: ``device_type`` itself unless it is ``meta``, where
@@ -136,7 +101,8 @@ def real_device(device_type: str) -> torch.device:
 
 def setup_fsdp(model: nn.Module, *, precision: str, device_type: str, syncbn: bool,
                optimizer_factory: Callable[[Any], Any], param_groups: Callable[[nn.Module], Any],
-               grad_clip: float | None, large_unit_threshold: int = DEFAULT_LARGE_UNIT) -> FSDPParallel:
+               grad_clip: float | None, large_unit_threshold: int = DEFAULT_LARGE_UNIT,
+               init_seed: int | None = None) -> FSDPParallel:
     from bigseer.parallel.meta_init import is_meta_model, materialize_meta
 
     on_meta = is_meta_model(model)
@@ -151,7 +117,7 @@ def setup_fsdp(model: nn.Module, *, precision: str, device_type: str, syncbn: bo
         scaler = make_scaler(precision, device_type)
         autocast_precision = precision
     if on_meta:  # after sharding: each rank allocates and initialises only its shards
-        materialize_meta(model, device)
+        materialize_meta(model, device, seed=init_seed)
     optimizer = optimizer_factory(param_groups(model))
     return FSDPParallel(model, model, optimizer, precision, device_type, syncbn, scaler, grad_clip,
                         autocast_precision=autocast_precision)

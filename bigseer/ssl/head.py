@@ -14,6 +14,10 @@ gradient of ``sum_r loss_r`` on every tensor. Replicated parameters are then ave
 data-parallel wrapper (giving the gradient of the global mean loss); sharded prototype parameters are
 skipped by the wrapper (they carry ``_bigseer_sharded = True`` and ``_bigseer_shard_group``), so their
 gradient is scaled by ``1/W`` in the backward (``scale_grad``) to be the gradient of the global mean loss directly.
+
+Health signals: with ``track_stats=True`` (default) every forward stores ``head.last_stats``, a
+:class:`bigseer.ssl.stats.SwAVStats` of prototype head 0 over the global batch, computed from the loss's own
+tensors (one small collective; see :mod:`bigseer.ssl.stats`). ``track_stats`` must be equal on all ranks.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ from torch import nn
 
 from bigseer.distributed import Group, all_gather_cat, get_rank, get_world_size
 from bigseer.errors import ConfigError
+from bigseer.models.init import RowsOf, default_seed, fill_rows_, init_param_, uniform, unit_rows, whole
 from bigseer.ssl.collectives import all_gather_stack, scale_grad
+from bigseer.ssl.stats import SwAVStats, swav_stats
 from bigseer.ssl.swav import check_loss_args, swav_objective
 
 
@@ -48,11 +54,13 @@ class SwAVHead(nn.Module):
         queue_length: per-rank queue of past embeddings for Sinkhorn (0 = off); used once full.
         queue_crops: how many assignment crops the queue stores (must equal len(crops_for_assign)).
         group: process group for sharding and Sinkhorn (None = default group / one process).
+        track_stats: store :class:`SwAVStats` of every forward in ``last_stats`` (same on every rank).
     """
 
     def __init__(self, in_dim: int, hidden_dims: Sequence[int] = (), out_dim: int = 128,
                  num_prototypes: int | Sequence[int] = 3000, *, shard_prototypes: bool = False,
-                 queue_length: int = 0, queue_crops: int = 2, group: Group = None) -> None:
+                 queue_length: int = 0, queue_crops: int = 2, group: Group = None,
+                 track_stats: bool = True) -> None:
         super().__init__()
         ks = [num_prototypes] if isinstance(num_prototypes, int) else list(num_prototypes)
         dims = [in_dim, *hidden_dims, out_dim]
@@ -79,6 +87,8 @@ class SwAVHead(nn.Module):
         self.group = group
         self.queue_length = queue_length
         self.queue_crops = queue_crops
+        self.track_stats = bool(track_stats)
+        self.last_stats: SwAVStats | None = None
 
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
@@ -89,13 +99,7 @@ class SwAVHead(nn.Module):
 
         self.prototypes = nn.ModuleList()
         for k in ks:
-            # Draw the full matrix (same RNG use sharded or not), normalise rows, keep the local slice.
-            bound = 1.0 / math.sqrt(out_dim)
-            full = F.normalize(torch.empty(k, out_dim).uniform_(-bound, bound), dim=1)
-            rows = k // world
-            lin = nn.Linear(out_dim, rows, bias=False)
-            with torch.no_grad():
-                lin.weight.copy_(full[self.shard_rank * rows:(self.shard_rank + 1) * rows])
+            lin = nn.Linear(out_dim, k // world, bias=False)  # this rank's rows when sharded
             if self.shard_prototypes:
                 lin.weight._bigseer_sharded = True  # type: ignore[attr-defined]
                 lin.weight._bigseer_shard_group = group  # type: ignore[attr-defined]
@@ -104,6 +108,31 @@ class SwAVHead(nn.Module):
         self.register_buffer("queue", torch.zeros(queue_crops if queue_length else 0, queue_length, out_dim),
                              persistent=False)
         self.register_buffer("queue_filled", torch.zeros((), dtype=torch.long), persistent=False)
+        if not any(p.is_meta for p in self.parameters()):
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None, rows_of: RowsOf = whole) -> "SwAVHead":
+        """Projection: torch's Linear default (uniform +-1/sqrt(fan_in)); prototypes: uniform +-1/sqrt(D),
+        rows L2-normalised; queue emptied. Values are a function of (seed, name, row)
+        (:mod:`bigseer.models.init`): a sharded head fills rows ``K/W * rank ..`` of the full matrices, so
+        sharded, replicated and FSDP-sharded heads start identical. Returns self."""
+        seed = default_seed() if seed is None else seed
+        for name, m in self.projection.named_modules():
+            if isinstance(m, nn.Linear):
+                bound = 1.0 / math.sqrt(m.in_features)
+                init_param_(m.weight, f"projection.{name}.weight", seed, uniform(bound), rows_of)
+                init_param_(m.bias, f"projection.{name}.bias", seed, uniform(bound), rows_of)
+        for h, lin in enumerate(self.prototypes):
+            w = lin.weight
+            draw = unit_rows(1.0 / math.sqrt(self.out_dim))
+            if self.shard_prototypes:  # this rank holds rows shard_rank * K/W .. of the full matrix
+                fill_rows_(w, self.shard_rank * w.shape[0], (self.num_prototypes[h], self.out_dim), seed,
+                           f"prototypes.{h}.weight", draw)
+            else:
+                init_param_(w, f"prototypes.{h}.weight", seed, draw, rows_of)
+        self.reset_queue()
+        return self
 
     def set_group(self, group: Group) -> None:
         """Use ``group`` for collectives; with sharded prototypes this rank's position must not change."""
@@ -190,7 +219,8 @@ class SwAVHead(nn.Module):
         else:
             emb_all = emb
         losses = []
-        for proto in self.prototypes:
+        capture: dict | None = {} if self.track_stats else None
+        for h, proto in enumerate(self.prototypes):
             w = proto.weight
             if self.shard_prototypes and self.shard_world > 1:
                 w = scale_grad(w, 1.0 / self.shard_world)
@@ -201,7 +231,12 @@ class SwAVHead(nn.Module):
                 queue_scores = [queue[j].to(w.dtype) @ w.detach().t() for j in range(len(assign))] \
                     if use_queue else None
             losses.append(swav_objective(list(scores.unbind(0)), float(temperature), float(epsilon),
-                                         sinkhorn_iters, assign, self.group, split, queue_scores, rows))
+                                         sinkhorn_iters, assign, self.group, split, queue_scores, rows,
+                                         capture if h == 0 else None))
+            if h == 0 and capture is not None:
+                self.last_stats = swav_stats(capture["logp"], [scores[i] for i in assign], capture["codes"],
+                                             capture["per_sample"], emb_all, self.num_prototypes[0],
+                                             self.group, split)
         loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
         if self.training and self.queue_length:
             self._push_queue(emb[list(assign)].detach())

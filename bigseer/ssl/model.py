@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -48,6 +48,16 @@ class SwAVModel(nn.Module):
             group = head.group
         self.group = group
         head.set_group(group)
+
+    def init_weights(self, seed: int | None = None, rows_of: Any = None) -> "SwAVModel":
+        """Initialise trunk and head as functions of (seed, name, row) (:mod:`bigseer.models.init`); ``rows_of``
+        maps a tensor to (its local rows, first global row) for callers that hold shards. Returns self."""
+        from bigseer.models.init import default_seed, whole
+
+        seed = default_seed() if seed is None else seed
+        self.trunk.init_weights(seed=seed, rows_of=rows_of or whole)
+        self.head.init_weights(seed=seed + 1, rows_of=rows_of or whole)
+        return self
 
     def set_group(self, group: Group) -> None:
         """Use ``group`` for Sinkhorn and sharded prototypes."""

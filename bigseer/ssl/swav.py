@@ -66,7 +66,7 @@ def swav_objective(scores: Sequence[torch.Tensor], temperature: float, epsilon: 
                    crops_for_assign: Sequence[int], group: Group,
                    split: Literal["batch", "prototypes", "none"],
                    queue_scores: Sequence[torch.Tensor | None] | None = None,
-                   local_rows: slice | None = None) -> torch.Tensor:
+                   local_rows: slice | None = None, capture: dict | None = None) -> torch.Tensor:
     """SwAV loss core (arguments already checked; see :func:`swav_loss`).
 
     ``split="batch"``: ``scores[v]`` are this rank's samples against all prototypes.
@@ -74,6 +74,9 @@ def swav_objective(scores: Sequence[torch.Tensor], temperature: float, epsilon: 
     per-sample cross-entropies are summed over shards (autograd-aware) and ``local_rows`` selects this
     rank's samples. ``queue_scores[j]`` (for the j-th assignment crop, or None) are extra rows used by
     Sinkhorn only. Returns the mean loss over this rank's samples (fp32, or fp64 for fp64 scores).
+    ``capture`` (a dict, optional) receives detached tensors for health statistics, at no extra cost:
+    ``logp`` (per crop), ``codes`` (per assignment crop, batch rows only) and ``per_sample`` (the
+    per-sample losses of every row, before ``local_rows`` is applied).
     """
     assign = tuple(crops_for_assign)
     dtype = torch.float64 if scores[0].dtype == torch.float64 else torch.float32
@@ -91,13 +94,18 @@ def swav_objective(scores: Sequence[torch.Tensor], temperature: float, epsilon: 
             q = sinkhorn_codes(block, epsilon, num_iters, group, split)
             if extra is not None:
                 q = q[: scores[i].shape[0]]
+            if capture is not None:
+                capture.setdefault("codes", []).append(q.detach())
             term = (q * (logp_sum - logp[i])).sum(dim=1)
             per_sample = term if per_sample is None else per_sample + term
         per_sample = per_sample * (-1.0 / ((len(scores) - 1) * len(assign)))
         if split == "prototypes":
             per_sample = all_reduce_sum_autograd(per_sample, group)
-            if local_rows is not None:
-                per_sample = per_sample[local_rows]
+        if capture is not None:
+            capture["logp"] = [lp.detach() for lp in logp]
+            capture["per_sample"] = per_sample.detach()
+        if split == "prototypes" and local_rows is not None:
+            per_sample = per_sample[local_rows]
         return per_sample.mean()
 
 

@@ -7,9 +7,11 @@ import resource
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageOps
 
-from bigseer.data.decode import SkipImage, decode_bytes, format_skipped, to_rgb
+from bigseer.data.decode import (SkipImage, decode_bytes, decode_jpeg_turbo, format_skipped, to_rgb,
+                                 turbo_eighths)
 from bigseer.data.multicrop import AugmentConfig, CropPlan, parse_crops, plan_crops, render_crop
 from tests.data.zoo import bad_kinds, exif_rotated_jpeg, good_kinds, jpeg_bytes, noise_image, sixteen_bit_png
 
@@ -110,3 +112,159 @@ def test_to_rgb_handles_cmyk_and_int32():
 def test_format_skipped_for_the_training_log():
     assert format_skipped({}) == "skipped 0"
     assert format_skipped({"not_image": 1, "truncated": 2}) == "skipped 3 (truncated 2, not_image 1)"
+
+
+# --- every supported format against a full-size PIL decode (the bound in decode.py's docstring) ---
+
+def _photo(w: int, h: int, seed: int = 0) -> Image.Image:
+    """Photo-like content: smooth scene, a little fine detail, sensor noise."""
+    rng = np.random.default_rng(seed)
+    scene = noise_image(w, h, seed)
+    detail = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).resize((w, h))
+    arr = np.asarray(Image.blend(scene, detail, 0.1), dtype=np.int16) + rng.integers(-6, 7, (h, w, 1))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _formats() -> dict[str, tuple[bytes, bool]]:
+    """name -> (encoded bytes, is_jpeg) for every format this PIL writes and reads back."""
+    from PIL import features
+
+    img = _photo(96, 72, 5)
+    out = {
+        "baseline.jpg": (_encode(img, "JPEG", quality=90), True),
+        "progressive.jpg": (_encode(img, "JPEG", quality=90, progressive=True), True),
+        "gray.jpg": (_encode(img.convert("L"), "JPEG", quality=90), True),
+        "cmyk.jpg": (_encode(img.convert("CMYK"), "JPEG", quality=90), True),
+        "444.jpg": (_encode(img, "JPEG", quality=90, subsampling=0), True),
+        "rotated.jpg": (exif_rotated_jpeg(8), True),
+        "rgb.png": (_encode(img, "PNG"), False),
+        "rgba.png": (_encode(img.convert("RGBA"), "PNG"), False),
+        "palette.gif": (_encode(img.convert("P", palette=Image.Palette.ADAPTIVE), "GIF"), False),
+        "rgb.bmp": (_encode(img, "BMP"), False),
+        "rgb.tif": (_encode(img, "TIFF"), False),
+        "deflate.tif": (_encode(img, "TIFF", compression="tiff_adobe_deflate"), False),
+        "rgb.tga": (_encode(img, "TGA"), False),
+        "rgb.ppm": (_encode(img, "PPM"), False),
+        "rgb.ico": (_encode(img, "ICO", sizes=[(64, 48)]), False),
+        "rgb.sgi": (_encode(img, "SGI"), False),
+        "rgb.pcx": (_encode(img, "PCX"), False),
+        "rgb.qoi": (_encode(img, "QOI"), False),
+    }
+    if features.check("webp"):
+        out["lossy.webp"] = (_encode(img, "WEBP", quality=90), False)
+        out["lossless.webp"] = (_encode(img, "WEBP", lossless=True), False)
+    if features.check("jpg_2000"):
+        out["rgb.jp2"] = (_encode(img, "JPEG2000"), False)
+    if features.check("avif"):
+        out["rgb.avif"] = (_encode(img, "AVIF", quality=90), False)
+    return out
+
+
+def _reference(data: bytes) -> np.ndarray:
+    """The full-size decode the bound is stated against: PIL, EXIF-oriented, to_rgb."""
+    return np.asarray(to_rgb(ImageOps.exif_transpose(Image.open(io.BytesIO(data)))), dtype=np.int16)
+
+
+@pytest.mark.parametrize("name", sorted(_formats()))
+def test_every_format_decodes_within_bound_of_full_size_pil(name):
+    data, is_jpeg = _formats()[name]
+    img, scale, _ = decode_bytes(data, _whole, reduce=False)
+    got = np.asarray(img, dtype=np.int16)
+    ref = _reference(data)
+    assert got.shape == ref.shape and scale == (1.0, 1.0)
+    assert np.abs(got - ref).max() <= (1 if is_jpeg else 0)  # libjpeg-turbo in both / the same PIL decode
+    t, tscale, _ = decode_bytes(data, _whole, reduce=False, device="cpu")  # the tensor path's decode
+    assert tuple(t.shape) == (3, *ref.shape[:2]) and t.dtype == torch.uint8 and tscale == (1.0, 1.0)
+    assert np.abs(t.permute(1, 2, 0).numpy().astype(np.int16) - got).max() == 0  # same decoder
+
+
+def _crop_diffs(data: bytes, spec: str, seeds: range, **kw) -> tuple[list[float], list[float], list[int]]:
+    """Per-crop mean and 99th percentile |reduced - full| of crops rendered from both decodes,
+    and the reduced decode widths."""
+    groups = parse_crops(spec)
+    aug = AugmentConfig(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, flip_p=0.0)
+    means, p99s, widths = [], [], []
+    for s in seeds:
+        def plan(w, h, s=s):
+            return plan_crops(w, h, groups, aug, np.random.default_rng(s))
+
+        full, fscale, fplans = decode_bytes(data, plan, reduce=False)
+        small, sscale, splans = decode_bytes(data, plan, **kw)
+        assert [p.box for p in fplans] == [p.box for p in splans]  # geometry drawn on the full size
+        widths.append(small.width)
+        for a, b in zip(fplans, splans):
+            d = np.abs(render_crop(full, fscale, a).astype(float) - render_crop(small, sscale, b).astype(float))
+            means.append(float(d.mean()))
+            p99s.append(float(np.percentile(d, 99)))
+    return means, p99s, widths
+
+
+@pytest.mark.parametrize("kind", ["baseline", "progressive", "444", "gray"])
+def test_reduced_jpeg_crops_within_bound_of_full_decode(kind):
+    img = _photo(1600, 1200, 9)
+    kw = {"progressive": {"progressive": True}, "444": {"subsampling": 0}}.get(kind, {})
+    data = jpeg_bytes(img.convert("L") if kind == "gray" else img, **kw)
+    means, p99s, widths = _crop_diffs(data, "2x224+4x96", range(4))
+    assert all(w < 1600 for w in widths)  # really reduced
+    assert max(means) <= 2.0 and max(p99s) <= 8.0, (max(means), max(p99s))  # photo-like bound
+
+
+def test_reduced_jpeg_crops_with_sharp_edges_within_bound():
+    from PIL import ImageDraw
+
+    img = noise_image(1600, 1200, 3)
+    draw, rng = ImageDraw.Draw(img), np.random.default_rng(3)
+    for _ in range(60):
+        x, y = (int(v) for v in rng.integers(0, 1600, 2))
+        draw.rectangle([x, y, x + int(rng.integers(5, 200)), y + int(rng.integers(5, 200))],
+                       fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    means, p99s, _ = _crop_diffs(jpeg_bytes(img), "2x224+4x96", range(4))
+    assert max(means) <= 2.5 and max(p99s) <= 20.0, (max(means), max(p99s))
+
+
+def test_simplejpeg_decodes_jpegs_at_three_eighths_and_pil_fallback_does_not():
+    # a 1x96 crop of a 256-px box needs scale 0.375: libjpeg-turbo's 3/8, PIL's draft only has 1/2
+    data = jpeg_bytes(_photo(1024, 768, 2))
+
+    def plan(w, h):
+        return [CropPlan((0, 0, 256, 256), 96, False)]
+
+    turbo, _, _ = decode_bytes(data, plan)
+    pil, _, _ = decode_bytes(data, plan, turbo=False)
+    assert turbo.size == (384, 288) and pil.size == (512, 384)
+    assert turbo_eighths(0.375) == 3 and turbo_eighths(0.376) == 4 and turbo_eighths(0.51) == 8
+
+
+def test_jpegs_simplejpeg_refuses_still_decode_through_pil():
+    cmyk = jpeg_bytes(_photo(64, 48).convert("CMYK"))
+    assert decode_jpeg_turbo(cmyk, 64, 48, 1.0) is None  # CMYK: PIL handles the Adobe inversion
+    whole = bytearray(jpeg_bytes(_photo(160, 120, 4)))
+    whole[len(whole) // 2:len(whole) // 2 + 20] = bytes(20)  # damage PIL tolerates, strict libjpeg refuses
+    assert decode_jpeg_turbo(bytes(whole), 160, 120, 1.0) is None
+    img, _, _ = decode_bytes(bytes(whole), _whole)
+    assert np.array_equal(np.asarray(img), _reference(bytes(whole)).astype(np.uint8))  # not skipped: PIL's call
+    for data in (cmyk,):
+        img, _, _ = decode_bytes(data, _whole)
+        assert np.abs(np.asarray(img, dtype=np.int16) - _reference(data)).max() == 0
+
+
+def test_exif_orientation_on_the_tensor_path_matches_pil():
+    for orientation in range(1, 9):
+        data = exif_rotated_jpeg(orientation)
+        ref = _reference(data)
+        t, scale, _ = decode_bytes(data, _whole, device="cpu")
+        assert np.abs(t.permute(1, 2, 0).numpy().astype(np.int16) - ref).max() <= 1, orientation
+        assert scale == (1.0, 1.0)
+
+
+def test_bad_inputs_are_skipped_on_the_tensor_path_too():
+    for name, (data, reason) in bad_kinds().items():
+        with pytest.raises(SkipImage) as info:
+            decode_bytes(data, _whole, min_side=16, device="cpu")
+        assert info.value.reason == reason, name

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from bigseer.data.multicrop import (AugmentConfig, CropGroup, format_crops, needed_scale, normalize_uint8,
-                                    parse_crops, plan_crops, random_resized_box, render_crop)
+from bigseer.data.multicrop import (AugmentConfig, CropGroup, adjust_hue_uint8, format_crops, needed_scale,
+                                    normalize_uint8, parse_crops, plan_crops, random_resized_box, render_crop)
 from bigseer.errors import ConfigError
 from tests.data.zoo import noise_image
 
@@ -111,3 +111,97 @@ def test_flip_and_grayscale_render_as_expected():
     hue = render_crop(img, (1.0, 1.0), CropPlan((0, 0, 64, 64), 64, False,
                                                 {"jitter": ([3, 0, 1, 2], 1.0, 1.0, 1.0, 0.2)}))
     assert np.abs(hue.astype(int) - plain.astype(int)).mean() > 5
+
+
+# --- the uint8 path against the previous PIL path (verbatim copy of it, commit 2666d6d) ---
+
+def _previous_hue(img, factor):
+    from PIL import Image
+
+    if abs(factor) < 1e-9:
+        return img
+    h, s, v = img.convert("HSV").split()
+    shifted = (np.asarray(h, dtype=np.uint8) + np.uint8(int(round(factor * 255)) % 256))
+    return Image.merge("HSV", (Image.fromarray(shifted.astype(np.uint8), "L"), s, v)).convert("RGB")
+
+
+def _previous_render_crop(img, scale_xy, plan):
+    from PIL import Image, ImageEnhance, ImageFilter
+
+    sx, sy = scale_xy
+    x0, y0, x1, y1 = plan.box
+    box = (x0 * sx, y0 * sy, min(x1 * sx, img.width), min(y1 * sy, img.height))
+    out = img.resize((plan.size, plan.size), Image.Resampling.BILINEAR, box=box)
+    if plan.flip:
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    jitter = plan.extra.get("jitter")
+    if jitter is not None:
+        order, bright, contrast, sat, hue = jitter
+        for op in order:
+            if op == 0:
+                out = ImageEnhance.Brightness(out).enhance(bright)
+            elif op == 1:
+                out = ImageEnhance.Contrast(out).enhance(contrast)
+            elif op == 2:
+                out = ImageEnhance.Color(out).enhance(sat)
+            else:
+                out = _previous_hue(out, hue)
+    if plan.extra.get("gray"):
+        out = out.convert("L").convert("RGB")
+    radius = plan.extra.get("blur")
+    if radius is not None:
+        out = out.filter(ImageFilter.GaussianBlur(radius=radius))
+    return np.asarray(out, dtype=np.uint8)
+
+
+def _has_hue(plan) -> bool:
+    jitter = plan.extra.get("jitter")
+    return jitter is not None and abs(jitter[4]) >= 1e-9
+
+
+def test_uint8_path_equals_previous_path_without_hue_and_stays_close_with_it():
+    img = noise_image(300, 200, 4)
+    groups = parse_crops("2x64+4x24")
+    same = hue_means = 0
+    worst_hue_mean = 0.0
+    for seed in range(60):
+        for p in plan_crops(300, 200, groups, AugmentConfig(), np.random.default_rng(seed)):
+            new = render_crop(img, (0.9, 0.8), p).astype(int)  # a reduced decode's scale, too
+            old = _previous_render_crop(img, (0.9, 0.8), p).astype(int)
+            if _has_hue(p):
+                worst_hue_mean = max(worst_hue_mean, float(np.abs(new - old).mean()))
+                hue_means += 1
+            else:  # resize/flip/brightness/contrast/saturation/grey/blur: the same PIL ops
+                assert np.array_equal(new, old), p
+                same += 1
+    assert same > 50 and hue_means > 50
+    assert worst_hue_mean <= 2.0, worst_hue_mean  # crop mean; the hue op alone is checked below
+
+
+def test_hue_is_the_exact_hsv_rotation_and_near_the_previous_uint8_one():
+    import colorsys
+
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    px = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    px[0, :6] = [[0, 0, 0], [255, 255, 255], [7, 7, 7], [255, 0, 0], [0, 255, 0], [0, 0, 255]]  # grey, primaries
+    for factor in (0.1, -0.17, 0.5, 0.2, -0.5, 1e-6):
+        ref = np.array([colorsys.hsv_to_rgb((h + factor) % 1.0, s, v)
+                        for h, s, v in (colorsys.rgb_to_hsv(*(p / 255.0)) for p in px.reshape(-1, 3))]) * 255
+        got = adjust_hue_uint8(px, factor).reshape(-1, 3).astype(float)
+        assert np.abs(got - ref).max() <= 0.5 + 1e-3, factor  # float32 formula, rounded once
+        old = np.asarray(_previous_hue(Image.fromarray(px), factor), dtype=int).reshape(-1, 3)
+        assert np.abs(got - old).max() <= 17, factor  # PIL's uint8 HSV round trip, docstring bound
+    assert np.array_equal(adjust_hue_uint8(px, 0.0), px)
+
+
+def test_normalize_uint8_is_the_previous_formula():
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, 8, 8, 3), dtype=np.uint8))
+    aug = AugmentConfig()
+    mean = torch.tensor(aug.mean).view(3, 1, 1) * 255.0
+    std = torch.tensor(aug.std).view(3, 1, 1) * 255.0
+    want = ((x.movedim(-1, -3).to(torch.float32) - mean) / std).contiguous()
+    got = normalize_uint8(x, aug)
+    assert got.is_contiguous() and got.shape == (2, 3, 3, 8, 8)
+    assert torch.allclose(got, want, rtol=0, atol=1e-6)

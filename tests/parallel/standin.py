@@ -82,3 +82,19 @@ def emulate_ranks(world: int, steps: int, optimizer_factory, *, dtype: torch.dty
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()
                if "running" not in k and "num_batches" not in k}
     return losses, weights, {k: init[k] for k in weights}
+
+
+def save_state(p, directory: str) -> None:
+    """Checkpoint a ``Parallel``'s pieces (collective), as the engine does."""
+    from bigseer import checkpoint as ckpt
+
+    p.sync_bn_stats()
+    ckpt.save_checkpoint(directory, 1, p.state_pieces(), {"step": 1}, {"model": "standin"})
+
+
+def load_state(p, directory: str) -> None:
+    """Restore what :func:`save_state` wrote into a ``Parallel`` of any backend / world size (collective)."""
+    from bigseer import checkpoint as ckpt
+
+    ckpt.load_checkpoint(ckpt.find_latest(directory), p.state_pieces())
+    p.after_load()

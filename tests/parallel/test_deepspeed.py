@@ -15,7 +15,7 @@ from bigseer.errors import ConfigError
 from bigseer.optim import LARS
 from tests.distributed_utils import run_distributed
 from tests.numerics import assert_states_within_fp32_error
-from tests.parallel.standin import StandIn, emulate_ranks, make_batch, make_model, run_steps
+from tests.parallel.standin import StandIn, emulate_ranks, load_state, make_batch, make_model, run_steps, save_state
 
 pytestmark = pytest.mark.numerics  # re-run by .ci/run under another kernel dispatch
 
@@ -51,10 +51,10 @@ def _lars_run(backend, rank, world, tmp, **kw):
     reload_ok = None
     if kw.get("ds_config") in ("zero2_fp32", "zero3_fp32"):
         d = os.path.join(tmp, f"lars_{kw['ds_config']}")
-        p.save(d)
+        save_state(p, d)
         _train_lars(p, rank, world, [1])
         before = _weights(p.full_state_dict())
-        p.load(d)
+        load_state(p, d)
     losses += _train_lars(p, rank, world, [1])
     w = _weights(p.full_state_dict())
     if kw.get("ds_config") in ("zero2_fp32", "zero3_fp32"):
@@ -98,9 +98,9 @@ def _rank_fn(rank, world, tmp):
             out["z3_norms"] = p.full_state_dict().get("head.weight", torch.ones(1, 1)).norm(dim=1)
         if stage == 2:
             before = p.full_state_dict()
-            p.save(os.path.join(tmp, "z2"))
+            save_state(p, os.path.join(tmp, "z2"))
             p.run_on_full_params(lambda m: [t.mul_(0.5) for t in m.parameters()])
-            p.load(os.path.join(tmp, "z2"))
+            load_state(p, os.path.join(tmp, "z2"))
             after = p.full_state_dict()
             out["z2_reload_ok"] = all(torch.equal(before[k], after[k]) for k in before)
     # prototypes frozen from the first step (as SwAV does) stay unchanged under ZeRO-2, then train

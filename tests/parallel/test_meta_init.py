@@ -1,4 +1,5 @@
-"""Meta-device init for backend fsdp: build on meta -> fully_shard -> to_empty -> per-shard init."""
+"""Meta-device init for backend fsdp: build on meta -> fully_shard -> to_empty -> the model's own init_weights
+on each shard, which gives bitwise the eager build's weights (init is a function of seed, name and row)."""
 
 from __future__ import annotations
 
@@ -35,15 +36,25 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().clone()
 
 
+SEED = 11
+
+
+def _eager_swav(shard_prototypes: bool = False) -> SwAVModel:
+    trunk = build_regnet("regnety_test")
+    head = SwAVHead(trunk.num_features, [512], 64, 128, shard_prototypes=shard_prototypes)
+    return SwAVModel(trunk, head).init_weights(seed=SEED)
+
+
 def _rank_fn(rank: int, world: int) -> dict:
-    torch.manual_seed(0)
+    torch.manual_seed(rank)  # the ranks' default generators differ: the init must not depend on them
     model = _meta_swav()
     assert is_meta_model(model)
-    par = parallel.setup(model, backend="fsdp", optimizer_factory=lambda g: LARS(g, lr=0.5))
+    par = parallel.setup(model, backend="fsdp", optimizer_factory=lambda g: LARS(g, lr=0.5), init_seed=SEED)
     out: dict = {"device_type": par.device_type, "meta_left": is_meta_model(model)}
     named = dict(model.named_parameters())
     out["local_vs_full"] = {n: (local_tensor(p).numel(), p.numel()) for n, p in named.items()}
     out["full"] = {n: _full(p) for n, p in named.items()}
+    out["eager"] = {n: p.detach().clone() for n, p in _eager_swav().named_parameters()}
     out["buffers"] = {n: b.detach().clone() for n, b in model.named_buffers()}
     out["last_bn"] = [f"trunk.{n}.conv3.bn.weight" for n, m in model.trunk.named_modules() if m in model.trunk.blocks()]
     # one full training step
@@ -55,9 +66,9 @@ def _rank_fn(rank: int, world: int) -> dict:
     out["loss"] = float(loss)
     out["after"] = {n: _full(p) for n, p in model.named_parameters()}
     # sharded prototypes: the _bigseer_sharded attribute survives to_empty, each rank holds its own rows
-    torch.manual_seed(0)
     sharded = _meta_swav(shard_prototypes=True)
-    par2 = parallel.setup(sharded, backend="fsdp", optimizer_factory=lambda g: torch.optim.SGD(g, lr=0.1))
+    par2 = parallel.setup(sharded, backend="fsdp", optimizer_factory=lambda g: torch.optim.SGD(g, lr=0.1),
+                          init_seed=SEED)
     w = sharded.head.prototypes[0].weight
     out["sharded_attr"] = getattr(w, "_bigseer_sharded", False)
     out["sharded_rows"] = w.detach().clone()
@@ -84,6 +95,14 @@ def test_only_local_shards_allocated_and_all_finite(results):
     w0, w1 = results[0]["full"]["trunk.s4.b1.conv2.conv.weight"], results[1]["full"]["trunk.s4.b1.conv2.conv.weight"]
     assert torch.equal(w0, w1)
     assert not torch.equal(w0[:24], w0[24:])
+
+
+def test_meta_shards_hold_exactly_the_eager_weights(results):
+    """Bitwise: both paths run the same draws on freshly allocated blocks of the same rows."""
+    for r in results:
+        assert r["full"].keys() == r["eager"].keys()
+        for n, t in r["eager"].items():
+            assert torch.equal(r["full"][n], t), n
 
 
 def test_conv_std_follows_fan_out(results):
@@ -139,12 +158,12 @@ def test_one_training_step_runs(results):
     assert "trunk.stem.conv.weight" in changed and "head.projection.0.weight" in changed
 
 
-def test_sharded_prototypes_keep_attribute_and_differ_per_rank(results):
+def test_sharded_prototypes_keep_attribute_and_hold_their_rows_of_the_eager_matrix(results):
     a, b = results[0]["sharded_rows"], results[1]["sharded_rows"]
     assert results[0]["sharded_attr"] and results[1]["sharded_attr"]
     assert a.shape == b.shape == (64, 64)
     torch.testing.assert_close(a.norm(dim=1), torch.ones(64))
-    assert not torch.equal(a, b)
+    assert torch.equal(torch.cat([a, b]), results[0]["eager"]["head.prototypes.0.weight"])
 
 
 def test_single_process_meta_model_is_materialised():
@@ -160,14 +179,23 @@ def test_single_process_meta_model_is_materialised():
     assert math.isfinite(float(loss.detach()))
 
 
-def test_unknown_parameter_is_a_config_error_before_allocation():
+def test_a_model_without_its_own_init_is_a_config_error_before_allocation():
     class Odd(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.lin = nn.Linear(4, 4, device="meta")
-            self.scale = nn.Parameter(torch.empty(4, device="meta"))
 
     model = Odd()
-    with pytest.raises(ConfigError, match="no initialisation rule for parameter scale"):
+    with pytest.raises(ConfigError, match="Odd has no init_weights"):
         materialize_meta(model, "cpu")
     assert is_meta_model(model)
+
+
+def test_eager_init_is_a_function_of_the_seed_not_of_the_global_generator():
+    torch.manual_seed(1)
+    a = _eager_swav()
+    torch.manual_seed(2)
+    b = _eager_swav()
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    c = SwAVModel(build_regnet("regnety_test"), SwAVHead(48, [512], 64, 128)).init_weights(seed=SEED + 1)
+    assert not torch.equal(c.trunk.stem.conv.weight, a.trunk.stem.conv.weight)

@@ -1,0 +1,77 @@
+"""What a resumed run trains with: the checkpoint's run, on this run's ranks (any number), with one-line
+errors for what cannot continue.
+
+Batch semantics (docs/DESIGN-scale.md section 5): the global batch ``G`` of the checkpoint is kept unless
+``--batch_size`` asks for another per-rank batch than the checkpoint's; then ``G`` changes, the peak LR
+follows the linear rule (base_lr x G / 256) and a log line says so. The SwAV queue keeps its global size
+(per rank: ``queue_length x N / M``) when ``G`` is kept, and starts empty otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any
+
+from bigseer.config import PretrainConfig
+from bigseer.errors import CheckpointError, ConfigError
+
+log = logging.getLogger("bigseer")
+
+# Fields that define the model, its loss or the sample order: a checkpoint continues only with the same.
+MUST_MATCH = ("model", "crops", "head_dims", "embed_dim", "num_prototypes", "crops_for_assign", "seed")
+
+
+def _norm(v: Any) -> Any:
+    return list(v) if isinstance(v, (tuple, list)) else v
+
+
+def check_compatible(cfg: PretrainConfig, saved: dict[str, Any], where: str) -> None:
+    """CheckpointError naming the first field this run changes that a checkpoint cannot continue with."""
+    for name in MUST_MATCH:
+        if name in saved and _norm(getattr(cfg, name)) != _norm(saved[name]):
+            raise CheckpointError(f"cannot resume {where}: it trains {name}={saved[name]!r}, this run asks "
+                                  f"{name}={getattr(cfg, name)!r} (start a new run in another output_dir, or "
+                                  f"drop the flag)")
+
+
+def divisors_note(total: int, limit: int = 12) -> str:
+    ds = [d for d in range(1, total + 1) if total % d == 0][:limit]
+    return ", ".join(map(str, ds)) + (", ..." if len(ds) == limit else "")
+
+
+def plan_resume(cfg: PretrainConfig, meta: dict[str, Any], trainer: dict[str, Any], world: int,
+                where: str) -> PretrainConfig:
+    """``cfg`` adjusted to continue the checkpoint described by ``meta`` / ``trainer`` on ``world`` ranks."""
+    saved = meta.get("config", {})
+    check_compatible(cfg, saved, where)
+    old_world = int(meta.get("world_size", 1))
+    old_batch = int(saved.get("batch_size") or 1)
+    global_batch = int(trainer.get("global_batch", old_batch * old_world))
+    changes: dict[str, Any] = {}
+    if cfg.batch_size is None or cfg.batch_size == old_batch:
+        if global_batch % world:
+            raise ConfigError(f"cannot resume {where} on {world} ranks: its global batch {global_batch} is not "
+                              f"divisible by {world}; world sizes that keep it: {divisors_note(global_batch)} "
+                              f"(or give --batch_size to change the global batch)")
+        batch = global_batch // world
+        keep_global = True
+    else:
+        batch = cfg.batch_size
+        keep_global = batch * world == global_batch
+        if not keep_global:
+            log.info("resume: global batch %d -> %d (--batch_size %d on %d ranks); peak lr follows the linear "
+                     "rule: %.4g -> %.4g", global_batch, batch * world, batch, world,
+                     cfg.base_lr * global_batch / 256, cfg.base_lr * batch * world / 256)
+    changes["batch_size"] = batch
+    if batch != old_batch or world != old_world:  # a DeepSpeed JSON's batch fields describe the old layout
+        changes["extra"] = dict(cfg.extra, resumed_batch=True)
+    old_queue = int(saved.get("queue_length", 0) or 0)
+    if old_queue and cfg.queue_length in (0, old_queue) and keep_global:
+        changes["queue_length"] = old_queue * old_world // world  # the same global queue, re-split
+    elif old_queue and cfg.queue_length == old_queue:
+        log.info("resume: the global batch changed, so the SwAV queue starts empty")
+    if world != old_world:
+        log.info("resume: %d -> %d ranks, global batch %d kept: %d per rank%s", old_world, world, global_batch,
+                 batch, f", queue {changes['queue_length']} per rank" if "queue_length" in changes else "")
+    return replace(cfg, **changes)
