@@ -19,6 +19,7 @@ from bigseer.config import PretrainConfig, resolve_backend, resolve_precision, v
 from bigseer.distributed import get_rank, get_world_size, init_distributed
 from bigseer.errors import CheckpointError
 from bigseer.train_log import TrainLogger, peak_memory_mb, setup_logging
+from bigseer.watchdog import Heartbeat, explain_timeout, is_collective_timeout
 
 log = logging.getLogger("bigseer")
 
@@ -218,6 +219,7 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
 
     it = iter(stream)
     step = start_step
+    heartbeat = Heartbeat()
     try:
         while step < cfg.max_steps:
             t0 = time.perf_counter()
@@ -248,10 +250,17 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
                                "peak_mem_mb": max(peak_mem), "peak_mem_mb_per_rank": peak_mem,
                                "checkpoint_stall_s": writer.last_stall_s})
             writer.last_stall_s = 0.0
+            heartbeat.beat(step)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
                 save(step)
         result.checkpoint = save(step)
         writer.wait()
+    except Exception as exc:
+        if is_collective_timeout(exc):
+            err = explain_timeout(exc, heartbeat, step, cfg.collective_timeout_s)
+            log.error("%s", err)
+            raise err from exc
+        raise
     finally:
         writer.close()
         result.curves = logger.close()

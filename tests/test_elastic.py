@@ -29,6 +29,8 @@ RUNS = {  # name -> (backend, extra config); "q": with a queue (the runs compare
     "ddp": ("ddp", dict(shard_prototypes=True, queue=True)),
     "fsdp": ("fsdp", dict(shard_prototypes=True, queue=True)),
     "fsdp_plain": ("fsdp", dict(shard_prototypes=True)),
+    "ddp_replicated": ("ddp", dict(queue=True)),
+    "zero1": ("deepspeed", dict(ds_config="zero1_fp32")),
     "zero2": ("deepspeed", dict(ds_config="zero2_fp32")),
     "zero2_q": ("deepspeed", dict(ds_config="zero2_fp32", queue=True)),  # DeepSpeed cannot shard prototypes
     "zero3": ("deepspeed", dict(ds_config="zero3_fp32")),
@@ -38,7 +40,7 @@ PLAN = {  # transition -> (first run, its world, resumed run, its world, with a 
     "ddp_2to4": ("ddp", 2, "ddp", 4, True), "ddp_4to2": ("ddp", 4, "ddp", 2, True),
     "fsdp_2to1": ("fsdp", 2, "fsdp", 1, True), "fsdp_1to2": ("fsdp", 1, "fsdp", 2, True),
     "fsdp_2to4": ("fsdp", 2, "fsdp", 4, True), "fsdp_4to2": ("fsdp", 4, "fsdp", 2, True),
-    "zero2_2to1": ("zero2", 2, "zero2", 1, False), "zero2_1to2": ("zero2", 1, "zero2", 2, False),
+    "zero1_2to1": ("zero1", 2, "zero1", 1, False), "zero2_2to1": ("zero2", 2, "zero2", 1, False), "zero2_1to2": ("zero2", 1, "zero2", 2, False),
     "zero3_2to1": ("zero3", 2, "zero3", 1, False), "zero3_1to2": ("zero3", 1, "zero3", 2, False),
     "fsdp_to_zero2": ("fsdp", 2, "zero2_q", 2, True), "zero3_to_fsdp": ("zero3", 2, "fsdp_plain", 2, False),
 }
@@ -105,11 +107,12 @@ def _run(world: int, jobs: list[tuple[str, str, int, str]]) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("elastic")
-    d = {k: root / k for k in ("ref1", "ref2", "ref1_ds", "ref2_ds")}
+    d = {k: root / k for k in ("ref1", "ref2", "ref1_ds", "ref2_ds", "rep2")}
     first: dict[int, list] = {1: [], 2: [], 4: []}
     second: dict[int, list] = {1: [], 2: [], 4: []}
     first[1] += [("ddp", str(d["ref1"]), STEPS, "no"), ("zero2", str(d["ref1_ds"]), STEPS, "no")]
-    first[2] += [("ddp", str(d["ref2"]), STEPS, "no"), ("zero2", str(d["ref2_ds"]), STEPS, "no")]
+    first[2] += [("ddp", str(d["ref2"]), STEPS, "no"), ("zero2", str(d["ref2_ds"]), STEPS, "no"),
+                 ("ddp_replicated", str(d["rep2"]), STEPS, "no")]
     for key, (a, wa, b, wb, _) in PLAN.items():
         d[key] = root / key
         first[wa].append((a, str(d[key]), STEPS, "no"))
@@ -148,3 +151,23 @@ def test_references_agree_and_the_queue_matters(runs: dict[str, Path]) -> None:
     a, b = _records(runs["ref1"]), _records(runs["ref2"])
     assert all(a[s]["samples"] == b[s]["samples"] for s in a)
     assert _tolerance(runs, "ref1", "ref2") < 1e-3
+
+
+def test_sharded_prototypes_export_whole_and_match_a_replicated_run(runs: dict[str, Path], tmp_path: Path) -> None:
+    """2-rank ddp with --shard_prototypes: the export holds all K rows (each rank held K/2), and the run equals
+    a replicated-prototype run up to the fp32 error scale of the world-size change (1 vs 2 ranks)."""
+    from safetensors.torch import load_file
+
+    from bigseer.export import export_checkpoint
+
+    protos = {}
+    for name in ("ref1", "ref2", "rep2"):
+        export_checkpoint(runs[name], tmp_path / name, include_head=True)
+        protos[name] = load_file(str(tmp_path / name / "model.safetensors"))["head.prototypes.0.weight"]
+    assert protos["ref2"].shape == (32, 16)  # all 32 prototypes, not one rank's 16
+    torch.testing.assert_close(protos["ref2"].norm(dim=1), torch.ones(32))
+    bound = 8 * (protos["ref1"] - protos["ref2"]).norm() + 1e-6 * protos["ref1"].norm()
+    assert (protos["ref2"] - protos["rep2"]).norm() <= bound
+    tol = _tolerance(runs, "ref1", "ref2")
+    a, b = _records(runs["ref2"]), _records(runs["rep2"])
+    assert all(abs(a[s]["loss"] - b[s]["loss"]) <= tol for s in a)

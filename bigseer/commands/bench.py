@@ -1,8 +1,11 @@
 """``bigseer bench``: forward+backward images/s of a bigseer RegNetY trunk vs timm's, in one run.
 
 The measuring code (:func:`benchmark_regnet`) is shared with ``benchmarks/bench_regnet.py``.
-All variants start from the same weights and the same input; measurements are interleaved
-(variant A, B, C, A, B, C, ...) and medians reported, so load on a shared machine hits all alike.
+All variants start from the same weights and the same input. Every bigseer variant (eager,
+channels_last, torch.compile, compile+channels_last) has timm's same variant beside it as its baseline.
+Measurements are interleaved (timm X, bigseer X, timm Y, bigseer Y, ..., the order reversed every other
+step), and ratios are medians of the per-step ratios (both models timed in the same round), so load on a
+shared machine hits the pair alike.
 """
 
 from __future__ import annotations
@@ -27,17 +30,21 @@ class BenchRow:
     name: str
     images_per_s: float
     ms_per_step: float
-    ratio_vs_timm: float
+    ratio_vs_timm: float  # median over steps of (timm eager time / this variant's time), same round
     max_abs_diff_out: float  # vs the bigseer eager output (timm eager is compared to it too)
     max_abs_diff_grad: float  # max over all parameter gradients, matched by state-dict name
     rel_diff_grad: float  # max over parameters of max|g - g_ref| / max|g_ref|
     rel_diff_grad_fp64: float  # the same against a float64 run of bigseer eager (fp32 rounding scale)
     error: str = ""
+    baseline: str = ""  # timm's same variant (for a timm row: itself)
+    ratio_vs_same: float = float("nan")  # median over steps of (baseline time / this variant's time)
+    ratio_vs_same_range: tuple[float, float] = (float("nan"), float("nan"))  # min, max of those per-step ratios
 
 
 @dataclass
 class _Variant:
     name: str
+    kind: str  # "eager" | "channels_last" | "compile" | "compile+channels_last"
     model: nn.Module
     step: Callable[[], tuple[torch.Tensor, nn.Module]]
     times: list[float]
@@ -63,12 +70,15 @@ def benchmark_regnet(model: str = "regnety_800mf", *, batch_size: int = 16, imag
                      log: Callable[[str], None] | None = None) -> list[BenchRow]:
     """Train-mode forward+backward throughput of bigseer's trunk vs timm's same-config RegNetY.
 
-    Variants: ``timm eager``, ``bigseer eager``, plus ``bigseer channels_last``, ``timm channels_last``
-    (with ``channels_last``), ``bigseer compile`` (with ``compile``) and ``bigseer compile+channels_last``
-    (with both). Every model gets the same initial weights (bigseer's, non-zero last-BN gammas, loaded
-    into timm with ``strict=True``) and the same input. Numerics: each variant's first step output and
-    parameter gradients are compared with ``bigseer eager``'s. A variant that fails (e.g. torch.compile
-    without a working C compiler) is reported with its error instead of aborting the run.
+    Variants, each as a (timm, bigseer) pair: ``eager``; ``channels_last`` (with ``channels_last``);
+    ``compile`` (with ``compile``); ``compile+channels_last`` (with both). Every bigseer variant is
+    compared with timm's same variant (``ratio_vs_same``: median over the timed steps of the per-step
+    ratio timm time / bigseer time, both timed in the same round) and every variant with timm eager
+    (``ratio_vs_timm``, the same kind of median). Every model gets the same initial weights (bigseer's,
+    non-zero last-BN gammas, loaded into timm with ``strict=True``) and the same input. Numerics: each
+    variant's first step output and parameter gradients are compared with ``bigseer eager``'s. A variant
+    that fails (e.g. torch.compile without a working C compiler) is reported with its error instead of
+    aborting the run.
     """
     timm_name = _validate(model, batch_size, image_size, steps, warmup)  # before any heavy import/work
     import timm
@@ -90,7 +100,7 @@ def benchmark_regnet(model: str = "regnety_800mf", *, batch_size: int = 16, imag
     x = torch.randn(batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
     proj = torch.randn(batch_size, ours.num_features, generator=torch.Generator().manual_seed(seed + 1))
 
-    def make(name: str, base: nn.Module, cl: bool, comp: bool) -> _Variant:
+    def make(name: str, kind: str, base: nn.Module, cl: bool, comp: bool) -> _Variant:
         net = copy.deepcopy(base).train()
         net.load_state_dict(state, strict=True)
         inp = x.contiguous(memory_format=torch.channels_last) if cl else x.contiguous()
@@ -104,16 +114,17 @@ def benchmark_regnet(model: str = "regnety_800mf", *, batch_size: int = 16, imag
             (out * proj).sum().backward()
             return out.detach(), net
 
-        return _Variant(name, net, step, [])
+        return _Variant(name, kind, net, step, [])
 
-    variants = [make("timm eager", theirs, False, False), make("bigseer eager", ours, False, False)]
+    kinds = [("eager", False, False)]
     if channels_last:
-        variants += [make("timm channels_last", theirs, True, False),
-                     make("bigseer channels_last", ours, True, False)]
+        kinds.append(("channels_last", True, False))
     if compile:
-        variants.append(make("bigseer compile", ours, False, True))
+        kinds.append(("compile", False, True))
         if channels_last:
-            variants.append(make("bigseer compile+channels_last", ours, True, True))
+            kinds.append(("compile+channels_last", True, True))
+    variants = [make(f"{who} {kind}", kind, base, cl, comp) for kind, cl, comp in kinds
+                for who, base in (("timm", theirs), ("bigseer", ours))]
 
     # First step of every variant from identical weights: numerics (also compiles / warms up).
     first: dict[str, tuple[torch.Tensor, dict[str, torch.Tensor]]] = {}
@@ -133,7 +144,7 @@ def benchmark_regnet(model: str = "regnety_800mf", *, batch_size: int = 16, imag
         for v in live:
             v.step()
     for i in range(steps):
-        for v in live:
+        for v in (live if i % 2 == 0 else live[::-1]):  # alternate the order: no variant always first
             t0 = time.perf_counter()
             v.step()
             v.times.append(time.perf_counter() - t0)
@@ -150,35 +161,53 @@ def benchmark_regnet(model: str = "regnety_800mf", *, batch_size: int = 16, imag
         return max(((grads[k].double() - ref[k]).abs().max() / ref[k].abs().max().clamp_min(1e-30)).item()
                    for k in ref)
 
-    timm_med = statistics.median(variants[0].times) if not variants[0].error else float("nan")
+    nan = float("nan")
+
+    def ratios(base: _Variant, v: _Variant) -> list[float]:
+        """Per-step ratios base time / v time (both timed in the same round); empty if either failed."""
+        return [] if base.error or v.error else [b / t for b, t in zip(base.times, v.times)]
+
+    by_name = {v.name: v for v in variants}
     rows = []
     for v in variants:
+        same = by_name[f"timm {v.kind}"]
         if v.error:
-            nan = float("nan")
-            rows.append(BenchRow(v.name, nan, nan, nan, nan, nan, nan, nan, v.error))
+            rows.append(BenchRow(v.name, nan, nan, nan, nan, nan, nan, nan, v.error, baseline=same.name))
             continue
         med = statistics.median(v.times)
         out, grads = first[v.name]
         d_out = (out - ref_out).abs().max().item()
         d_grad = max((grads[k] - ref_grads[k]).abs().max().item() for k in ref_grads)
-        rows.append(BenchRow(v.name, batch_size / med, med * 1e3, timm_med / med, d_out, d_grad,
-                             rel_diff(grads, ref_grads), rel_diff(grads, grads64)))
+        vs_eager, vs_same = ratios(variants[0], v), ratios(same, v)
+        rows.append(BenchRow(v.name, batch_size / med, med * 1e3,
+                             statistics.median(vs_eager) if vs_eager else nan, d_out, d_grad,
+                             rel_diff(grads, ref_grads), rel_diff(grads, grads64), baseline=same.name,
+                             ratio_vs_same=statistics.median(vs_same) if vs_same else nan,
+                             ratio_vs_same_range=(min(vs_same), max(vs_same)) if vs_same else (nan, nan)))
     return rows
 
 
 def format_table(rows: list[BenchRow]) -> str:
-    """A markdown table of :func:`benchmark_regnet` rows (errors listed below it). Diffs are vs
-    bigseer eager fp32's first step; the last column is vs a float64 run, i.e. the fp32 rounding scale."""
+    """A markdown table of :func:`benchmark_regnet` rows (errors listed below it). Ratios are medians of
+    per-step ratios (baseline time / variant time, same round); "vs timm same variant" is the comparison
+    each bigseer variant is judged on (compiled vs compiled, ...). Diffs are vs bigseer eager fp32's first
+    step; the "vs fp64" column is vs a float64 run, i.e. the fp32 rounding scale."""
     lines = ["| variant | images/s | ms/step (median) | vs timm eager | max abs diff out | max abs diff grad "
-             "| max rel diff grad | max rel diff grad vs fp64 |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| max rel diff grad | max rel diff grad vs fp64 | vs timm same variant | per-step ratio min-max |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def x(v: float) -> str:
+        return "-" if v != v else f"{v:.2f}x"
+
     for r in rows:
         if r.error:
-            lines.append(f"| {r.name} | failed | - | - | - | - | - | - |")
+            lines.append(f"| {r.name} | failed | - | - | - | - | - | - | - | - |")
         else:
-            lines.append(f"| {r.name} | {r.images_per_s:.2f} | {r.ms_per_step:.0f} | {r.ratio_vs_timm:.2f}x "
+            lo, hi = r.ratio_vs_same_range
+            rng = "-" if lo != lo else f"{lo:.2f}-{hi:.2f}"
+            lines.append(f"| {r.name} | {r.images_per_s:.2f} | {r.ms_per_step:.0f} | {x(r.ratio_vs_timm)} "
                          f"| {r.max_abs_diff_out:.2e} | {r.max_abs_diff_grad:.2e} | {r.rel_diff_grad:.2e} "
-                         f"| {r.rel_diff_grad_fp64:.2e} |")
+                         f"| {r.rel_diff_grad_fp64:.2e} | {x(r.ratio_vs_same)} | {rng} |")
     lines += [f"\n{r.name} failed: {r.error}" for r in rows if r.error]
     return "\n".join(lines)
 
@@ -190,8 +219,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant after the first")
-    parser.add_argument("--channels_last", action="store_true", help="also measure channels_last variants")
-    parser.add_argument("--compile", action="store_true", help="also measure torch.compile variants")
+    parser.add_argument("--channels_last", action="store_true",
+                        help="also measure channels_last variants (timm's and bigseer's)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also measure torch.compile variants (timm's and bigseer's)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--quiet", action="store_true", help="print only the table")
 
@@ -207,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
                             steps=args.steps, warmup=args.warmup, channels_last=args.channels_last,
                             compile=args.compile, log=log)
     print(f"{args.model}: train-mode forward+backward, batch {args.batch_size}, {args.image_size} px, "
-          f"{args.steps} interleaved steps per variant, {torch.get_num_threads()} threads")
+          f"{args.steps} interleaved steps per variant, {torch.get_num_threads()} threads; ratios: median of "
+          f"per-step ratios (baseline time / variant time, same round)")
     print(format_table(rows))
     return 0

@@ -10,6 +10,7 @@ from torch import nn
 from bigseer.distributed import Group
 from bigseer.errors import ConfigError
 from bigseer.ssl.head import SwAVHead
+from bigseer.ssl.stats import SwAVStats
 from bigseer.ssl.swav import check_loss_args
 
 
@@ -58,6 +59,11 @@ class SwAVModel(nn.Module):
         self.trunk.init_weights(seed=seed, rows_of=rows_of or whole)
         self.head.init_weights(seed=seed + 1, rows_of=rows_of or whole)
         return self
+
+    @property
+    def last_stats(self) -> "SwAVStats | None":
+        """Health statistics of the last forward (``head.last_stats``; see :mod:`bigseer.ssl.stats`)."""
+        return self.head.last_stats
 
     def set_group(self, group: Group) -> None:
         """Use ``group`` for Sinkhorn and sharded prototypes."""

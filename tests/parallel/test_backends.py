@@ -53,9 +53,28 @@ def _optimizer_level(rank, world):
     return [pd.full_tensor() for pd in dts], [pr.detach() for pr in ref]
 
 
+def _sharded_rows_lars(rank, world):
+    """LARS on a rank's rows of a ``_bigseer_sharded`` matrix (sharded prototypes) == those rows of LARS on
+    the whole matrix (float64: the norm is an all-reduced sum of the ranks' squares)."""
+    g = torch.Generator().manual_seed(6)
+    full = torch.randn(8, 5, generator=g, dtype=torch.float64)
+    grads = [torch.randn(8, 5, generator=g, dtype=torch.float64) for _ in range(2)]
+    rows = slice(rank * 4, (rank + 1) * 4)
+    sharded = torch.nn.Parameter(full[rows].clone())
+    sharded._bigseer_sharded = True
+    whole = torch.nn.Parameter(full.clone())
+    o_sh, o_whole = _lars([sharded]), _lars([whole])
+    for grad in grads:
+        sharded.grad, whole.grad = grad[rows].clone(), grad.clone()
+        o_sh.step()
+        o_whole.step()
+    return sharded.detach().clone(), whole.detach()[rows].clone(), full[rows]
+
+
 def _rank_fn(rank, world, tmp):
     out = {}
     out["opt_dt"], out["opt_ref"] = _optimizer_level(rank, world)
+    out["sharded_lars"] = _sharded_rows_lars(rank, world)
 
     # ddp baseline (no checkpointing) vs fsdp with activation checkpointing on every block
     pd, out["ddp_losses"] = _train("ddp", rank, world, grad_clip=0.05)
@@ -90,21 +109,27 @@ def _rank_fn(rank, world, tmp):
     out["bf16_loss_finite"] = all(torch.isfinite(torch.tensor(losses)))
     out["bf16_bn_dtype"] = pb.unwrapped.trunk.s1.b1.conv1.bn.weight.dtype
 
-    # fp16: inject an inf on rank 0 -> both ranks skip the step and halve the scale; next step applies
+    # fp16: after backward (and the gradient reduction), ONE non-finite element in rank 0's local gradient
+    # (shard) -> every rank skips the step and halves the scale (a rank-local check would step rank 1 and
+    # let the replicas diverge); the next step applies
     for backend in ("ddp", "fsdp"):
         model = make_model(0)
         p = parallel.setup(model, backend=backend, precision="fp16", optimizer_factory=_lars)
+        p.load_scaler_state({"scale": 16.0, "growth_tracker": 0})  # low enough that no real overflow happens
         s0 = p.loss_scale
         before = {k: v.clone() for k, v in p.full_state_dict().items() if "weight" in k}
         x = make_batch(4, seed=20 + rank)
         loss = p.forward(x)
-        p.backward(loss * (float("inf") if rank == 0 else 1.0))
+        p.backward(loss)
+        if rank == 0:
+            g = p.unwrapped.trunk.s2.b1.conv2.conv.weight.grad
+            (g.to_local() if hasattr(g, "to_local") else g).view(-1)[3] = float("inf")
         skipped = not p.step()
         p.zero_grad()
         same = all(torch.equal(before[k], v) for k, v in p.full_state_dict().items() if k in before)
         s1 = p.loss_scale
         applied, scales = False, []
-        for _ in range(12):  # real overflows at a high scale are skipped too, halving each time
+        for _ in range(12):  # (real overflows, were there any, are skipped too, halving each time)
             p.backward(p.forward(x))
             applied = p.step()
             p.zero_grad()
@@ -166,6 +191,13 @@ def _weights(sd):
     return {k: v for k, v in sd.items() if "running" not in k and "num_batches" not in k}
 
 
+def test_lars_step_on_sharded_rows_equals_the_whole_matrix_step(results):
+    for r in results:
+        got, ref, start = r["sharded_lars"]
+        assert_close_f64(got, ref, "sharded LARS rows")
+        assert (got - start).abs().max() > 1e-6  # the steps moved the rows
+
+
 def test_fsdp_with_checkpointing_matches_ddp_lars_steps(results):
     """fsdp == ddp up to fp32 rounding: the bound is derived from the float64 run of the same two steps
     (tests/numerics.py)."""
@@ -198,10 +230,11 @@ def test_bf16_fsdp_keeps_bn_fp32(results):
 def test_fp16_overflow_step_skipped_and_scale_halved(results, backend):
     for r in results:
         f = r[f"fp16_{backend}"]
-        assert f["skipped"] and f["unchanged"] and f["applied"]
+        assert f["s0"] == 16.0 and f["skipped"] and f["unchanged"] and f["applied"]
         assert f["s1"] == f["s0"] / 2
         assert f["scales"][:-1] == [f["s1"] / 2 ** (i + 1) for i in range(len(f["scales"]) - 1)]
         assert f["scales"][-1] == (f["scales"][-2] if len(f["scales"]) > 1 else f["s1"])
+    assert results[0][f"fp16_{backend}"]["scales"] == results[1][f"fp16_{backend}"]["scales"]  # ranks agree
 
 
 def test_syncbn_through_setup_with_checkpointing(results):

@@ -90,6 +90,17 @@ def test_forced_collapse_reads_as_collapse():
     assert h["prototypes_used"] > 1 and h["embed_std_ratio"] > 0.3 and h["code_entropy"] < s["code_entropy"]
 
 
+def test_model_exposes_the_head_stats():
+    from bigseer.models import build_regnet
+    from bigseer.ssl import SwAVModel
+
+    trunk = build_regnet("regnety_test", zero_init_last=False)
+    model = SwAVModel(trunk, SwAVHead(trunk.num_features, [16], 8, K), **KW)
+    assert model.last_stats is None
+    model([torch.randn(2, 4, 3, 16, 16)])
+    assert model.last_stats is model.head.last_stats and model.last_stats.as_dict()["batch"] == 4
+
+
 def test_stats_off_and_autograd_untouched():
     head = _head(track_stats=False)
     loss = head(_feats(V, 4), **KW)
