@@ -23,8 +23,9 @@ scenario (2->1, 1->2, 2->2, 1->1, and fresh starts on 1 and 2 ranks without a ch
 ``resume="latest"`` on a fresh copy of that output directory for one step, repeated and interleaved. Time from
 the launch of ``torchrun`` to the end of the first resumed step (rank 0, wall clock), split into: launch + Python
 start, imports, set-up before the load (process group, config, model on meta, FSDP sharding, optimizer),
-``load_checkpoint`` (DCP read of the logical tensors into this run's pieces, RNG, trainer state), and the rest up
-to the end of the first step (after_load, data stream, the first step itself, whose compute time is shown apart).
+``load_checkpoint`` (DCP read of the logical tensors into this run's pieces, RNG, trainer state), after the load
+(after_load, scaler, queue), opening the data stream up to the first step's start, and the first step as the engine
+times it (first batch + forward/backward/step).
 Checkpoint files are read from the page cache (just written / copied): a cold-storage read would add its I/O time.
 
     .venv/bin/python benchmarks/bench_checkpoint.py --out benchmarks/results/checkpoint.md
@@ -70,13 +71,13 @@ def worker(args: argparse.Namespace) -> None:
     from bigseer.train_log import TrainLogger
 
     ev["imported"] = time.time()
-    step_ends: list[tuple[int, float]] = []
-    writes: list[tuple[float, float]] = []
+    step_ends: list[tuple[int, float, float]] = []
+    writes: list[tuple[float, float, float]] = []
     orig_step, orig_load, orig_write = TrainLogger.step, ckpt_pkg.load_checkpoint, store.CheckpointWriter._write
     orig_close = store.CheckpointWriter.close
 
     def step(self, s, metrics):
-        step_ends.append((s, time.time()))
+        step_ends.append((s, time.time(), time.process_time()))
         return orig_step(self, s, metrics)
 
     def load(*a, **k):
@@ -87,22 +88,31 @@ def worker(args: argparse.Namespace) -> None:
             ev["load_end"] = time.time()
 
     def write(self, *a, **k):
-        t = time.time()
+        t, c = time.time(), time.thread_time()  # thread_time: CPU seconds of the thread that writes
         try:
             return orig_write(self, *a, **k)
         finally:
-            writes.append((t, time.time()))
+            writes.append((t, time.time(), time.thread_time() - c))
 
     def close(self):
         try:
             return orig_close(self)
         finally:
-            ev["writer_closed"] = time.time()
+            ev["writer_closed"], ev["writer_closed_cpu"] = time.time(), time.process_time()
 
+    from bigseer.data.stream import MultiCropStream
+
+    orig_stream_init = MultiCropStream.__init__
+
+    def stream_init(self, *a, **k):
+        ev["stream_init"] = time.time()
+        return orig_stream_init(self, *a, **k)
+
+    MultiCropStream.__init__ = stream_init
     TrainLogger.step, ckpt_pkg.load_checkpoint, store.CheckpointWriter._write = step, load, write
     store.CheckpointWriter.close = close
     nproc = int(os.environ.get("WORLD_SIZE", "1"))
-    torch.set_num_threads(max(1, args.cores // nproc))
+    torch.set_num_threads(args.threads)
     cfg = PretrainConfig(model=args.model, data="builtin", crops=args.crops, batch_size=args.global_batch // nproc,
                          backend=args.backend if nproc > 1 else "auto", max_steps=args.max_steps,
                          warmup_steps=0, checkpoint_every=args.every, async_checkpoint=args.async_save,
@@ -131,9 +141,9 @@ def launch(args: argparse.Namespace, nproc: int, run_dir: str, *, max_steps: int
                os.path.abspath(__file__), "--worker", "--run_dir", run_dir, "--result_dir", res,
                "--model", args.model, "--crops", args.crops, "--global_batch", str(args.global_batch),
                "--backend", args.backend, "--max_steps", str(max_steps), "--every", str(every),
-               "--resume", resume, "--cores", str(args.cores), "--prototypes", str(args.prototypes),
+               "--resume", resume, "--threads", str(args.threads), "--prototypes", str(args.prototypes),
                "--head", *map(str, args.head)] + (["--async_save"] if async_save else [])
-        env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=str(max(1, args.cores // nproc)))
+        env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS=str(args.threads))
         t_launch = time.time()
         proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
         if proc.returncode:
@@ -161,16 +171,19 @@ def stall_part(args: argparse.Namespace, work: str) -> dict:
             recs = launch(args, 2, run_dir, max_steps=args.steps, every=0 if v == "none" else args.every,
                           async_save=v == "async")
             r0 = recs[0]
-            ends = {s: t for s, t in r0["step_ends"]}
+            ends = {s: t for s, t, _ in r0["step_ends"]}
+            cpu = {s: c for s, _, c in r0["step_ends"]}
             rows = {row["step"]: row for row in r0["metrics"]}
             saves = [s for s in range(1, args.steps) if v != "none" and s % args.every == 0]
             stalls = [rows[s + 1]["checkpoint_stall_s"] for s in saves]  # logged with the step after the save
             step_s = {s: args.global_batch / rows[s]["img_per_s"] for s in rows}
             ckpts = sorted(os.listdir(os.path.join(run_dir, "checkpoints")))
             size = dir_mb(os.path.join(run_dir, "checkpoints", [c for c in ckpts if c.startswith("step_")][-1]))
-            writes = [b - a for a, b in r0["writes"]][:len(saves)]
+            writes = [b - a for a, b, _ in r0["writes"]][:len(saves)]
+            write_cpu = [c for _, _, c in r0["writes"]][:len(saves)]
             runs.append({"repeat": rep, "variant": v, "wall": ends[args.steps] - ends[1],
                          "wall_commit": r0["events"]["writer_closed"] - ends[1], "saves": saves,
+                         "cpu_commit": r0["events"]["writer_closed_cpu"] - cpu[1], "write_cpu": write_cpu,
                          "stalls": stalls, "writes": writes, "step_s": step_s, "ckpt_mb": size,
                          "load1": os.getloadavg()[0]})
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -178,7 +191,8 @@ def stall_part(args: argparse.Namespace, work: str) -> dict:
                   f"commit {runs[-1]['wall_commit']:.2f} s, stalls "
                   + ", ".join(f"{s:.2f}" for s in stalls) + (" s, writes " + ", ".join(f"{w:.2f}" for w in writes)
                                                             if writes else "")
-                  + f", ckpt {size:.0f} MiB, load {runs[-1]['load1']:.2f}", flush=True)
+                  + f", process CPU {runs[-1]['cpu_commit']:.1f} s, ckpt {size:.0f} MiB, load {runs[-1]['load1']:.2f}",
+                  flush=True)
     return {"runs": runs}
 
 
@@ -201,18 +215,17 @@ def resume_part(args: argparse.Namespace, work: str) -> dict:
             else:
                 recs = launch(args, m, run_dir, max_steps=1)
             ev = recs[0]["events"]
-            first = recs[0]["step_ends"][0][1]
-            row = recs[0]["metrics"][0]
+            first_step, first, _ = recs[0]["step_ends"][0]
+            row = next(r for r in recs[0]["metrics"][::-1] if r["step"] == first_step)  # the copied run's rows precede
             step_compute = args.global_batch / row["img_per_s"]
             seg = {"launch -> Python up": ev["script"] - ev["launch"], "imports": ev["imported"] - ev["script"],
-                   "set-up before load": (ev.get("load_start", first) - ev["pretrain"]) if n else None,
+                   "set-up (process group, config, model, parallel.setup, writer)":
+                       (ev["load_start"] if n else ev["stream_init"]) - ev["pretrain"],
                    "load_checkpoint": (ev["load_end"] - ev["load_start"]) if n else None,
-                   "after load -> first step end (excl. its compute)": None,
-                   "first step compute": step_compute, "total: launch -> first step end": first - ev["launch"]}
-            after = first - (ev["load_end"] if n else ev["pretrain"]) - step_compute
-            seg["after load -> first step end (excl. its compute)"] = after
-            if not n:
-                seg["set-up before load"] = None
+                   "after load (after_load, scaler, queue)": (ev["stream_init"] - ev["load_end"]) if n else None,
+                   "data stream open, logger (to the first step's start)": first - ev["stream_init"] - step_compute,
+                   "first step (its logged time: first batch + compute)": step_compute,
+                   "total: launch -> first step end": first - ev["launch"]}
             runs.append({"repeat": rep, "label": label, "seg": seg, "resumed_step": recs[0]["step_ends"][0][0],
                          "load1": os.getloadavg()[0], "pretrain_call": ev["pretrain"] - ev["launch"]})
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -234,8 +247,8 @@ def report(args: argparse.Namespace, stall: dict | None, resume: dict | None, be
              "    .venv/bin/python benchmarks/bench_checkpoint.py " + " ".join(sys.argv[1:]), "",
              (f"Run: `bigseer.engine.pretrain`, model {args.model}, backend {args.backend} on 2 ranks (1 rank: the plain "
               f"model), gloo, fp32, LARS, head {'-'.join(map(str, args.head))}, {args.prototypes} prototypes, crops "
-              f"{args.crops}, global batch {args.global_batch} (kept on resume), builtin data, {args.cores} cores shared "
-              f"by the ranks (torch threads = {args.cores} / ranks); checkpoints under a temp dir on the local disk "
+              f"{args.crops}, global batch {args.global_batch} (kept on resume), builtin data, {args.threads} torch "
+              f"thread(s) per rank; checkpoints under a temp dir on the local disk "
               f"(`{args.workdir or tempfile.gettempdir()}`), fsync'ed by the commit."),
              f"`uptime` before: `{before}`", f"`uptime` after: `{after}`", ""]
     if stall:
@@ -247,37 +260,47 @@ def report(args: argparse.Namespace, stall: dict | None, resume: dict | None, be
         lines += [(f"### Stall per checkpoint, 2 ranks ({args.steps} steps, checkpoint every {args.every}: {nsave} "
                   f"checkpoints in the measured window; one checkpoint = {size:.0f} MiB on disk)"), "",
                   (f"{len(reps)} repeats, each running none / sync / async (order rotated). `checkpoint_stall_s` is the "
-                  "engine's metric (median over all checkpoints of all repeats); *effective* = (wall time from the end "
-                  "of step 1 to the commit of the final checkpoint - the `none` run's in the same repeat) / checkpoints "
-                  "in the window, median over repeats (every variant ends with the same final save; async's includes "
-                  "waiting for a background save still in flight)."), "",
-                  ("| variant | checkpoint_stall_s (median, range) | background write s (median) | effective cost per "
-                  "checkpoint, s (median, range) | median step s | effective / sync effective (median of per-repeat) |"),
-                  "|---|---:|---:|---:|---:|---:|"]
+                   "engine's metric (median over all checkpoints of all repeats, range). The write is "
+                   "`CheckpointWriter._write` (DCP + small files + commit with fsync; inside the stall when sync, in the "
+                   "background thread when async): wall seconds and CPU seconds of the thread running it. *Effective* "
+                   "costs per checkpoint compare a run with the `none` run of the same repeat over the same window (end "
+                   "of step 1 to the commit of the final checkpoint, which every variant writes; async's includes "
+                   "waiting for a background save still in flight): wall = (wall_V - wall_none) / checkpoints, CPU = "
+                   "(rank 0 process CPU_V - CPU_none) / checkpoints; medians over repeats (range). Wall differences are "
+                   "at the mercy of the other jobs on the machine; CPU seconds much less so."), "",
+                  ("| variant | checkpoint_stall_s | write wall s | write thread CPU s | effective wall s per checkpoint | "
+                   "effective CPU s per checkpoint (rank 0) | median step s (steps 2..N) |"),
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         eff = {v: [] for v in STALL_VARIANTS}
+        eff_cpu = {v: [] for v in STALL_VARIANTS}
         for rep in reps:
             for v in ("sync", "async"):
-                eff[v].append((by[(rep, v)]["wall_commit"] - by[(rep, "none")]["wall_commit"])
-                              / max(1, len(by[(rep, v)]["saves"])))
+                n = max(1, len(by[(rep, v)]["saves"]))
+                eff[v].append((by[(rep, v)]["wall_commit"] - by[(rep, "none")]["wall_commit"]) / n)
+                eff_cpu[v].append((by[(rep, v)]["cpu_commit"] - by[(rep, "none")]["cpu_commit"]) / n)
+
+        def rng(xs: list[float], f: str = ".2f") -> str:
+            return f"{med(xs):{f}} ({min(xs):{f}} to {max(xs):{f}})" if xs else "-"
+
         for v in STALL_VARIANTS:
             rs = [by[(rep, v)] for rep in reps]
-            stalls = [s for r in rs for s in r["stalls"]]
-            writes = [w for r in rs for w in r["writes"]]
             steps = [t for r in rs for s, t in r["step_s"].items() if int(s) > 1]
             if v == "none":
-                lines.append(f"| none | - | - | (reference) | {med(steps):.2f} | |")
+                lines.append(f"| none | - | - | - | (reference) | (reference) | {med(steps):.2f} |")
                 continue
-            ratio = [a / b for a, b in zip(eff[v], eff["sync"])] if v == "async" else [1.0]
-            lines.append(f"| {v} | {med(stalls):.3f} ({min(stalls):.3f}-{max(stalls):.3f}) | "
-                         f"{med(writes):.2f} | {med(eff[v]):.2f} ({min(eff[v]):.2f}-{max(eff[v]):.2f}) | "
-                         f"{med(steps):.2f} | {med(ratio):.2f} |")
-        lines += ["", "Per run (wall time of steps 1..N; to the final commit; stalls of its checkpoints):", "",
-                  ("| repeat | variant | wall steps 1..N s | to final commit s | stalls s | background writes s | "
-                  "load (1 min) |"), "|---|---|---:|---:|---|---|---:|"]
+            stalls = [s for r in rs for s in r["stalls"]]
+            writes = [w for r in rs for w in r["writes"]]
+            wcpu = [w for r in rs for w in r["write_cpu"]]
+            lines.append(f"| {v} | {rng(stalls, '.3f')} | {med(writes):.2f} | {med(wcpu):.2f} | {rng(eff[v])} | "
+                         f"{rng(eff_cpu[v])} | {med(steps):.2f} |")
+        lines += ["", ("Per run (wall time of steps 1..N; to the final commit; rank 0 process CPU over the latter; "
+                       "stalls and writes of its checkpoints):"), "",
+                  "| repeat | variant | wall steps 1..N s | to final commit s | CPU s | stalls s | writes s | load (1 min) |",
+                  "|---|---|---:|---:|---:|---|---|---:|"]
         for r in runs:
-            lines.append(f"| {r['repeat']} | {r['variant']} | {r['wall']:.2f} | {r['wall_commit']:.2f} | " +
-                         ", ".join(f"{s:.3f}" for s in r["stalls"]) + " | " + ", ".join(f"{w:.2f}" for w in r["writes"])
-                         + f" | {r['load1']:.2f} |")
+            lines.append(f"| {r['repeat']} | {r['variant']} | {r['wall']:.2f} | {r['wall_commit']:.2f} | "
+                         f"{r['cpu_commit']:.1f} | " + ", ".join(f"{s:.3f}" for s in r["stalls"]) + " | "
+                         + ", ".join(f"{w:.2f}" for w in r["writes"]) + f" | {r['load1']:.2f} |")
         lines.append("")
     if resume:
         runs = resume["runs"]
@@ -316,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="stall repeats (each: none, sync, async)")
     ap.add_argument("--resume_at", type=int, default=2, help="step of the checkpoint that is resumed")
     ap.add_argument("--resume_repeats", type=int, default=3)
-    ap.add_argument("--cores", type=int, default=2, help="cores the ranks share (torch threads = cores / ranks)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads per rank (2 threads in one process "
+                    "on this shared 2-core machine made steps 5-60x slower than 1: spinning under oversubscription)")
     ap.add_argument("--part", default="all", choices=("all", "stall", "resume"))
     ap.add_argument("--workdir", default=None, help="where run directories go (default: a temp dir)")
     ap.add_argument("--out", default=None)

@@ -64,7 +64,7 @@ def status_kib(field: str) -> int:
 # -------------------------------------------------------------------------------------- bigseer 0.1 reader
 # Copied from bigseer 0.1 (git show HEAD~8:bigseer/data/sources.py): _index_tar and the table of _TarPart.__init__.
 IMAGE_EXTENSIONS = frozenset(
-    "jpg jpeg jpe jfif png gif bmp webp tif tiff ppm pgm pbm pnm tga ico jp2 j2k avif heic".split())
+    "jpg jpeg jpe jfif png gif bmp webp tif tiff ppm pgm pbm pnm tga ico jp2 j2k avif heic".split())  # noqa: SIM905
 
 
 def _index_tar_v01(path: str) -> list[tuple[int, int]]:
@@ -72,8 +72,7 @@ def _index_tar_v01(path: str) -> list[tuple[int, int]]:
     import tarfile
 
     by_key: dict[str, list[tuple[str, int, int]]] = {}
-    tf = tarfile.open(path, "r:")
-    with tf:
+    with tarfile.open(path, "r:") as tf:
         try:
             for m in tf:
                 if not m.isfile():
@@ -265,10 +264,10 @@ def report(args: argparse.Namespace, recs: list[dict], before: str, after: str, 
               f"`{args.dir}`, page cache: {'evicted before every run (--cold)' if args.cold else 'warm (files read before)'}."
               f" Lookups: the first {args.lookups} global positions at {args.lanes} lanes."),
              f"`uptime` before: `{before}`", f"`uptime` after: `{after}`", "",
-             "Time to a usable catalog + order (open + lookups + first sample read where there are files), seconds, and "
-             "peak RSS of the process (MiB; after imports in brackets: what the catalog itself adds is the difference):",
-             "", "| images | shards | index (today) | index, synthetic (no tar files) | header walk, no index (today) | "
-             "bigseer 0.1 (tarfile, per-image table) |", "|---:|---:|---|---|---|---|"]
+             ("Time to a usable catalog + order (open + lookups + first sample read where there are files), seconds, and "
+             "peak RSS of the process (MiB; after imports in brackets: what the catalog itself adds is the difference):"),
+             "", ("| images | shards | index (today) | index, synthetic (no tar files) | header walk, no index (today) | "
+             "bigseer 0.1 (tarfile, per-image table) |"), "|---:|---:|---|---|---|---|"]
     sizes = sorted(set(real) | set(synth))
     slope = {}  # seconds and MiB per image, from the largest measured real size
     for reader in ("walk", "v0.1"):
@@ -285,15 +284,15 @@ def report(args: argparse.Namespace, recs: list[dict], before: str, after: str, 
                 row.append(f"{t:.3f} s, {cell(reader, n, 'peak_rss_mib'):.0f} "
                            f"({cell(reader, n, 'rss_after_imports_mib'):.0f}) MiB")
             elif reader in slope:
-                s_img, m_img, base = slope[reader]
+                s_img, m_img, _ = slope[reader]
                 row.append(f"*extrapolated: ~{fmt_t(s_img * n)}, +{fmt_m(m_img * n)}* ")
             else:
                 row.append("-")
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", "*Extrapolated* cells: linear in images from the largest measured real size (time per image x images; "
-              "RSS growth per image x images, on top of the imports), not measured.", "",
-              "Split of the measured runs (median seconds: open / lookups / first sample read; Python start + imports "
-              "of the child apart):", "",
+    lines += ["", ("*Extrapolated* cells: linear in images from the largest measured real size (time per image x images; "
+              "RSS growth per image x images, on top of the imports), not measured."), "",
+              ("Split of the measured runs (median seconds: open / lookups / first sample read; Python start + imports "
+              "of the child apart):"), "",
               "| reader | images | imports | open | lookups | first read | distinct shards in the lookups |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for reader in ("index", "index-synthetic", "walk", "v0.1"):

@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "scan": "stream a data source through decode + multi-crop once; counts, skips and images/s",
     "index": "write the shard index (wids format) so start-up reads it instead of every tar header",
     "shard": "turn a folder or path list into WebDataset tar shards plus their index (resumable)",
+    "submit": "submit pretraining as a SLURM job through submitit (requeue on preemption, resume by itself)",
     "bench": "forward+backward throughput of a RegNetY trunk vs timm's on this machine",
     "models": "list the RegNetY presets with widths, depths and parameter counts",
 }

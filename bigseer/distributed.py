@@ -78,5 +78,17 @@ def init_distributed(backend: str | None = None, timeout_s: int = 1800) -> bool:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    timeout = timedelta(seconds=timeout_s)
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and "MASTER_ADDR" in os.environ:
+        # torchrun's agent keeps one key-value store across restarts of the workers; process groups created
+        # after the default one (FSDP's mesh, the checkpoint group) have the same names in every attempt and
+        # would read the dead attempt's addresses (gloo: "connectFullMesh failed ... Connection refused").
+        # A prefix per restart attempt keeps every attempt's keys apart.
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                              int(os.environ["WORLD_SIZE"]), is_master=False, timeout=timeout)
+        store = dist.PrefixStore(f"bigseer/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
+        dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]),
+                                world_size=int(os.environ["WORLD_SIZE"]), timeout=timeout)
+    else:
+        dist.init_process_group(backend=backend, timeout=timeout)
     return True

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.jobs import deepspeed, kill_tree, launch, losses, rank_of, torchrun, wait_for, workers
+from tests.jobs import BIN, deepspeed, kill_tree, launch, losses, rank_of, torchrun, wait_for, workers
 
 STEPS = 8
 COMMON = ["--max_steps", str(STEPS), "--checkpoint_every", "1", "--keep_last", "3", "--batch_size", "4"]
@@ -128,3 +128,26 @@ def test_a_stuck_rank_ends_the_job_with_a_line_naming_it(tmp_path: Path) -> None
     assert rc != 0
     assert f"waited 5 s in a collective" in log and f"rank {rank} (last finished step" in log, log[-3000:]
     assert "stopped making progress (stuck or dead); ending the job" in log
+
+
+def test_torchrun_restarts_a_failed_job_and_it_continues_by_itself(reference, tmp_path: Path) -> None:
+    """An elastic torchrun (--nnodes 1:2 --max-restarts) restarts the workers after one dies; with
+    --resume auto they continue from `latest` and the run ends with the uninterrupted losses."""
+    from tests.distributed_utils import free_port
+
+    cmd = [str(BIN / "torchrun"), "--nnodes", "1:2", "--nproc_per_node", "2", "--max-restarts", "2",
+           "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{free_port()}", "--rdzv_conf",
+           "last_call_timeout=1", "examples/pretrain.py"]
+    _, args = _job("fsdp", tmp_path)
+    run = tmp_path / "run"
+    proc = launch(cmd, run, *args, "--resume", "auto")
+    try:
+        assert wait_for(lambda: _latest(run) >= 2 or proc.poll() is not None, 240)
+        kill_tree(workers(proc.pid)[-1])
+        assert _finish(proc, timeout=300) == 0, run.with_suffix(".log").read_text()[-3000:]
+    finally:
+        kill_tree(proc.pid)
+    log = run.with_suffix(".log").read_text()
+    assert "resumed from" in log  # the restarted workers continued from a checkpoint, not from step 0
+    got = losses(run)
+    assert [got[s] for s in range(1, STEPS + 1)] == [reference["fsdp"][s] for s in range(1, STEPS + 1)]

@@ -14,6 +14,16 @@ DeepSpeed ZeRO 1/2/3 hands the optimizer one flat fp32 partition per param group
 ZeRO-3 leaves uninitialised, so it is cut off), and the sums of squares of that slice are all-reduced
 over the default group. DeepSpeed steps the groups one at a time on every rank in the same order, so
 each such group costs one all-reduce of 2 numbers per step.
+
+``LARS(..., zero_flat=True)`` keeps DeepSpeed's flat groups instead (``bigseer.parallel.setup`` then
+passes the ordinary groups) and computes the same per-tensor trust ratios from each rank's flat
+partition: ``bigseer.parallel.deepspeed`` gives it, per flat partition, the segments
+``(tensor index, start, length)`` of the tensors in it, from the parameter boundaries DeepSpeed records
+(``bigseer.parallel.zero_pieces.flat_segments``); the per-tensor partial sums of squares of all tensors
+of the partition's group are all-reduced in ONE call, and each segment's gradient is scaled by its
+tensor's ratio. Same maths as the one-tensor groups (up to the summation order of the norms), with one
+all-reduce per flat group instead of one per tensor, and DeepSpeed's per-group step machinery run once
+per group instead of once per tensor (``benchmarks/results/zero_cost.md``).
 """
 
 from __future__ import annotations
@@ -67,12 +77,14 @@ class LARS(torch.optim.Optimizer):
     (0.001), ``eps`` (1e-8), ``clip`` (False: apex LARC ``clip=True`` caps the ratio at 1 relative to
     ``lr``), ``lars_exclude`` (False: when True the group gets neither adaptation nor weight decay),
     ``zero_partitioned`` / ``zero_numel`` (set by ``bigseer.parallel.setup`` for DeepSpeed ZeRO; see the
-    module doc).
+    module doc). ``zero_flat`` (optimizer-wide, default False): under DeepSpeed ZeRO >= 1 take DeepSpeed's
+    flat groups and per-tensor norms from the partition boundaries (module doc) instead of one group per
+    tensor; it changes nothing outside DeepSpeed.
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 1e-5,
                  trust_coefficient: float = 0.001, eps: float = 1e-8, clip: bool = False,
-                 lars_exclude: bool = False) -> None:
+                 lars_exclude: bool = False, zero_flat: bool = False) -> None:
         for name, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay),
                         ("trust_coefficient", trust_coefficient), ("eps", eps)):
             if not isinstance(v, (int, float)) or v < 0:
@@ -80,6 +92,40 @@ class LARS(torch.optim.Optimizer):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coefficient=trust_coefficient,
                         eps=eps, clip=clip, lars_exclude=lars_exclude)
         super().__init__(params, defaults)
+        self.zero_flat = bool(zero_flat)
+        # id(flat ZeRO partition) -> (segments [(tensor index, start, length)], tensors in its group)
+        self._zero_segments: dict[int, tuple[list[tuple[int, int, int]], int]] = {}
+
+    def set_zero_segments(self, partition: torch.Tensor, segments: list[tuple[int, int, int]], n_tensors: int) -> None:
+        """Where the tensors of one flat DeepSpeed partition lie in it (``zero_flat``; called by
+        ``bigseer.parallel.deepspeed``): ``segments`` = ``(tensor index in the group, start, length)`` of this
+        rank's slices, ``n_tensors`` = tensors in the partition's group (the same on every rank)."""
+        for j, start, length in segments:
+            if not (0 <= j < n_tensors and start >= 0 and length > 0 and start + length <= partition.numel()):
+                raise ConfigError(f"LARS zero segment ({j}, {start}, {length}) does not fit a partition of "
+                                  f"{partition.numel()} elements with {n_tensors} tensors")
+        self._zero_segments[id(partition)] = (list(segments), int(n_tensors))
+
+    @torch.no_grad()
+    def _flat_ratios(self, p: torch.Tensor, group: dict[str, Any]) -> list[tuple[int, int, torch.Tensor]]:
+        """(start, length, trust ratio) of every tensor slice in flat ZeRO partition ``p``: the full tensors'
+        norms from the per-segment sums of squares, all-reduced over the default group in one call."""
+        segments, n_tensors = self._zero_segments[id(p)]
+        flat, g = p.detach().reshape(-1), p.grad.detach().reshape(-1)
+        sq = torch.zeros(n_tensors, 2, dtype=_acc(flat[:0]).dtype)
+        if segments:
+            local = torch.stack([torch.stack([_acc(flat[s:s + n]).pow(2).sum(), _acc(g[s:s + n]).pow(2).sum()])
+                                 for _, s, n in segments])
+            sq.index_add_(0, torch.tensor([j for j, _, _ in segments]), local)
+        if is_distributed() and get_world_size() > 1:
+            sq = all_reduce_sum(sq)
+        pn, gn = sq.sqrt().unbind(1)
+        wd, lr = group["weight_decay"], group["lr"]
+        ratio = group["trust_coefficient"] * pn / (gn + wd * pn + group["eps"])
+        if group["clip"] and lr > 0:
+            ratio = torch.clamp(ratio / lr, max=1.0)
+        ratio = torch.where((pn > 0) & (gn > 0), ratio, torch.ones_like(ratio))
+        return [(s, n, ratio[j]) for j, s, n in segments]
 
     @torch.no_grad()
     def _norms(self, params: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -114,12 +160,20 @@ class LARS(torch.optim.Optimizer):
             if not params:
                 continue
             wd, lr, mom = group["weight_decay"], group["lr"], group["momentum"]
-            if not zero:
-                p_norms, g_norms = ([], []) if exclude else self._norms(params)
+            # flat ZeRO partitions (zero_flat): ratios by segment below, no whole-partition norm
+            flat = set() if exclude or zero else {i for i, p in enumerate(params) if id(p) in self._zero_segments}
+            if not zero and not exclude:
+                idx = [i for i in range(len(params)) if i not in flat]
+                pn, gn = self._norms([params[i] for i in idx]) if idx else ([], [])
+                p_norms, g_norms = dict(zip(idx, pn)), dict(zip(idx, gn))  # type: ignore[assignment]
             for i, p in enumerate(params):
                 # element-wise work on the local shard (DTensor or plain); state stays a tensor like p
                 pl, g = _local(p), _local(p.grad)
-                if not exclude:
+                if i in flat:
+                    g = g.add(pl, alpha=wd) if wd else g.clone()
+                    for start, length, ratio in self._flat_ratios(p, group):
+                        g[start:start + length].mul_(ratio.to(g.dtype))
+                elif not exclude:
                     if wd:
                         g = g.add(pl, alpha=wd)
                     pn, gn = p_norms[i], g_norms[i]

@@ -9,9 +9,17 @@ BatchNorm stays fp32 (DeepSpeed's own bf16 casts BN params but not its buffers a
 LARS under ZeRO stages 1-3: DeepSpeed flattens each parameter group into one fp32 partition per rank
 (DeepSpeed issues 490, 153), so LARS gets one tensor per group (``bigseer.parallel.zero_param_groups``)
 and all-reduces each partition's sums of squares: exact per-tensor trust ratios (see
-``bigseer.optim.lars``). The gradient DeepSpeed hands the optimizer is the rank average, already unscaled
-and clipped; weight decay is applied by LARS only. ``_bigseer_sharded`` parameters are refused
-(DeepSpeed would average and re-partition them).
+``bigseer.optim.lars``). ``LARS(..., zero_flat=True)`` keeps DeepSpeed's flat groups instead and gets the
+tensor boundaries of each flat partition (``zero_pieces.flat_segments``): the same trust ratios with one
+all-reduce and one DeepSpeed group step per flat group (``benchmarks/results/zero_cost.md``). The gradient
+DeepSpeed hands the optimizer is the rank average, already unscaled and clipped; weight decay is applied by
+LARS only. ``_bigseer_sharded`` parameters are refused (DeepSpeed would average and re-partition them).
+
+ZeRO-3 without DeepSpeed fp16 (fp32 parameters, bf16 via autocast): DeepSpeed 0.19.8 means to use the fp32
+parameter partition as its own fp32 master (``stage3.py`` ``_create_fp32_partitions``: "we don't need
+another copy of the weights"), but it compares ``tensor.device`` with the device *name*
+(``torch.device("cpu") == "cpu"`` is False, as is ``"cuda:0"``), so it clones a second copy;
+:func:`_share_fp32_master` makes the master share the partition's storage as intended.
 """
 
 from __future__ import annotations
@@ -78,7 +86,29 @@ def wants_zero_groups(optimizer: Any, stage: int) -> bool:
     """Whether ``optimizer`` needs one tensor per param group under ZeRO ``stage`` (LARS, stage >= 1)."""
     from bigseer.optim.lars import LARS
 
-    return stage >= 1 and isinstance(optimizer, LARS)
+    return stage >= 1 and isinstance(optimizer, LARS) and not getattr(optimizer, "zero_flat", False)
+
+
+def _flat_lars(optimizer: Any, stage: int) -> bool:
+    """LARS that keeps DeepSpeed's flat groups and takes per-tensor boundaries (``zero_flat``)."""
+    from bigseer.optim.lars import LARS
+
+    return stage >= 1 and isinstance(optimizer, LARS) and bool(getattr(optimizer, "zero_flat", False))
+
+
+def _share_fp32_master(zero_optimizer: Any) -> None:
+    """ZeRO-3: let each fp32 master sub-group share the storage of its fp32 parameter partition, the
+    alias DeepSpeed intends but misses (module doc). Only where both are the same dtype, shape and device
+    and nothing is offloaded or swapped; the tensor objects (optimizer param / state keys) stay the same."""
+    lows = getattr(zero_optimizer, "fp16_partitioned_groups_flat", None)
+    highs = getattr(zero_optimizer, "fp32_partitioned_groups_flat", None)
+    if not lows or not highs or getattr(zero_optimizer, "offload_optimizer", False) or \
+            getattr(zero_optimizer, "swap_optimizer", False) or getattr(zero_optimizer, "offload_param", False):
+        return
+    for low, high in zip(lows, highs):
+        if (low is not None and high is not low and high.dtype == low.dtype and high.shape == low.shape
+                and high.device == low.device and high.data_ptr() != low.data_ptr()):
+            high.data = low.data
 
 
 def check_optimizer(optimizer: Any, stage: int) -> None:
@@ -225,6 +255,9 @@ def setup_deepspeed(model: nn.Module, *, precision: str, device_type: str, syncb
         cfg["gradient_clipping"] = grad_clip
     optimizer = optimizer_factory(param_groups(model))
     check_optimizer(optimizer, stage)
+    if _flat_lars(optimizer, stage) and cfg.get("zero_optimization", {}).get("mics_shard_size", -1) > 0:
+        raise ConfigError("LARS under DeepSpeed MiCS (zero_optimization.mics_shard_size) is refused: its "
+                          "partitions span shard groups, not all ranks, so trust ratios would be wrong")
     if not is_distributed():
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("LOCAL_RANK", "0")
@@ -234,8 +267,17 @@ def setup_deepspeed(model: nn.Module, *, precision: str, device_type: str, syncb
     deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo")
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=cfg)
     dp_group = getattr(engine.optimizer, "dp_process_group", None)
-    if wants_zero_groups(optimizer, stage) and dp_group is not None and get_world_size(dp_group) != get_world_size():
+    flat = _flat_lars(optimizer, stage)
+    if (wants_zero_groups(optimizer, stage) or flat) and dp_group is not None and \
+            get_world_size(dp_group) != get_world_size():
         # LARS sums the partitions' squares over the default group: ZeRO must partition over all ranks
         raise ConfigError(f"LARS under ZeRO needs the data-parallel group to span all {get_world_size()} ranks "
                           f"(DeepSpeed's has {get_world_size(dp_group)})")
+    if stage == 3 and effective != "fp16":
+        _share_fp32_master(engine.optimizer)
+    if flat:
+        from bigseer.parallel.zero_pieces import flat_segments
+
+        for partition, segments, n_tensors in flat_segments(engine.optimizer, stage):
+            optimizer.set_zero_segments(partition, segments, n_tensors)
     return DeepSpeedParallel(model, engine, effective, device_type, syncbn, stage)

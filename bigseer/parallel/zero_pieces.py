@@ -93,3 +93,37 @@ def refresh_after_load(opt: Any, model: nn.Module, stage: int) -> None:
             parts = torch.empty(p.ds_tensor.ds_numel * world, dtype=p.ds_tensor.dtype, device=p.ds_tensor.device)
             dist.all_gather_into_tensor(parts, p.ds_tensor.data.reshape(-1), group=opt.dp_process_group)
             p.data.copy_(parts[:p.ds_numel].view(p.ds_shape))
+
+
+def flat_segments(opt: Any, stage: int) -> list[tuple[torch.Tensor, list[tuple[int, int, int]], int]]:
+    """Per flat fp32 partition of a ZeRO-1/2/3 optimizer: ``(partition, segments, n_tensors)`` with
+    ``segments`` = ``(index of the tensor in its group, start in the partition, length)`` of this rank's
+    slice of every tensor of the group (the same boundaries as the pieces above), ``n_tensors`` = tensors
+    in that group (the same on every rank, so per-tensor sums can be all-reduced by index). Padding is in
+    no segment. Used by ``LARS(zero_flat=True)`` for exact per-tensor trust ratios on flat groups."""
+    out = []
+    if stage in (1, 2):
+        for i, params in enumerate(opt.bit16_groups):
+            flat = opt.bit16_groups_flat[i]
+            master = opt.single_partition_of_fp32_groups[i]
+            n = master.numel()
+            part_lo = dist.get_rank(group=opt.real_dp_process_group[i]) * n
+            segs = []
+            for j, p in enumerate(params):
+                off = (p.data.data_ptr() - flat.data_ptr()) // flat.element_size()
+                lo, hi = max(part_lo, off), min(part_lo + n, off + p.numel())
+                if hi > lo:
+                    segs.append((j, lo - part_lo, hi - lo))
+            out.append((master, segs, len(params)))
+        return out
+    rank = dist.get_rank(group=opt.dp_process_group)
+    for i, params in enumerate(opt.fp16_groups):
+        offset, segs = 0, []
+        for j, p in enumerate(params):
+            ps = p.ds_tensor.ds_numel
+            lo, hi = rank * ps, min((rank + 1) * ps, p.ds_numel)
+            if hi > lo:
+                segs.append((j, offset, hi - lo))
+            offset += ps
+        out.append((opt.fp32_partitioned_groups_flat[i], segs, len(params)))
+    return out

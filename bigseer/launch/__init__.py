@@ -1,0 +1,1 @@
+"""Launching bigseer jobs on clusters through the engines the field runs (SLURM via submitit)."""
