@@ -150,6 +150,11 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     precision = resolve_precision(cfg)
     out = Path(cfg.output_dir)
     global_batch = cfg.batch_size * world
+    if rank == 0:
+        from bigseer.config_files import dump_config
+
+        out.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, out / "config.yaml")  # `--config OUTPUT_DIR/config.yaml` runs it again
 
     torch.manual_seed(cfg.seed)
     if backend == "fsdp":  # built on meta; parallel.setup shards it, then each rank allocates its shards only

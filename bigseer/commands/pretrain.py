@@ -15,14 +15,18 @@ from typing import Any, Sequence
 
 from bigseer.config import PretrainConfig
 
-# The SEER RG256 recipe (paper + VISSL config); flags given explicitly override these.
-SEER_RECIPE: dict[str, Any] = {
-    "model": "regnety_256gf", "crops": "2x224+4x96", "batch_size": 16, "head_dims": (8192, 8192),
-    "embed_dim": 256, "num_prototypes": 16384, "sinkhorn_iters": 10, "epsilon": 0.05, "temperature": 0.1,
-    "freeze_prototypes_iters": 313, "warmup_steps": 8000, "base_lr": 0.3, "start_lr": 0.15,
-    "weight_decay": 1e-5, "syncbn_group_size": 64, "checkpointing": "all", "precision": "fp16",
-    "max_steps": 122_070,  # one pass over 1B images at batch 8192
-}
+# The SEER RG256 recipe ships as bigseer/recipes/seer_rg256.yaml (``--seer`` = ``--config seer_rg256``).
+SEER = "seer_rg256"
+
+
+def seer_recipe() -> dict[str, Any]:
+    """The SEER RG256 settings (flat PretrainConfig fields) from its recipe file."""
+    from bigseer.config_files import load_config_file
+
+    return load_config_file(SEER)
+
+
+SEER_RECIPE: dict[str, Any] = seer_recipe()
 
 _HELP = {
     "model": "RegNetY preset (bigseer models lists them)",
@@ -85,12 +89,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deepspeed", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
                         help="set by the deepspeed / torch.distributed launchers")
-    parser.add_argument("--seer", action="store_true", help="start from the SEER RG256 recipe (paper settings)")
+    parser.add_argument("--seer", action="store_true", help="start from the SEER RG256 recipe (paper settings; "
+                        "= --config seer_rg256)")
+    parser.add_argument("--config", default=None, metavar="YAML",
+                        help="a run config file (sections model, data, augment, swav, optim, parallel, run) or a "
+                             "shipped recipe name (seer_rg256, seer_10b, small_images); flags override it. Every "
+                             "run writes its resolved config to OUTPUT_DIR/config.yaml")
 
 
 def config_from_args(args: argparse.Namespace) -> PretrainConfig:
-    """Namespace -> PretrainConfig: defaults, then --seer, then explicit flags."""
-    values: dict[str, Any] = dict(SEER_RECIPE) if getattr(args, "seer", False) else {}
+    """Namespace -> PretrainConfig: defaults, then --seer, then --config, then explicit flags."""
+    from bigseer.config_files import load_config_file
+
+    values: dict[str, Any] = load_config_file(SEER) if getattr(args, "seer", False) else {}
+    if getattr(args, "config", None):
+        values.update(load_config_file(args.config))
     if getattr(args, "ds_config", None):
         values.pop("precision", None)  # a DeepSpeed JSON decides the precision unless --precision is given
     for f in dataclasses.fields(PretrainConfig):
