@@ -61,6 +61,8 @@ class PretrainConfig:
     ds_config: str | None = None
     syncbn_group_size: int = 0  # 0: no SyncBN; -1: whole world; SEER: 64 (10B: 8)
     checkpointing: str = "none"  # none | all | per-stage list "0,2,8,1"
+    channels_last: str = "auto"  # auto (on for CUDA) | on | off: NHWC trunk inputs and conv weights
+    compile: str = "off"  # on | off | auto (= off: not yet measured on a GPU): torch.compile each trunk block
     # bookkeeping
     output_dir: str = "runs/demo"
     checkpoint_every: int = 0  # 0: only at exit
@@ -134,6 +136,8 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> PretrainConfig:
     _require(cfg.backend in BACKENDS, f"unknown backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")
     _require(cfg.precision in PRECISIONS, f"unknown precision {cfg.precision!r}; choose one of {', '.join(PRECISIONS)}")
     _require(cfg.schedule in SCHEDULES, f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    for name in ("channels_last", "compile"):
+        _require(getattr(cfg, name) in ("auto", "on", "off"), f"{name}={getattr(cfg, name)!r} must be auto, on or off")
     _require(cfg.resume in RESUME, f"resume={cfg.resume!r} is invalid; choose one of {', '.join(RESUME)}")
     _require(cfg.collective_timeout_s > 0, f"collective_timeout_s={cfg.collective_timeout_s} must be > 0")
     _require(not cfg.queue_length or cfg.queue_length % cfg.batch_size == 0,

@@ -31,7 +31,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "optim": ("max_steps", "base_lr", "start_lr", "final_lr_ratio", "warmup_steps", "schedule", "plateau_patience",
               "weight_decay", "momentum", "lars_trust", "lars_exclude_bn_bias"),  # bigseer.optim
     "parallel": ("backend", "precision", "ds_config", "syncbn_group_size", "checkpointing", "collective_timeout_s",
-                 "deepspeed_native"),  # bigseer.parallel
+                 "deepspeed_native", "channels_last", "compile"),  # bigseer.parallel
     "run": ("output_dir", "checkpoint_every", "keep_last", "async_checkpoint", "resume", "seed", "log_every",
             "log_samples", "export", "extra"),  # bigseer.engine / bigseer.checkpoint
 }

@@ -6,6 +6,7 @@ checkpointing, optimizer sharding) is behind :func:`bigseer.parallel.setup`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -101,6 +102,11 @@ def _meta(cfg: PretrainConfig, backend: str) -> dict[str, Any]:
             "head": head, "config": cfg.to_dict()}
 
 
+def _switch(value: str, cuda_default: bool) -> bool:
+    """``on`` / ``off``, or ``auto``: ``cuda_default`` on CUDA machines, off elsewhere."""
+    return value == "on" or (value == "auto" and cuda_default and torch.cuda.is_available())
+
+
 def _find_resume(cfg: PretrainConfig) -> Path | None:
     """The checkpoint ``cfg.resume`` asks for (None: start fresh); ``latest`` without one is an error."""
     from bigseer.checkpoint import find_latest
@@ -170,6 +176,7 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
         syncbn_group_size=world if cfg.syncbn_group_size == -1 else (cfg.syncbn_group_size or None),
         checkpointing=cfg.checkpointing, ds_config=cfg.ds_config, exclude_bn_bias=cfg.lars_exclude_bn_bias,
         native_checkpoint=cfg.deepspeed_native, init_seed=cfg.seed,
+        channels_last=_switch(cfg.channels_last, cuda_default=True), compile=_switch(cfg.compile, cuda_default=False),
         optimizer_factory=lambda groups: LARS(groups, lr=schedule.lr_at(0), momentum=cfg.momentum,
                                               weight_decay=cfg.weight_decay, trust_coefficient=cfg.lars_trust),
     )
@@ -225,6 +232,12 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     it = iter(stream)
     step = start_step
     heartbeat = Heartbeat()
+    from bigseer.parallel.precision import DTYPES
+    from bigseer.perf import FlopMeter, measured_peak_flops
+
+    device = next((p.device for p in swav.parameters() if p.device.type != "meta"), torch.device("cpu"))
+    meter = FlopMeter(measured_peak_flops(device, DTYPES.get(getattr(par, "precision", precision), torch.float32)))
+    pending_skips: dict[str, int] = {}
     try:
         while step < cfg.max_steps:
             t0 = time.perf_counter()
@@ -234,28 +247,34 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
             if cfg.freeze_prototypes_iters and step in (start_step, cfg.freeze_prototypes_iters):
                 # SwAV: prototypes get no updates for the first iterations (works under every backend)
                 par.set_frozen(proto_names, step < cfg.freeze_prototypes_iters)
-            loss = par.forward(batch.crops)
-            par.backward(loss)
+            with (meter.count() if meter.step_flops is None else contextlib.nullcontext()):
+                loss = par.forward(batch.crops)
+                par.backward(loss)
             stepped = par.step()
             par.run_on_full_params(swav.normalize_prototypes)
             par.zero_grad()
             step += 1
             samples += global_batch
-            loss_value, peak_mem, skipped = _step_stats(loss.detach(), batch.skipped)
-            if not math.isfinite(loss_value):  # the mean over ranks: every rank stops together, no hang
-                raise FloatingPointError(f"loss is {loss_value} at step {step}; lower the lr or use fp32/bf16 "
-                                         f"(the last checkpoint is intact; --resume continues from it)")
-            logger.add_skipped(skipped)
-            schedule.observe(loss_value)
-            result.losses.append(loss_value)
-            dt = time.perf_counter() - t0
-            extra = {"samples": _all_samples(batch.samples)} if cfg.log_samples else {}
-            logger.step(step, {**extra, "loss": loss_value, "lr": lr, "loss_scale": par.loss_scale,
-                               "stepped": bool(stepped), "img_per_s": global_batch / dt,
-                               "peak_mem_mb": max(peak_mem), "peak_mem_mb_per_rank": peak_mem,
-                               "checkpoint_stall_s": writer.last_stall_s})
-            writer.last_stall_s = 0.0
+            for reason, n in batch.skipped.items():
+                pending_skips[reason] = pending_skips.get(reason, 0) + n
             heartbeat.beat(step)
+            if step % cfg.log_every == 0 or step == cfg.max_steps or schedule.plateau is not None:
+                # the only host sync of a step: loss, memory and skip counts of all ranks, on logged steps
+                loss_value, peak_mem, skipped = _step_stats(loss.detach(), pending_skips)
+                pending_skips = {}
+                if not math.isfinite(loss_value):  # the mean over ranks: every rank stops together, no hang
+                    raise FloatingPointError(f"loss is {loss_value} at step {step}; lower the lr or use fp32/bf16 "
+                                             f"(the last checkpoint is intact; --resume continues from it)")
+                logger.add_skipped(skipped)
+                schedule.observe(loss_value)
+                result.losses.append(loss_value)
+                dt = time.perf_counter() - t0
+                extra = {"samples": _all_samples(batch.samples)} if cfg.log_samples else {}
+                logger.step(step, {**extra, "loss": loss_value, "lr": lr, "loss_scale": par.loss_scale,
+                                   "stepped": bool(stepped), "img_per_s": global_batch / dt,
+                                   "peak_mem_mb": max(peak_mem), "peak_mem_mb_per_rank": peak_mem,
+                                   "checkpoint_stall_s": writer.last_stall_s, **meter.metrics(dt)})
+                writer.last_stall_s = 0.0
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.max_steps:
                 save(step)
         result.checkpoint = save(step)

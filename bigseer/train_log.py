@@ -76,7 +76,9 @@ class TrainLogger:
                     self._tb.add_scalar(f"train/{k}", v, step)
         short = (f"loss {metrics['loss']:.4f} lr {metrics['lr']:.4g} "
                  + (f"scale {metrics['loss_scale']:.0f} " if metrics.get("loss_scale") else "")
-                 + f"{metrics['img_per_s']:.1f} img/s mem {metrics['peak_mem_mb']:.0f}MB")
+                 + f"{metrics['img_per_s']:.1f} img/s "
+                 + (f"mfu {100 * metrics['mfu']:.1f}% " if metrics.get("mfu") is not None else "")
+                 + f"mem {metrics['peak_mem_mb']:.0f}MB")
         if self._bar is not None:
             self._bar.update(1)
             self._bar.set_postfix_str(short)

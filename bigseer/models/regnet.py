@@ -224,6 +224,7 @@ class RegNet(nn.Module):
         self.stage_depths = depths
         self.stage_group_widths = groups
         self.num_features = widths[-1]
+        self.memory_format = torch.contiguous_format  # channels_last: inputs converted (weights by the caller)
         self.stem = ConvBN(3, params.stem_width, 3, stride=2, device=device)
         cin = params.stem_width
         for i, (w, d, g) in enumerate(zip(widths, depths, groups)):
@@ -241,7 +242,7 @@ class RegNet(nn.Module):
         return [b for s in self.stages() for b in s]
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.stem(x)
+        x = self.stem(x.contiguous(memory_format=self.memory_format))
         out = {}
         for name, stage in zip(STAGE_NAMES, self.stages()):
             x = stage(x)
@@ -249,7 +250,7 @@ class RegNet(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
+        x = self.stem(x.contiguous(memory_format=self.memory_format))
         for stage in self.stages():
             x = stage(x)
         return x.mean((2, 3))

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from bigseer.distributed import get_world_size
@@ -68,6 +69,20 @@ BACKENDS = ("ddp", "fsdp", "deepspeed", "fairscale")
 __all__ = ["BACKENDS", "PRECISIONS", "Parallel", "setup", "check_available", "GroupSyncBatchNorm", "convert_syncbn",
            "make_syncbn_groups", "average_bn_stats", "apply_checkpointing", "param_groups_for",
            "zero_param_groups"]
+
+
+def apply_speedups(model: nn.Module, trunk: nn.Module, *, channels_last: bool, compile: bool, sharded: bool) -> None:
+    """channels_last: the trunk's inputs (and, unless its parameters get sharded, its conv weights) in NHWC,
+    how convnets reach tensor-core speed; compile: every trunk block compiled in place (``Module.compile``:
+    state-dict keys unchanged), before any wrapping, as torchtitan orders it. The head is not compiled
+    (its collectives would break the graph). Blocks compile with static shapes (one graph per resolution)."""
+    if channels_last:
+        trunk.memory_format = torch.channels_last
+        if not sharded and not any(p.is_meta for p in trunk.parameters()):
+            trunk.to(memory_format=torch.channels_last)
+    if compile:  # static shapes: one graph per crop resolution (2 for SEER's 2x224+4x96); dynamic ones fail in
+        for block in trunk.blocks():  # inductor on the SE means ("Cannot convert expression to float")
+            block.compile(dynamic=False)
 
 
 def check_available(backend: str, device_type: str) -> None:
@@ -109,7 +124,7 @@ def setup(model: nn.Module, *, backend: str, precision: str = "fp32", syncbn_gro
           ds_config: dict[str, Any] | str | None = None, exclude_bn_bias: bool = False,
           grad_clip: float | None = None, large_unit_threshold: int = int(1e8),
           device_type: str | None = None, native_checkpoint: bool = False,
-          init_seed: int | None = None) -> Parallel:
+          init_seed: int | None = None, channels_last: bool = False, compile: bool = False) -> Parallel:
     """Wrap ``model`` for data-parallel training with ``backend`` and build its optimizer (see module doc)."""
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r} is invalid: choose one of {', '.join(BACKENDS)}")
@@ -157,6 +172,7 @@ def setup(model: nn.Module, *, backend: str, precision: str = "fp32", syncbn_gro
     if syncbn:
         convert_syncbn(model, make_syncbn_groups(syncbn_group_size))
     apply_checkpointing(trunk, checkpointing)
+    apply_speedups(model, trunk, channels_last=channels_last, compile=compile, sharded=backend == "fsdp")
 
     def groups(m: nn.Module) -> list[dict[str, Any]]:
         built = param_groups_for(m, exclude_bn_bias)
