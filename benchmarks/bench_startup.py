@@ -269,13 +269,14 @@ def report(args: argparse.Namespace, recs: list[dict], before: str, after: str, 
              "", ("| images | shards | index (today) | index, synthetic (no tar files) | header walk, no index (today) | "
              "bigseer 0.1 (tarfile, per-image table) |"), "|---:|---:|---|---|---|---|"]
     sizes = sorted(set(real) | set(synth))
-    slope = {}  # seconds and MiB per image, from the largest measured real size
+    slope = {}  # per image, between the two largest measured real sizes: (s, MiB of RSS growth, from n, its s, its MiB)
     for reader in ("walk", "v0.1"):
-        meas = [n for n in real if cell(reader, n, "total_s") is not None]
-        if meas:
-            n = max(meas)
-            slope[reader] = (cell(reader, n, "total_s") / n,
-                             (cell(reader, n, "peak_rss_mib") - cell(reader, n, "rss_after_imports_mib")) / n, n)
+        meas = sorted(n for n in real if cell(reader, n, "total_s") is not None)
+        if len(meas) >= 2:
+            n1, n2 = meas[-2], meas[-1]
+            grow = {n: cell(reader, n, "peak_rss_mib") - cell(reader, n, "rss_after_imports_mib") for n in (n1, n2)}
+            slope[reader] = ((cell(reader, n2, "total_s") - cell(reader, n1, "total_s")) / (n2 - n1),
+                             (grow[n2] - grow[n1]) / (n2 - n1), n2, cell(reader, n2, "total_s"), grow[n2])
     for n in sizes:
         row = [fmt_n(n), f"{n // PER_SHARD:,}"]
         for reader in ("index", "index-synthetic", "walk", "v0.1"):
@@ -283,14 +284,16 @@ def report(args: argparse.Namespace, recs: list[dict], before: str, after: str, 
             if t is not None:
                 row.append(f"{t:.3f} s, {cell(reader, n, 'peak_rss_mib'):.0f} "
                            f"({cell(reader, n, 'rss_after_imports_mib'):.0f}) MiB")
-            elif reader in slope:
-                s_img, m_img, _ = slope[reader]
-                row.append(f"*extrapolated: ~{fmt_t(s_img * n)}, +{fmt_m(m_img * n)}* ")
+            elif reader in slope and n > slope[reader][2]:
+                s_img, m_img, n2, t2, g2 = slope[reader]
+                row.append(f"*extrapolated: ~{fmt_t(t2 + s_img * (n - n2))}, +{fmt_m(g2 + m_img * (n - n2))}*")
             else:
                 row.append("-")
         lines.append("| " + " | ".join(row) + " |")
-    lines += ["", ("*Extrapolated* cells: linear in images from the largest measured real size (time per image x images; "
-              "RSS growth per image x images, on top of the imports), not measured."), "",
+    ex = "; ".join(f"{r}: {1e6 * v[0]:.2f} us and {v[1] * 2 ** 20:.1f} bytes per image" for r, v in slope.items())
+    lines += ["", ("*Extrapolated* cells are not measured: time and RSS growth (peak minus after-imports) continued "
+                   "linearly from the largest measured real size with the per-image slope between the two largest "
+                   f"measured sizes ({ex})."), "",
               ("Split of the measured runs (median seconds: open / lookups / first sample read; Python start + imports "
               "of the child apart):"), "",
               "| reader | images | imports | open | lookups | first read | distinct shards in the lookups |",

@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "pretrain": "SwAV pretraining (ddp / fsdp / deepspeed / fairscale); runs a tiny CPU demo by default",
     "export": "export a training checkpoint as safetensors in timm / torchvision / hf / detectron2 layout",
     "convert": "convert timm / torchvision / VISSL-SEER weights into a bigseer trunk",
+    "eval": "evaluate a trunk: finetune | linear | lowshot | knn | probe (k-shot logistic probes)",
     "plan": "per-rank memory plan for a model, backend, precision and world size (nothing allocated)",
     "scan": "stream a data source through decode + multi-crop once; counts, skips and images/s",
     "index": "write the shard index (wids format) so start-up reads it instead of every tar header",
@@ -26,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "submit": "submit pretraining as a SLURM job through submitit (requeue on preemption, resume by itself)",
     "bench": "forward+backward throughput of a RegNetY trunk vs timm's on this machine",
     "models": "list the RegNetY presets with widths, depths and parameter counts",
+    "sample-data": "write the built-in images as files (a folder, or labeled train/val) to try the commands",
 }
 
 
@@ -45,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(argv or ["--help"])
         return 2
     name = argv[0]
-    module = importlib.import_module(f"bigseer.commands.{name}")
+    module = importlib.import_module(f"bigseer.commands.{name.replace('-', '_')}")
     sub = argparse.ArgumentParser(prog=f"bigseer {name}", description=COMMANDS[name])
     module.add_arguments(sub)
     args = sub.parse_args(argv[1:])
@@ -53,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except BigseerError as exc:
         print(f"bigseer {name}: error: {exc}", file=sys.stderr)
-        return 2
+        return 3 if type(exc).__name__ == "CollapseError" else 2  # 3: stopped by the collapse detector
 
 
 if __name__ == "__main__":

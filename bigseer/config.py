@@ -21,6 +21,7 @@ class PretrainConfig:
     """Everything a SwAV pretraining run needs. Defaults are the tiny CPU demo; SEER values in comments."""
 
     # what to train on
+    recipe: str = "auto"  # auto: augmentation, crops, head and K from the data (bigseer.recipe) | seer | none
     model: str = "regnety_tiny"  # SEER: regnety_256gf / seer_10b
     zero_init_last: bool = True  # zero gamma of each block's last BN (pycls/timm default)
     data: str = "builtin"
@@ -75,6 +76,8 @@ class PretrainConfig:
     seed: int = 0
     log_every: int = 1
     log_samples: bool = False  # record every step's sample ids (all ranks) in metrics.jsonl: data audits, tests
+    on_collapse: str = "warn"  # warn | stop (keep the last good checkpoint, exit non-zero) | off
+    collapse_patience: int = 300  # steps at SwAV's trivial fixed point before the detector fires
     export: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -138,6 +141,9 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> PretrainConfig:
     _require(cfg.schedule in SCHEDULES, f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
     for name in ("channels_last", "compile"):
         _require(getattr(cfg, name) in ("auto", "on", "off"), f"{name}={getattr(cfg, name)!r} must be auto, on or off")
+    _require(cfg.recipe in ("auto", "seer", "none"), f"recipe={cfg.recipe!r} is invalid; choose auto, seer or none")
+    _require(cfg.on_collapse in ("warn", "stop", "off"), f"on_collapse={cfg.on_collapse!r} must be warn, stop or off")
+    _require(cfg.collapse_patience > 0, f"collapse_patience={cfg.collapse_patience} must be > 0")
     _require(cfg.resume in RESUME, f"resume={cfg.resume!r} is invalid; choose one of {', '.join(RESUME)}")
     _require(cfg.collective_timeout_s > 0, f"collective_timeout_s={cfg.collective_timeout_s} must be > 0")
     _require(not cfg.queue_length or cfg.queue_length % cfg.batch_size == 0,

@@ -32,8 +32,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
               "weight_decay", "momentum", "lars_trust", "lars_exclude_bn_bias"),  # bigseer.optim
     "parallel": ("backend", "precision", "ds_config", "syncbn_group_size", "checkpointing", "collective_timeout_s",
                  "deepspeed_native", "channels_last", "compile"),  # bigseer.parallel
-    "run": ("output_dir", "checkpoint_every", "keep_last", "async_checkpoint", "resume", "seed", "log_every",
-            "log_samples", "export", "extra"),  # bigseer.engine / bigseer.checkpoint
+    "run": ("recipe", "output_dir", "checkpoint_every", "keep_last", "async_checkpoint", "resume", "seed",
+            "log_every", "log_samples", "on_collapse", "collapse_patience", "export", "extra"),  # engine, health
 }
 _OWNER = {name: section for section, names in SECTIONS.items() for name in names}
 

@@ -20,7 +20,12 @@ from bigseer.config import PretrainConfig, resolve_backend, resolve_precision, v
 from bigseer.distributed import get_rank, get_world_size, init_distributed
 from bigseer.errors import CheckpointError
 from bigseer.train_log import TrainLogger, peak_memory_mb, setup_logging
+from bigseer.health import CollapseError
 from bigseer.watchdog import Heartbeat, explain_timeout, is_collective_timeout
+
+# the health signals logged every logged step (bigseer.ssl.stats): in the progress line, metrics.jsonl, TB
+HEALTH_KEYS = ("loss_ratio", "log_k", "pred_entropy", "code_entropy", "prototypes_used", "embed_std",
+               "embed_std_ratio")
 
 log = logging.getLogger("bigseer")
 
@@ -107,6 +112,29 @@ def _switch(value: str, cuda_default: bool) -> bool:
     return value == "on" or (value == "auto" and cuda_default and torch.cuda.is_available())
 
 
+def apply_data_recipe(cfg: PretrainConfig) -> tuple[PretrainConfig, float | None]:
+    """``cfg`` with ``cfg.recipe`` applied (``auto``: chosen from the data's image sizes and count,
+    :mod:`bigseer.recipe`) to every setting the user did not choose; returns it and the data's median side.
+    What the user chose: ``cfg.extra["explicit"]`` (the CLI records flags and config-file keys), else every
+    field that differs from its default."""
+    if cfg.recipe == "none":
+        return cfg, None
+    from dataclasses import fields as dc_fields
+
+    from bigseer.recipe import apply_recipe, probe_data, recipe_for
+
+    probe = probe_data(cfg.data) if cfg.recipe == "auto" else None
+    recipe = recipe_for(cfg.recipe, data=cfg.data, probe=probe)
+    explicit = cfg.extra.get("explicit")
+    if explicit is None:
+        default = PretrainConfig()
+        explicit = [f.name for f in dc_fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)]
+    chosen = [k for k in recipe.overrides if k not in explicit]
+    log.info("%s%s", recipe.description, f" (kept your {', '.join(sorted(set(recipe.overrides) - set(chosen)))})"
+             if set(recipe.overrides) - set(chosen) else "")
+    return apply_recipe(cfg, recipe, explicit), (probe.median_side if probe is not None else None)
+
+
 def _find_resume(cfg: PretrainConfig) -> Path | None:
     """The checkpoint ``cfg.resume`` asks for (None: start fresh); ``latest`` without one is an error."""
     from bigseer.checkpoint import find_latest
@@ -145,6 +173,7 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
         import os
 
         os.environ["BIGSEER_SHARD_CACHE"] = cfg.shard_cache  # inherited by DataLoader workers
+    cfg, median_side = apply_data_recipe(cfg)
     resume_dir = _find_resume(cfg)
     resumed_trainer: dict[str, Any] = {}
     if resume_dir is not None:
@@ -218,6 +247,12 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
                  "shards", global_batch, lanes)
     log.info("bigseer pretrain: %s, backend %s, %d rank(s), precision %s, global batch %d, data %s",
              cfg.model, backend, world, getattr(par, "precision", precision), global_batch, stream.describe())
+    from bigseer.health import CollapseDetector
+
+    detector = CollapseDetector.for_config(cfg.to_dict(), median_side=median_side, world_size=world,
+                                           patience=max(1, math.ceil(cfg.collapse_patience / cfg.log_every)))
+    if resumed_trainer.get("health"):
+        detector.load_state_dict(resumed_trainer["health"])
     logger = TrainLogger(str(out), cfg.max_steps, start_step, rank, cfg.log_every)
     result = PretrainResult(output_dir=out, steps=start_step)
     meta = _meta(cfg, backend)
@@ -225,7 +260,8 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     def save(step: int) -> Path:
         state = {"step": step, "samples": samples, "lanes": lanes,
                  "global_batch": global_batch, "world_size": world, "schedule": schedule.state_dict(),
-                 "scaler": par.scaler_state(), "queue": queue_state(swav.head, cfg.batch_size), "catalog": catalog}
+                 "scaler": par.scaler_state(), "queue": queue_state(swav.head, cfg.batch_size), "catalog": catalog,
+                 "health": detector.state_dict()}
         par.sync_bn_stats()
         return writer.save(step, pieces(), state, meta, native=par.write_native)
 
@@ -268,8 +304,13 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
                 logger.add_skipped(skipped)
                 schedule.observe(loss_value)
                 result.losses.append(loss_value)
+                health = swav.last_stats.as_dict() if swav.last_stats is not None else {}
+                warning = detector.update(step, health) if health else None  # CollapseError with "stop"
+                if warning:
+                    log.warning("%s", warning)
                 dt = time.perf_counter() - t0
                 extra = {"samples": _all_samples(batch.samples)} if cfg.log_samples else {}
+                extra["health"] = {k: health[k] for k in HEALTH_KEYS if k in health}
                 logger.step(step, {**extra, "loss": loss_value, "lr": lr, "loss_scale": par.loss_scale,
                                    "stepped": bool(stepped), "img_per_s": global_batch / dt,
                                    "peak_mem_mb": max(peak_mem), "peak_mem_mb_per_rank": peak_mem,
@@ -279,6 +320,15 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
                 save(step)
         result.checkpoint = save(step)
         writer.wait()
+        log.info("final checkpoint %s (training stalled %.2f s for it)", result.checkpoint, writer.last_stall_s)
+    except CollapseError as exc:
+        writer.wait()
+        if rank == 0:
+            from bigseer.checkpoint.directory import point_latest_at
+
+            kept = point_latest_at(out / "checkpoints", exc.last_healthy_step)
+            log.error("%s; latest checkpoint kept: %s", exc, kept or "none from before the collapse")
+        raise
     except Exception as exc:
         if is_collective_timeout(exc):
             err = explain_timeout(exc, heartbeat, step, cfg.collective_timeout_s)

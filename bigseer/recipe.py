@@ -174,16 +174,50 @@ def _side_of(catalog: Any, i: int) -> int | None:
     return seen[0] if seen else None
 
 
+def _folder_files(root: str) -> list[str]:
+    """Every non-hidden file below ``root``, sorted (the folder source's rule)."""
+    import os
+
+    out = []
+    for d, dirs, files in os.walk(root):
+        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+        out.extend(os.path.join(d, f) for f in sorted(files) if not f.startswith("."))
+    return out
+
+
+def _header_side(path: str) -> int | None:
+    """Shorter side from the file's header (PIL opens lazily; rotation does not change the shorter side)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return min(img.size) if min(img.size) > 0 else None
+    except Exception:  # not an image / unreadable: not counted
+        return None
+
+
+def _even_picks(n: int, m: int) -> list[int]:
+    m = min(n, m)
+    return sorted({int(round(j * (n - 1) / max(m - 1, 1))) for j in range(m)})
+
+
 def probe_data(spec: str, max_images: int = PROBE_IMAGES) -> DataProbe:
-    """Count the items of ``--data`` ``spec`` and read the shorter side of up to ``max_images`` evenly spaced
-    ones from their headers (no pixel decoding). DataError when none of them is a readable image."""
+    """Count the items of ``--data`` ``spec`` and measure the shorter side of up to ``max_images`` evenly spaced
+    ones. A folder is probed from image headers only; other sources (tar shards, lists, builtin) through
+    ``open_source(spec).load`` with a crop plan that stops once the size is known. DataError when none of the
+    sampled items is a readable image."""
+    import os
+
     from bigseer.data import open_source
 
     catalog = open_source(spec)
     n = len(catalog)
-    m = min(n, max_images)
-    picks = sorted({int(round(j * (n - 1) / max(m - 1, 1))) for j in range(m)})
-    sides = tuple(s for s in (_side_of(catalog, i) for i in picks) if s is not None)
+    if os.path.isdir(spec):
+        files = _folder_files(spec)
+        sides = tuple(s for s in (_header_side(files[i]) for i in _even_picks(len(files), max_images))
+                      if s is not None)
+    else:
+        sides = tuple(s for s in (_side_of(catalog, i) for i in _even_picks(n, max_images)) if s is not None)
     if not sides:
-        raise DataError(f"recipe auto: none of {len(picks)} sampled items of {spec!r} is a readable image")
+        raise DataError(f"recipe auto: none of {min(n, max_images)} sampled items of {spec!r} is a readable image")
     return DataProbe(n, sides)

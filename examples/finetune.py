@@ -14,29 +14,26 @@ results as one JSON line on stdout (also OUTPUT_DIR/results.json with --output_d
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
-from bigseer.downstream.config import add_arguments, config_from_args
-from bigseer.downstream.train import run_downstream
-from bigseer.errors import BigseerError
+from bigseer.cli import main as cli_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        results = run_downstream(config_from_args(args))
-    except BigseerError as exc:
-        print(f"finetune.py: error: {exc}", file=sys.stderr)
-        return 2
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
-        print(json.dumps(results))
-    return 0
+    """``examples/finetune.py [--mode MODE] FLAGS`` = ``bigseer eval MODE FLAGS`` (kept for launchers)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    mode = "finetune"
+    if "--mode" in argv:
+        i = argv.index("--mode")
+        mode = argv[i + 1] if i + 1 < len(argv) else mode
+        del argv[i:i + 2]
+    else:
+        for i, a in enumerate(argv):
+            if a.startswith("--mode="):
+                mode = a.split("=", 1)[1]
+                del argv[i]
+                break
+    return cli_main(["eval", mode, *argv])
 
 
 if __name__ == "__main__":

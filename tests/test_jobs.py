@@ -126,7 +126,7 @@ def test_a_stuck_rank_ends_the_job_with_a_line_naming_it(tmp_path: Path) -> None
         kill_tree(proc.pid)
     log = run.with_suffix(".log").read_text()
     assert rc != 0
-    assert f"waited 5 s in a collective" in log and f"rank {rank} (last finished step" in log, log[-3000:]
+    assert "waited 5 s in a collective" in log and f"rank {rank} (last finished step" in log, log[-3000:]
     assert "stopped making progress (stuck or dead); ending the job" in log
 
 

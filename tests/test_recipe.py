@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from bigseer.config import PretrainConfig, validate
 from bigseer.errors import ConfigError, DataError
@@ -58,10 +58,13 @@ def test_probe_data_reads_sides_from_headers(tmp_path, monkeypatch):
     for i, (w, h) in enumerate([(40, 30), (64, 64), (100, 50), (20, 80)]):
         _png(str(tmp_path / f"{i}.png"), w, h)
     (tmp_path / "notes.txt").write_text("not an image")
-    def no_decode(*a, **k):
-        raise AssertionError("pixels decoded")
+    class Decoded(BaseException):  # not an Exception: nothing on the way may swallow it
+        pass
 
-    monkeypatch.setattr(Image.Image, "load", no_decode)  # only headers may be read
+    def no_decode(*a, **k):
+        raise Decoded("pixels decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decode)  # only headers may be read from files
     probe = probe_data(str(tmp_path))
     assert probe.n_images == 5 and sorted(probe.sides) == [20, 30, 50, 64]  # the text file is not an image
     assert probe.median_side == 40.0

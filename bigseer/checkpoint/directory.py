@@ -75,3 +75,15 @@ def prune(root: str | os.PathLike[str], keep_last: int) -> None:
     for old in committed_steps(root)[:-keep_last]:
         if old.name != latest:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def point_latest_at(root: str | os.PathLike[str], max_step: int) -> Path | None:
+    """Point ``latest`` at the newest committed step <= ``max_step`` (e.g. the last before a collapse);
+    returns it, or None (``latest`` unchanged) when there is none."""
+    from bigseer.atomic import write_text_atomic
+
+    good = [p for p in committed_steps(root) if int(p.name.split("_")[1]) <= max_step]
+    if not good:
+        return None
+    write_text_atomic(Path(root) / LATEST, good[-1].name + "\n")
+    return good[-1]

@@ -93,7 +93,7 @@ class CheckpointWriter:
             self._pending = self._pool.submit(self._write, tmp, final, staged, rng, trainer_state, full_meta)
         else:
             self._write(tmp, final, staged, rng, trainer_state, full_meta)
-        self.last_stall_s = time.perf_counter() - t0
+        self.last_stall_s += time.perf_counter() - t0  # summed until the engine logs and resets it
         return final
 
     def _write(self, tmp: Path, final: Path, staged: dict[str, torch.Tensor], rng: dict[str, Any],

@@ -110,6 +110,8 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = v
+    # what the user chose (a recipe file, --config or a flag): the data-driven recipe leaves it alone
+    values["extra"] = dict(values.get("extra") or {}, explicit=sorted(k for k in values if k != "extra"))
     if args.local_rank is not None and "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
     return PretrainConfig(**values)

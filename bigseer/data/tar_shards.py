@@ -69,6 +69,8 @@ class TarShards:
                 sizes.append(-1)
                 continue
             self._tables[k] = (offsets, lengths)
+            while len(self._tables) > OPEN_TABLES:  # bounded while walking too: O(shards) memory, not O(images)
+                self._tables.popitem(last=False)
             counts.append(len(offsets))
             sizes.append(size)
         if len(self.bad_shards) == len(self.urls):
@@ -77,8 +79,6 @@ class TarShards:
         if len(self.urls) > 1:
             log.info("no shard index for %s: walked %d shard headers in %.1f s (`bigseer index` writes one, "
                      "then start-up reads only the index)", self.origin, len(self.urls), dt)
-        while len(self._tables) > OPEN_TABLES:
-            self._tables.popitem(last=False)
         return counts, sizes
 
     def __getstate__(self) -> dict:

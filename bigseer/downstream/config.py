@@ -24,11 +24,11 @@ LAYERS = ("res4", "res5")
 # SEER paper fine-tuning: SGD momentum 0.9, batch 256, lr 0.0125, weight decay 1e-4, 35 epochs with
 # lr / 10 after 30, SwAV-style augmentation, 224 centre-crop evaluation (resize 256).
 _FINETUNE = dict(epochs=35, batch_size=256, lr=0.0125, momentum=0.9, weight_decay=1e-4, lr_milestones=[30],
-                 lr_gamma=0.1, color_jitter=0.8, grayscale_prob=0.2, blur_prob=0.5)
+                 lr_gamma=0.1, jitter_strength=0.8, grayscale_p=0.2, blur_p=0.5)
 # Linear probes follow VISSL's ImageNet linear benchmark (28 epochs, lr 0.01 at batch 256, lr / 10 at
 # epochs 8, 16, 24, weight decay 5e-4) with its light augmentation (random resized crop + flip only).
 _LINEAR = dict(epochs=28, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4, lr_milestones=[8, 16, 24],
-               lr_gamma=0.1, color_jitter=0.0, grayscale_prob=0.0, blur_prob=0.0)
+               lr_gamma=0.1, jitter_strength=0.0, grayscale_p=0.0, blur_p=0.0)
 MODE_DEFAULTS: dict[str, dict[str, Any]] = {
     "finetune": _FINETUNE,
     "lowshot": _FINETUNE,
@@ -75,9 +75,11 @@ class EvalConfig:
     # augmentation / evaluation sizes
     train_crop: int = 224
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-    color_jitter: float | None = None
-    grayscale_prob: float | None = None
-    blur_prob: float | None = None
+    # augmentation: the fields of bigseer.data.AugmentConfig, named as in pretraining (`augment()` builds it)
+    flip_p: float = 0.5
+    jitter_strength: float | None = None
+    grayscale_p: float | None = None
+    blur_p: float | None = None
     eval_resize: int = 256
     eval_crop: int = 224
     # bookkeeping
@@ -147,12 +149,12 @@ class EvalConfig:
                 raise bad(name, "a positive integer")
         if self.eval_crop > self.eval_resize:
             raise bad("eval_crop", f"<= eval_resize ({self.eval_resize})")
-        for name in ("grayscale_prob", "blur_prob"):
+        for name in ("flip_p", "grayscale_p", "blur_p"):
             v = getattr(self, name)
             if v is not None and not 0 <= v <= 1:
                 raise bad(name, "in [0, 1]")
-        if self.color_jitter is not None and self.color_jitter < 0:
-            raise bad("color_jitter", ">= 0")
+        if self.jitter_strength is not None and self.jitter_strength < 0:
+            raise bad("jitter_strength", ">= 0")
         if self.num_workers < 0:
             raise bad("num_workers", ">= 0")
 
@@ -176,6 +178,13 @@ class EvalConfig:
         if not isinstance(self.probe_c, (int, float)) or not self.probe_c > 0 or self.probe_c == float("inf"):
             raise bad("probe_c", "a finite number > 0")
 
+    def augment(self) -> Any:
+        """The training augmentation as ``bigseer.data.AugmentConfig`` (the class pretraining uses)."""
+        from bigseer.data.multicrop import AugmentConfig
+
+        return AugmentConfig(flip_p=self.flip_p, jitter_strength=self.jitter_strength or 0.0,
+                             grayscale_p=self.grayscale_p or 0.0, blur_p=self.blur_p or 0.0)
+
     @property
     def trains_trunk(self) -> bool:
         """Whether the trunk's weights are updated (finetune, lowshot with the finetune protocol)."""
@@ -195,10 +204,11 @@ class EvalConfig:
         return cls(**d)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Command-line flags for ``EvalConfig`` (examples/finetune.py)."""
+def add_arguments(parser: argparse.ArgumentParser, with_mode: bool = True) -> None:
+    """Command-line flags for ``EvalConfig`` (``bigseer eval MODE`` passes ``with_mode=False``: MODE is positional)."""
     p = parser
-    p.add_argument("--mode", choices=MODES, default="finetune")
+    if with_mode:
+        p.add_argument("--mode", choices=MODES, default="finetune")
     p.add_argument("--data", required=True, help="directory with train/<class>/ and val/<class>/ images")
     p.add_argument("--weights", default=None, help="bigseer export, training checkpoint dir, or timm-layout "
                    "safetensors (with --model); omit for random init")
@@ -232,9 +242,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = p.add_argument_group("augmentation and evaluation sizes")
     a.add_argument("--train_crop", type=int, default=224)
     a.add_argument("--crop_scale", type=float, nargs=2, default=[0.08, 1.0], metavar=("LO", "HI"))
-    a.add_argument("--color_jitter", type=float, default=None, help="strength; finetune 0.8, linear 0")
-    a.add_argument("--grayscale_prob", type=float, default=None, help="finetune 0.2, linear 0")
-    a.add_argument("--blur_prob", type=float, default=None, help="finetune 0.5, linear 0")
+    # the same names as `bigseer pretrain` (bigseer.data.AugmentConfig); the old names still work
+    a.add_argument("--flip_p", type=float, default=0.5, help="horizontal flip probability")
+    a.add_argument("--jitter_strength", "--color_jitter", dest="jitter_strength", type=float, default=None,
+                   help="colour jitter strength; finetune 0.8, linear 0")
+    a.add_argument("--grayscale_p", "--grayscale_prob", dest="grayscale_p", type=float, default=None,
+                   help="finetune 0.2, linear 0")
+    a.add_argument("--blur_p", "--blur_prob", dest="blur_p", type=float, default=None, help="finetune 0.5, linear 0")
     a.add_argument("--eval_resize", type=int, default=256)
     a.add_argument("--eval_crop", type=int, default=224)
     b = p.add_argument_group("run")

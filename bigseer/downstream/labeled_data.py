@@ -17,6 +17,7 @@ from PIL import Image, ImageFilter
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
+from bigseer.data.multicrop import AugmentConfig
 from bigseer.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -105,19 +106,24 @@ class _RandomGaussianBlur:
         return img.filter(ImageFilter.GaussianBlur(radius=r * min(img.size) / 224))
 
 
-def train_transform(crop: int, scale: tuple[float, float] = (0.08, 1.0), color_jitter: float = 0.8,
-                    grayscale_prob: float = 0.2, blur_prob: float = 0.5) -> Callable[[Image.Image], torch.Tensor]:
-    """SwAV-style training augmentation: random resized crop, flip, colour jitter (strength
-    ``color_jitter``, applied with p=0.8; 0 disables), random grayscale, Gaussian blur, normalise."""
-    ops: list[Callable] = [T.RandomResizedCrop(crop, scale=scale), T.RandomHorizontalFlip()]
-    if color_jitter > 0:
-        s = color_jitter
-        ops.append(T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8))
-    if grayscale_prob > 0:
-        ops.append(T.RandomGrayscale(p=grayscale_prob))
-    if blur_prob > 0:
-        ops.append(_RandomGaussianBlur(blur_prob))
-    ops += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+def train_transform(crop: int, scale: tuple[float, float] = (0.08, 1.0),
+                    aug: AugmentConfig | None = None) -> Callable[[Image.Image], torch.Tensor]:
+    """SwAV-style training augmentation from the one augmentation config of bigseer (``bigseer.data.AugmentConfig``,
+    the same fields pretraining uses): random resized crop, flip (``flip_p``), colour jitter (strength
+    ``jitter_strength`` with probability ``jitter_p``; 0 disables), random grayscale (``grayscale_p``), Gaussian
+    blur (``blur_p``), normalise (``mean`` / ``std``)."""
+    aug = aug or AugmentConfig()
+    ops: list[Callable] = [T.RandomResizedCrop(crop, scale=scale, ratio=aug.ratio)]
+    if aug.flip_p > 0:
+        ops.append(T.RandomHorizontalFlip(p=aug.flip_p))
+    if aug.jitter_strength > 0:
+        s = aug.jitter_strength
+        ops.append(T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, min(0.5, 0.2 * s))], p=aug.jitter_p))
+    if aug.grayscale_p > 0:
+        ops.append(T.RandomGrayscale(p=aug.grayscale_p))
+    if aug.blur_p > 0:
+        ops.append(_RandomGaussianBlur(aug.blur_p, aug.blur_radius))
+    ops += [T.ToTensor(), T.Normalize(aug.mean, aug.std)]
     return T.Compose(ops)
 
 

@@ -1,7 +1,7 @@
 """Atomic per-epoch checkpoint of a downstream run (``OUTPUT_DIR/checkpoint.pt``) and its resumption.
 
-Written by the main process to a temporary file in the same directory and renamed over the old one
-(``os.replace``), so a crash leaves either the previous or the new checkpoint, never a torn one.
+Written by the main process through :mod:`bigseer.atomic` (the writer pretraining checkpoints use: temp
+file, fsync, rename), so a crash leaves either the previous or the new checkpoint, never a torn one.
 """
 
 from __future__ import annotations
@@ -25,14 +25,11 @@ def checkpoint_path(output_dir: str) -> str:
 
 
 def _atomic_write(path: str, write: Any) -> None:
+    """Through bigseer's one atomic writer (temp file, fsync, rename)."""
+    from bigseer.atomic import write_with
+
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_with(path, lambda tmp: write(str(tmp)))
 
 
 def save_checkpoint(output_dir: str, state: dict[str, Any]) -> str:

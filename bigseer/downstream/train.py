@@ -91,7 +91,7 @@ def run_downstream(cfg: EvalConfig) -> dict[str, Any]:
     from accelerate import Accelerator  # lazy: `import bigseer` stays light
 
     accelerator = Accelerator(cpu=cfg.cpu)
-    main, rank, world = accelerator.is_main_process, accelerator.process_index, accelerator.num_processes
+    main, world = accelerator.is_main_process, accelerator.num_processes
     warning = single_process_cpu_launch(world)
     if warning:
         _log(warning, main)
@@ -174,8 +174,7 @@ def _run_training(cfg: EvalConfig, accelerator: Any, trunk: nn.Module, train: La
         start_epoch = int(state["epoch"])
         _log(f"resumed from {cfg.output_dir} after epoch {start_epoch}", main)
     model, optimizer = accelerator.prepare(model, optimizer)
-    train_set = LabeledImages(train, train_transform(cfg.train_crop, tuple(cfg.crop_scale), cfg.color_jitter,
-                                                     cfg.grayscale_prob, cfg.blur_prob))
+    train_set = LabeledImages(train, train_transform(cfg.train_crop, tuple(cfg.crop_scale), cfg.augment()))
     loss_fn = nn.CrossEntropyLoss()
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()

@@ -81,15 +81,15 @@ def apply_speedups(model: nn.Module, trunk: nn.Module, *, channels_last: bool, c
         if not sharded and not any(p.is_meta for p in trunk.parameters()):
             trunk.to(memory_format=torch.channels_last)
     if compile:
-        import torch._dynamo
+        from torch import _dynamo
 
         blocks = trunk.blocks()
         # all blocks share Bottleneck.forward, so dynamo counts one graph per (block shape, crop resolution)
         # against one code object: allow them all (4 per block covers 2-4 resolutions)
         for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
                      "accumulated_cache_size_limit"):
-            if hasattr(torch._dynamo.config, name):
-                setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 4 * len(blocks) + 8))
+            if hasattr(_dynamo.config, name):
+                setattr(_dynamo.config, name, max(getattr(_dynamo.config, name), 4 * len(blocks) + 8))
         for block in blocks:  # static shapes: dynamic ones fail in inductor on the SE means
             block.compile(dynamic=False)
 

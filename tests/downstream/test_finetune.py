@@ -21,7 +21,7 @@ def data(tmp_path_factory):
 
 def _cfg(data, **kw):
     base = dict(mode="finetune", data=data, model="regnety_test", batch_size=8, lr=0.05, train_crop=32,
-                eval_resize=32, eval_crop=32, color_jitter=0.0, cpu=True, progress=False)
+                eval_resize=32, eval_crop=32, jitter_strength=0.0, cpu=True, progress=False)
     base.update(kw)
     return EvalConfig(**base)
 
@@ -32,7 +32,7 @@ def test_paper_defaults_and_step_schedule():
     assert cfg.lr_milestones == [30] and (cfg.train_crop, cfg.eval_resize, cfg.eval_crop) == (224, 256, 224)
     assert lr_at(cfg, 29) == 0.0125 and lr_at(cfg, 30) == pytest.approx(0.00125)
     lin = EvalConfig(mode="linear", data="x", model="regnety_test").resolved()
-    assert lin.color_jitter == 0.0 and lin.lr_milestones == [8, 16, 24]
+    assert lin.jitter_strength == 0.0 and lin.lr_milestones == [8, 16, 24]
 
 
 def test_finetune_trains_the_whole_network(data, tmp_path):

@@ -1,4 +1,5 @@
-"""examples/finetune.py end to end: 2 CPU ranks under accelerate, the single-process warning, clear errors."""
+"""`bigseer eval` end to end: 2 CPU ranks under `accelerate launch -m bigseer eval`, the single-process warning,
+clear errors through examples/finetune.py (a thin wrapper of the same command)."""
 
 import importlib.util
 import json
@@ -29,8 +30,8 @@ def test_two_ranks_under_accelerate_launch(tmp_path):
     out = tmp_path / "out"
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517", EXAMPLE,
-           "--data", data, "--mode", "lowshot", "--fraction", "0.5", "--epochs", "2", "--batch_size", "4",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517", "-m", "bigseer",
+           "eval", "lowshot", "--data", data, "--fraction", "0.5", "--epochs", "2", "--batch_size", "4",
            "--lr", "0.05", "--output_dir", str(out), *SMALL]
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import runpy
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,7 +105,7 @@ def test_finetune_script_probe_mode(data, capsys, monkeypatch):
             "--eval_resize", "16", "--eval_crop", "16", "--shots", "1", "--fractions", "--draws", "2"]
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as exc:
-        runpy.run_path("examples/finetune.py", run_name="__main__")
+        runpy.run_path(str(Path(__file__).resolve().parents[2] / "examples" / "finetune.py"), run_name="__main__")
     assert exc.value.code == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert list(out["probe"]) == ["1-shot"] and len(out["probe"]["1-shot"]["top1"]) == 2
