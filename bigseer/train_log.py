@@ -74,7 +74,12 @@ class TrainLogger:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and v is not None:
                     self._tb.add_scalar(f"train/{k}", v, step)
-        short = (f"loss {metrics['loss']:.4f} lr {metrics['lr']:.4g} "
+            for k, v in (metrics.get("health") or {}).items():
+                self._tb.add_scalar(f"health/{k}", v, step)
+        h = metrics.get("health") or {}
+        short = (f"loss {metrics['loss']:.4f} "
+                 + (f"({h['loss_ratio']:.3f} ln K, {int(h['prototypes_used'])} protos used) " if h else "")
+                 + f"lr {metrics['lr']:.4g} "
                  + (f"scale {metrics['loss_scale']:.0f} " if metrics.get("loss_scale") else "")
                  + f"{metrics['img_per_s']:.1f} img/s "
                  + (f"mfu {100 * metrics['mfu']:.1f}% " if metrics.get("mfu") is not None else "")
@@ -106,10 +111,20 @@ class TrainLogger:
         import matplotlib.pyplot as plt
 
         steps = [r["step"] for r in self.history]
-        fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-        for ax, key in zip(axes, ("loss", "lr", "img_per_s")):
+        fig, axes = plt.subplots(1, 4, figsize=(17, 3.5))
+        axes[0].plot(steps, [r["loss"] for r in self.history], label="loss")
+        log_k = [r.get("health", {}).get("log_k") for r in self.history]
+        if any(v is not None for v in log_k):  # SwAV's trivial fixed point: the loss pinned at ln K
+            axes[0].plot(steps, [v if v is not None else float("nan") for v in log_k], "--", label="ln K")
+            axes[0].legend(loc="upper right")
+        axes[0].set_title("loss")
+        for ax, key in zip(axes[1:3], ("lr", "img_per_s")):
             ax.plot(steps, [r[key] for r in self.history])
             ax.set_title(key)
+        used = [r.get("health", {}).get("prototypes_used") for r in self.history]
+        axes[3].plot(steps, [u if u is not None else float("nan") for u in used])
+        axes[3].set_title("prototypes in use (argmax)")
+        for ax in axes:
             ax.set_xlabel("step")
         fig.tight_layout()
         path = self.dir / "curves.png"

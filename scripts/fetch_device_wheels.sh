@@ -7,14 +7,21 @@
 # .whl/ must be git-ignored (never committed) but carried with `carry: [".whl"]`; it must stay well under
 # the device tool's 64 MiB limit on what travels (this script prints its size and fails above 32 MiB).
 #
-# What it fetches (the device image is Python 3.12 with torch 2.11, see the device KINDS.md):
+# What it fetches (the device image is Python 3.12 with torch 2.11, see the device KINDS.md), all pinned to the
+# versions this repo's .venv runs:
 #   - deepspeed and fairscale: sdists only on PyPI, built here as pure-Python wheels (DS_BUILD_OPS=0:
 #     no compiled ops; bigseer uses torch optimizers under DeepSpeed, so none are JIT-built there either);
 #   - their runtime deps the device image lacks: hjson, pydantic (+ pydantic-core, annotated-types,
-#     typing-inspection), as manylinux/py3 wheels for CPython 3.12, pinned to the versions this repo's
-#     .venv runs with deepspeed 0.19.8. The other Requires-Dist of deepspeed (einops, msgpack, ninja,
-#     numpy, packaging, psutil, py-cpuinfo, torch, tqdm) are in the device image; the check at the end
-#     lists any Requires-Dist that is neither fetched nor in the image's package list.
+#     typing-inspection, typing-extensions), as manylinux/py3 wheels for CPython 3.12. The other
+#     Requires-Dist of deepspeed (einops, msgpack, ninja, numpy, packaging, psutil, py-cpuinfo, torch, tqdm)
+#     are in the device image;
+#   - simplejpeg (a binary manylinux wheel, its own libjpeg-turbo inside): bigseer.data imports it, and the
+#     gpu_check "jpeg decode" row compares SampleRenderer(device="cuda") with its CPU decode path.
+# Not fetched: omegaconf / antlr4 (config files), submitit (bigseer submit), fsspec's http extras: the paths
+# gpu_check.py runs import none of them (it records any it did import in gpu_check.json,
+# "imported_not_on_device"; tests/test_gpu_check.py asserts the CPU dry run imports none), and fsspec + aiohttp
+# are in the image anyway. The check at the end lists any Requires-Dist that is neither fetched nor in the
+# image's package list.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,7 +36,7 @@ FAIRSCALE_VERSION=0.4.13
 # pinned together: pydantic-core must be the exact version this pydantic requires
 # typing-extensions too: pydantic 2.14 needs >= 4.16 and the device image's version is not recorded
 PURE_DEPS=(hjson==3.1.0 pydantic==2.14.4 annotated-types==0.8.0 typing-inspection==0.4.5 typing-extensions==4.16.0)
-BINARY_DEPS=(pydantic-core==2.50.5)
+BINARY_DEPS=(pydantic-core==2.50.5 simplejpeg==1.9.0)
 
 rm -rf "$DEST"
 mkdir -p "$DEST"
@@ -59,7 +66,7 @@ for w in "$DEST"/*.whl; do
     esac
 done
 
-echo "== Requires-Dist check (deepspeed, fairscale) against the fetched wheels and the device image"
+echo "== Requires-Dist check (every fetched wheel) against the fetched wheels and the device image"
 "$PY" - "$DEST" "$KINDS_MD" <<'EOF'
 import re, sys, zipfile
 from pathlib import Path
