@@ -171,3 +171,22 @@ def test_sharded_prototypes_export_whole_and_match_a_replicated_run(runs: dict[s
     tol = _tolerance(runs, "ref1", "ref2")
     a, b = _records(runs["ref2"]), _records(runs["rep2"])
     assert all(abs(a[s]["loss"] - b[s]["loss"]) <= tol for s in a)
+
+
+def test_dcp_to_torch_save_reads_an_engine_checkpoint(runs: dict[str, Path], tmp_path: Path) -> None:
+    """PyTorch's own converter reads the elastic format (written here by 2 fsdp ranks, resumed from 4) into one
+    torch.save file whose ``model.*`` tensors are the exported trunk: no bigseer needed to get the weights."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    from bigseer.checkpoint.directory import find_latest, read_meta
+    from bigseer.export import load_pretrained
+
+    step_dir = find_latest(runs["fsdp_4to2"] / "checkpoints")
+    meta = read_meta(step_dir)
+    assert meta["format"] == "elastic" and meta["world_size"] == 2 and meta["backend"] == "fsdp"
+    dcp_to_torch_save(step_dir / "state", tmp_path / "full.pt")
+    full = torch.load(tmp_path / "full.pt", weights_only=True)
+    trunk = {k[len("model.trunk."):]: v for k, v in full.items() if k.startswith("model.trunk.")}
+    ours = load_pretrained(runs["fsdp_4to2"]).state_dict()
+    assert set(trunk) == set(ours)
+    assert all(torch.equal(trunk[k], ours[k]) for k in ours)  # the same bytes, whole (not one rank's shard)
