@@ -2,18 +2,28 @@
 
 One process, a real SwAV step (``build_swav_model`` -> ``bigseer.parallel.setup`` (one process: the plain
 model) with SGD + momentum -> forward, backward, optimizer step) on random multi-crop batches, on a model
-and input where activations dominate. Measured per mode:
+and input where activations dominate. The goal is judged on the **step's peak memory**; measured per mode,
+each mode in a fresh spawned process (neither inherits the other's allocator state), after one warm-up
+step (so the momentum buffers exist and one-time allocations are done):
 
-- saved for backward: bytes of the unique storages autograd saves in the forward, counted by a
-  ``saved_tensors_hooks`` pack hook (parameters excluded). Under non-reentrant checkpointing the hook sees
-  what stays alive outside checkpointed blocks plus each block's saved input; the internals of a block are
-  recomputed in the backward (one block at a time, not counted here). Exact and noise-free;
-- peak RSS growth of one forward+backward (VmHWM minus the RSS just before it), each mode in a fresh
-  spawned process so neither inherits the other's allocator state;
-- step time: median of ``--repeats`` steps per mode, modes interleaved, after one warm-up step each;
-- the planner's activation figure (``bigseer.plan.plan_memory``) for the same run.
+- peak RSS growth of one full step (forward, backward, optimizer step, zero_grad): VmHWM minus the RSS
+  just before the step, with ``MALLOC_MMAP_THRESHOLD_`` (``--mmap-threshold``) so RSS follows the live
+  tensors. Includes everything the step allocates: saved activations, the block being recomputed,
+  activation gradients, parameter gradients, oneDNN scratch;
+- torch profiler memory (``profile_memory=True``, the profiler's memory timeline): the peak of live CPU
+  tensor bytes during another full step, minus the live bytes at its start (parameters, momentum, input),
+  i.e. the allocator's view of the same peak growth without glibc / oneDNN scratch, and its split by the
+  profiler's categories at the peak;
+- saved for backward (secondary, what checkpointing targets directly): bytes of the unique storages
+  autograd saves in the forward, counted by a ``saved_tensors_hooks`` pack hook (parameters excluded);
+- step time: median of ``--repeats`` steps per mode, modes interleaved (order alternating), after one
+  warm-up step each, in this process; the ratio is the median of per-repeat ratios;
+- the planner's figures (``bigseer.plan.plan_memory``) for the same run: its activations, and its step
+  growth (everything but parameters, optimizer state and buffers: activations + gradients + backward
+  temporaries) against the measured peak growth.
 
-    .venv/bin/python benchmarks/bench_checkpointing.py --model regnety_800mf --batch 16 --crops 2x160,4x64
+    .venv/bin/python benchmarks/bench_checkpointing.py --model regnety_800mf --batch 8 --crops 2x160,4x64 \
+        --repeats 5 --threads 1
 """
 
 from __future__ import annotations
@@ -83,16 +93,49 @@ def saved_bytes(p: object, x: list[torch.Tensor]) -> int:
     return total
 
 
-def _rss_child(args: tuple) -> int:
+def _mem_child(args: tuple) -> dict:
+    """Peak memory of one full step in a fresh process (see the module doc): RSS, then the profiler."""
+    import gc
+
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import _CATEGORY_TO_INDEX, MemoryProfileTimeline
+
     model, mode, head, prototypes, threads, crops, batch = args
     p = build(model, mode, head, prototypes, threads)
-    x = make_crops(crops, batch, 0)
-    base = status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # VmHWM := current RSS
-    loss = p.forward(x)  # type: ignore[attr-defined]
-    p.backward(loss)  # type: ignore[attr-defined]
-    return (status_kib("VmHWM") - base) * 1024
+    step(p, make_crops(crops, batch, 0))  # warm-up: momentum buffers, one-time allocations
+    out: dict = {}
+    for key, seed in (("rss_fwd_bwd", 1), ("rss_step", 2)):
+        x = make_crops(crops, batch, seed)
+        gc.collect()
+        base = status_kib("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # VmHWM := current RSS
+        if key == "rss_fwd_bwd":
+            loss = p.forward(x)  # type: ignore[attr-defined]
+            p.backward(loss)  # type: ignore[attr-defined]
+            del loss
+            out[key] = (status_kib("VmHWM") - base) * 1024
+            p.zero_grad()  # type: ignore[attr-defined]
+        else:
+            step(p, x)
+            out[key] = (status_kib("VmHWM") - base) * 1024
+    x = make_crops(crops, batch, 3)
+    gc.collect()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        step(p, x)
+    timeline = MemoryProfileTimeline(prof._memory_profile())
+    _, sizes = timeline._coalesce_timeline(torch.device("cpu"))  # [time][category] live bytes
+    totals = [sum(row) for row in sizes]
+    at = max(range(len(totals)), key=totals.__getitem__)
+    names = ["-"] + [c.name.lower() if c else "unknown" for c in sorted(_CATEGORY_TO_INDEX, key=_CATEGORY_TO_INDEX.get)]
+    out["prof_peak"] = totals[at]
+    out["prof_start"] = totals[0]
+    out["prof_by_category"] = dict(zip(names, sizes[at])) if len(names) == len(sizes[at]) else {}
+    model_ = p.unwrapped  # type: ignore[attr-defined]
+    state = [v for st in p.optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)]  # type: ignore[attr-defined]
+    out["resident"] = sum(t.numel() * t.element_size() for t in list(model_.parameters()) + state
+                          + list(model_.buffers()) + x)
+    return out
 
 
 def main() -> None:
@@ -110,13 +153,18 @@ def main() -> None:
     crops = parse_crops(args.crops)
     head = [int(d) for d in args.head.split(",")]
 
-    rss = {}
+    mem = {}
     ctx = mp.get_context("spawn")
     for mode in MODES:
         with ctx.Pool(1) as pool:
-            rss[mode] = pool.apply(_rss_child, ((args.model, mode, head, args.prototypes, args.threads, crops,
+            mem[mode] = pool.apply(_mem_child, ((args.model, mode, head, args.prototypes, args.threads, crops,
                                                  args.batch),))
-        print(f"{mode}: peak RSS growth of forward+backward {rss[mode] / MIB:.0f} MiB", flush=True)
+        m = mem[mode]
+        print(f"{mode}: peak RSS growth of a full step {m['rss_step'] / MIB:.0f} MiB (forward+backward alone "
+              f"{m['rss_fwd_bwd'] / MIB:.0f}); profiler: peak live tensors {m['prof_peak'] / MIB:.0f} MiB, at the "
+              f"step's start {m['prof_start'] / MIB:.0f}, resident params+state+buffers+input "
+              f"{m['resident'] / MIB:.0f}; at the peak by category (MiB): "
+              f"{ {k: round(v / MIB) for k, v in m['prof_by_category'].items() if v} }", flush=True)
 
     runs = {mode: build(args.model, mode, head, args.prototypes, args.threads) for mode in MODES}
     saved = {}
@@ -128,18 +176,30 @@ def main() -> None:
             times[mode].append(step(runs[mode], make_crops(crops, args.batch, 2 + r)))
             print(f"repeat {r} {mode}: {times[mode][-1]:.2f} s", flush=True)
     plans = {m: plan_memory(args.model, world_size=1, backend="ddp", batch_per_gpu=args.batch, crops=crops,
-                            checkpointing=m, head_dims=head, prototypes=args.prototypes).activations for m in MODES}
+                            checkpointing=m, head_dims=head, prototypes=args.prototypes) for m in MODES}
+
+    def growth(m: str) -> int:  # profiler: peak live tensor bytes minus what was live at the step's start
+        return mem[m]["prof_peak"] - mem[m]["prof_start"]
+
+    def plan_growth(m: str) -> int:
+        pl = plans[m]
+        return pl.total - pl.params - pl.optimizer - pl.buffers
 
     med = {m: statistics.median(times[m]) for m in MODES}
+    ratio = {m: statistics.median(a / b for a, b in zip(times[m], times["none"])) for m in MODES}
     print(f"\n{args.model} SwAV (head {args.head}, {args.prototypes} prototypes), 1 process, {args.threads} threads, "
-          f"batch {args.batch}, crops {args.crops}, fp32; median of {args.repeats} interleaved steps; ratios vs none")
-    print("| checkpointing | saved for backward (MiB) | cut vs none | peak RSS growth fwd+bwd (MiB) | cut vs none |"
-          " plan activations (MiB) | plan err | step time (s, median) | vs none | all steps (s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          f"batch {args.batch}, crops {args.crops}, fp32; step = forward + backward + SGD-momentum step; "
+          f"median of {args.repeats} interleaved steps; ratios vs none")
+    print("| checkpointing | peak RSS growth, full step (MiB) | cut vs none | profiler: peak tensor growth, full step "
+          "(MiB) | cut vs none | plan step growth (MiB) | plan err vs profiler | saved for backward (MiB) | cut vs none "
+          "| plan activations (MiB) | step time (s, median) | vs none (median of per-repeat ratios) | all steps (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for m in MODES:
-        print(f"| {m} | {saved[m] / MIB:.0f} | {saved['none'] / saved[m]:.2f}x | {rss[m] / MIB:.0f} | "
-              f"{rss['none'] / rss[m]:.2f}x | {plans[m] / MIB:.0f} | {plans[m] / saved[m] - 1:+.0%} | {med[m]:.2f} | "
-              f"{med[m] / med['none']:.2f}x | {', '.join(f'{t:.2f}' for t in times[m])} |")
+        print(f"| {m} | {mem[m]['rss_step'] / MIB:.0f} | {mem['none']['rss_step'] / mem[m]['rss_step']:.2f}x | "
+              f"{growth(m) / MIB:.0f} | {growth('none') / growth(m):.2f}x | {plan_growth(m) / MIB:.0f} | "
+              f"{plan_growth(m) / growth(m) - 1:+.0%} | {saved[m] / MIB:.0f} | {saved['none'] / saved[m]:.2f}x | "
+              f"{plans[m].activations / MIB:.0f} | {med[m]:.2f} | {ratio[m]:.2f}x | "
+              f"{', '.join(f'{t:.2f}' for t in times[m])} |")
 
 
 if __name__ == "__main__":

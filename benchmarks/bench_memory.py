@@ -20,6 +20,14 @@ only where touched. The ranks run with ``MALLOC_MMAP_THRESHOLD_`` (``--mmap-thre
 the live tensors rather than glibc's retained free lists.
 
     .venv/bin/python benchmarks/bench_memory.py --model regnety_16gf --batch 2 --crops 2x64,2x32
+
+``--heldout``: the planner against configurations that were NOT used to fit its terms (``HELDOUT``: other
+presets, crops, batch sizes, heads, checkpointing, bf16, every backend incl. ZeRO-2 and ZeRO-3), each run
+the same way (its own pair of processes, ``--steps`` steps), planned vs measured peak RSS growth per rank
+(max over the 2 ranks) and the error per config. ``FIT`` lists the runs the planner's terms were checked
+against while they were written (see ``benchmarks/results/memory.md``).
+
+    .venv/bin/python benchmarks/bench_memory.py --heldout
 """
 
 from __future__ import annotations
@@ -42,6 +50,30 @@ from tests.distributed_utils import run_distributed  # noqa: E402
 
 MIB = 2 ** 20
 DS_DEFAULT_BUCKET = int(5e8)  # DeepSpeed reduce_bucket_size when the config leaves it out
+
+# Runs the planner's terms were written against (benchmarks/results/memory.md, tests/test_plan.py):
+# (preset, backends, batch per rank, crops, head dims + embedding, prototypes)
+FIT = [
+    ("regnety_16gf", "ddp,fsdp,zero2,zero3", 2, "2x64,2x32", "256,64", 256),
+    ("regnety_8gf", "ddp,fsdp,zero2,zero3", 4, "2x96,2x48", "256,64", 256),
+    ("regnety_16gf", "ddp,fsdp", 2, "2x64", "256,64", 256),
+    ("regnety_3200mf", "ddp,fsdp", 2, "2x48,2x24", "16", 6),  # tests/test_plan.py
+    ("regnety_400mf", "zero2", "-", "-", "-", "-"),  # ZeRO-2's whole-model gradient storage at W = 2 and 4
+]
+# Held out: none of these presets / inputs / options was used to fit the planner.
+# (name, preset, backend, batch per rank, crops, head dims + embedding, prototypes, checkpointing, precision)
+HELDOUT = [
+    ("A-ddp", "regnety_1600mf", "ddp", 4, "2x96,4x48", "512,128", 1000, "none", "fp32"),
+    ("A-fsdp", "regnety_1600mf", "fsdp", 4, "2x96,4x48", "512,128", 1000, "none", "fp32"),
+    ("A-zero2", "regnety_1600mf", "zero2", 4, "2x96,4x48", "512,128", 1000, "none", "fp32"),
+    ("A-zero3", "regnety_1600mf", "zero3", 4, "2x96,4x48", "512,128", 1000, "none", "fp32"),
+    ("B-fsdp", "regnety_32gf", "fsdp", 1, "2x64", "256,64", 256, "all", "fp32"),
+    ("B-zero2", "regnety_32gf", "zero2", 1, "2x64", "256,64", 256, "all", "fp32"),
+    ("B-zero3", "regnety_32gf", "zero3", 1, "2x64", "256,64", 256, "all", "fp32"),
+    ("C-ddp", "regnety_3200mf", "ddp", 4, "2x64,2x48,2x32", "256,64", 256, "all", "fp32"),
+    ("D-ddp", "regnety_800mf", "ddp", 8, "2x112,2x56", "512,128", 3000, "none", "bf16"),
+    ("D-fsdp", "regnety_800mf", "fsdp", 8, "2x112,2x56", "512,128", 3000, "none", "bf16"),
+]
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
@@ -110,7 +142,7 @@ def model_state_bytes(p: object) -> dict[str, int]:
 
 
 def _rank(rank: int, world: int, backend: str, cfg_kw: dict, crops: list[tuple[int, int]], batch: int,
-          steps: int) -> dict:
+          steps: int, setup_kw: dict | None = None) -> dict:
     import deepspeed  # noqa: F401  (imported before the baseline by every backend: code pages not counted)
     import torch.distributed.checkpoint  # noqa: F401
     import torch.distributed.fsdp  # noqa: F401
@@ -122,6 +154,11 @@ def _rank(rank: int, world: int, backend: str, cfg_kw: dict, crops: list[tuple[i
     from bigseer.optim import LARS
 
     cfg = PretrainConfig(**cfg_kw)
+    setup_kw = dict(setup_kw or {})
+    if setup_kw.pop("ds_clone_master", False):  # DeepSpeed's own behaviour: a second fp32 copy under ZeRO-3
+        import bigseer.parallel.deepspeed as bds
+
+        bds._share_fp32_master = lambda _opt: None
     torch.manual_seed(0)
     base = status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
@@ -132,9 +169,9 @@ def _rank(rank: int, world: int, backend: str, cfg_kw: dict, crops: list[tuple[i
             model = build_swav_model(cfg, device="meta")
     else:
         model = build_swav_model(cfg)
-    kw: dict = dict(backend=backend.replace("_eager", ""))
+    kw: dict = dict(backend=backend.replace("_eager", ""), **setup_kw)
     if backend.startswith("zero"):
-        kw = dict(backend="deepspeed", ds_config=f"ds_configs/{backend}_fp32.json")
+        kw = dict(backend="deepspeed", ds_config=f"ds_configs/{backend}_fp32.json", **setup_kw)
     optimizer = "LARS"
     try:
         p = parallel.setup(model, optimizer_factory=lambda g: LARS(g, lr=0.1, momentum=0.9, weight_decay=1e-5), **kw)
@@ -184,6 +221,74 @@ def _rank(rank: int, world: int, backend: str, cfg_kw: dict, crops: list[tuple[i
             "step_s": statistics.median(times[1:] or times), "meta": meta, "loss": float(loss.detach())}
 
 
+def measure(backend: str, model: str, batch: int, crops: list[tuple[int, int]], dims: list[int], prototypes: int,
+            steps: int, checkpointing: str = "none", precision: str = "fp32", ds_clone_master: bool = False) -> dict:
+    """One backend on 2 fresh ranks, plus the plan for the same run."""
+    cfg_kw = dict(model=model, head_dims=tuple(dims[:-1]), embed_dim=dims[-1], num_prototypes=prototypes,
+                  crops="+".join(f"{n}x{s}" for n, s in crops), batch_size=batch)
+    setup_kw = dict(checkpointing=checkpointing, precision=precision, ds_clone_master=ds_clone_master)
+    t0 = time.perf_counter()
+    res = run_distributed(_rank, 2, (backend, cfg_kw, crops, batch, steps, setup_kw))
+    ds = backend.startswith("zero")
+    bucket = 0
+    if ds:
+        with open(f"ds_configs/{backend}_fp32.json") as f:
+            zcfg = json.load(f)["zero_optimization"]
+        bucket = int(zcfg.get("reduce_bucket_size", DS_DEFAULT_BUCKET))
+    kw = dict(world_size=2, backend="deepspeed" if ds else backend.replace("_eager", ""),
+              zero_stage=int(backend[-1]) if ds else 2, batch_per_gpu=batch, crops=crops, head_dims=dims,
+              prototypes=prototypes, checkpointing=checkpointing, precision=precision)
+    plan = plan_memory(model, ds_bucket=bucket, collectives="gloo", **kw)
+    row = dict(backend=backend, held=max(r["held"]["total"] for r in res),
+               parts=res[0]["held"], rss=max(r["peak_rss"] for r in res), step_s=res[0]["step_s"],
+               plan_state=plan.params + plan.grads + plan.optimizer, plan=plan, res=res,
+               buckets=max(r["held"]["buckets"] for r in res), plan_total=plan.total,
+               optimizer=res[0]["optimizer"], meta=res[0]["meta"], wall=time.perf_counter() - t0,
+               n=plan.trunk_params + plan.head_params)
+    print(f"{model} {backend}: done in {row['wall']:.0f} s, rank-0 parts (MiB) "
+          f"{ {k: round(v / MIB) for k, v in res[0]['held'].items()} }, optimizer {res[0]['optimizer']}; "
+          f"last step, per rank, RSS growth at phase start / phase peak (MiB): "
+          f"{[{k: round(v / MIB) for k, v in r['phases'].items()} for r in res]}", flush=True)
+    return row
+
+
+def heldout(steps: int) -> None:
+    """Planned vs measured peak RSS growth per rank on the HELDOUT configurations."""
+    print("used to fit the planner (not re-run here): " + "; ".join(
+        f"{m} {b} batch {n} crops {c} head {h} K {k}" for m, b, n, c, h, k in FIT), flush=True)
+    rows = []
+    for name, model, backend, batch, crops, head, prototypes, ckpt, precision in HELDOUT:
+        dims = [int(d) for d in head.split(",")]
+        r = measure(backend, model, batch, parse_crops(crops), dims, prototypes, steps, ckpt, precision)
+        rows.append((name, model, backend, batch, crops, head, prototypes, ckpt, precision, r))
+    print(f"\nPlanner on held-out configurations, 2 gloo ranks, {steps} steps each, LARS, peak RSS growth per rank "
+          "(max over ranks) vs plan_memory(..., collectives='gloo'); error = plan / measured - 1")
+    print("| config | preset (params) | backend | batch/rank | crops | head, K | checkpointing | precision | "
+          "measured model state (MiB) | plan state (MiB) | err | measured peak RSS growth (MiB) | plan total (MiB) "
+          "| err |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    errs = []
+    for name, model, backend, batch, crops, head, prototypes, ckpt, precision, r in rows:
+        err = r["plan_total"] / r["rss"] - 1
+        errs.append(err)
+        print(f"| {name} | {model} ({r['n'] / 1e6:.1f}M) | {backend} | {batch} | {crops} | {head}, {prototypes} | {ckpt} "
+              f"| {precision} | {r['held'] / MIB:.0f} | {r['plan_state'] / MIB:.0f} | "
+              f"{r['plan_state'] / r['held'] - 1:+.0%} | {r['rss'] / MIB:.0f} | {r['plan_total'] / MIB:.0f} | "
+              f"{err:+.0%} |")
+    print(f"\nabs error: median {statistics.median(abs(e) for e in errs):.0%}, max {max(abs(e) for e in errs):.0%}; "
+          f"{sum(abs(e) > 0.2 for e in errs)} of {len(errs)} configs miss 20%")
+    print("\nLast step, peak RSS growth per phase (max over ranks) and the plan's parts (MiB):")
+    print("| config | forward | backward | step | plan params | plan grads | plan optimizer | plan activations | "
+          "plan comm buckets | plan gathered/temps |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, *_, r in rows:
+        ph = {k: max(x["phases"].get(k, 0) for x in r["res"]) / MIB for k in ("forward", "backward", "step")}
+        pl = r["plan"]
+        print(f"| {name} | {ph['forward']:.0f} | {ph['backward']:.0f} | {ph['step']:.0f} | {pl.params / MIB:.0f} | "
+              f"{pl.grads / MIB:.0f} | {pl.optimizer / MIB:.0f} | {pl.activations / MIB:.0f} | {pl.comm / MIB:.0f} | "
+              f"{pl.transient / MIB:.0f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="regnety_16gf")
@@ -193,37 +298,20 @@ def main() -> None:
     ap.add_argument("--prototypes", type=int, default=256)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--backends", default="ddp,fsdp,zero2,zero3")
+    ap.add_argument("--heldout", action="store_true", help="run the HELDOUT configurations instead")
+    ap.add_argument("--ds-clone-master", action="store_true",
+                    help="ZeRO-3 as DeepSpeed 0.19.8 leaves it (a separate fp32 master copy), without "
+                         "bigseer.parallel.deepspeed's alias: the before of that fix")
     add_mmap_threshold_arg(ap)
     args = ap.parse_args()
     apply_mmap_threshold(args.mmap_threshold)
+    if args.heldout:
+        heldout(args.steps)
+        return
     crops = parse_crops(args.crops)
     dims = [int(d) for d in args.head.split(",")]
-    cfg_kw = dict(model=args.model, head_dims=tuple(dims[:-1]), embed_dim=dims[-1], num_prototypes=args.prototypes,
-                  crops="+".join(f"{n}x{s}" for n, s in crops), batch_size=args.batch)
-    rows = []
-    for backend in args.backends.split(","):
-        t0 = time.perf_counter()
-        res = run_distributed(_rank, 2, (backend, cfg_kw, crops, args.batch, args.steps))
-        ds = backend.startswith("zero")
-        bucket = 0
-        if ds:
-            zcfg = json.load(open(f"ds_configs/{backend}_fp32.json"))["zero_optimization"]
-            bucket = int(zcfg.get("reduce_bucket_size", DS_DEFAULT_BUCKET))
-        kw = dict(world_size=2, backend="deepspeed" if ds else backend.replace("_eager", ""),
-                  zero_stage=int(backend[-1]) if ds else 2, batch_per_gpu=args.batch, crops=crops, head_dims=dims,
-                  prototypes=args.prototypes)
-        plan = plan_memory(args.model, ds_bucket=bucket, collectives="gloo", **kw)
-        rows.append(dict(backend=backend, held=max(r["held"]["total"] for r in res),
-                         parts=res[0]["held"], rss=max(r["peak_rss"] for r in res), step_s=res[0]["step_s"],
-                         plan_state=plan.params + plan.grads + plan.optimizer, plan=plan, res=res,
-                         buckets=max(r["held"]["buckets"] for r in res), plan_total=plan.total,
-                         optimizer=res[0]["optimizer"], meta=res[0]["meta"], wall=time.perf_counter() - t0,
-                         n=plan.trunk_params + plan.head_params))
-        print(f"{backend}: done in {rows[-1]['wall']:.0f} s, rank-0 parts (MiB) "
-              f"{ {k: round(v / MIB) for k, v in res[0]['held'].items()} }, optimizer {res[0]['optimizer']}; "
-              f"last step, per rank, RSS growth at phase start / phase peak (MiB): "
-              f"{[{k: round(v / MIB) for k, v in r['phases'].items()} for r in res]}",
-              flush=True)
+    rows = [measure(b, args.model, args.batch, crops, dims, args.prototypes, args.steps,
+                    ds_clone_master=args.ds_clone_master) for b in args.backends.split(",")]
     base = rows[0]
     print(f"\n{args.model} SwAV (head {args.head}, {args.prototypes} prototypes, {rows[0]['n']:,} params), "
           f"2 gloo ranks, batch {args.batch}/rank, crops {args.crops}, fp32, {args.steps} steps; "

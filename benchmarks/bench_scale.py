@@ -10,7 +10,8 @@ storages), time per phase. The baseline is the planner's prediction for the same
 (``bigseer.plan.plan_memory``), printed side by side with the ratio.
 
 ``--part plan``: ``seer_10b`` SwAV model built on meta (``build_swav_model(cfg, device="meta")``), then
-``plan_memory`` for ``--gpus`` ranks; prints the table and the time each took.
+``plan_memory`` for ``--gpus`` ranks; prints the table and the time each took; then today's plan for the
+``--part step`` run (``--model`` etc.), to set beside that run's measured peak.
 
     .venv/bin/python benchmarks/bench_scale.py --part plan
     .venv/bin/python benchmarks/bench_scale.py --part step --model regnety_256gf --batch 1 --crops 2x64,2x32
@@ -101,6 +102,13 @@ def _step_rank(rank: int, world: int, model_name: str, head: list[int], prototyp
     return out
 
 
+def _step_plan(args: argparse.Namespace) -> object:
+    """The planner's prediction for ``--part step`` (2 gloo ranks: ``collectives="gloo"``)."""
+    return plan_memory(args.model, world_size=2, backend="fsdp", precision=args.precision, batch_per_gpu=args.batch,
+                       crops=parse_crops(args.crops), checkpointing="all", head_dims=[int(d) for d in args.head.split(",")],
+                       prototypes=args.prototypes, collectives="gloo")
+
+
 def part_step(args: argparse.Namespace) -> None:
     from tests.distributed_utils import run_distributed
 
@@ -109,8 +117,7 @@ def part_step(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     res = run_distributed(_step_rank, 2, (args.model, head, args.prototypes, crops, args.batch, args.precision))
     wall = time.perf_counter() - t0
-    plan = plan_memory(args.model, world_size=2, backend="fsdp", precision=args.precision, batch_per_gpu=args.batch,
-                       crops=crops, checkpointing="all", head_dims=head, prototypes=args.prototypes)
+    plan = _step_plan(args)
     print(f"{args.model} + SwAV head {args.head}, {args.prototypes} prototypes ({res[0]['params']:,} params), "
           f"2 gloo ranks (1 thread each), fsdp {args.precision}, meta init, checkpointing all, "
           f"batch {args.batch}/rank, "
@@ -131,7 +138,7 @@ def part_step(args: argparse.Namespace) -> None:
         ratio = f"{a / pl:.2f}" if pl else ""
         print(f"| {name} | {a:.2f} | {b:.2f} | {f'{pl:.2f}' if pl is not None else ''} | {ratio} |")
     print(f"| total peak RSS, both ranks (GiB) | {res[0]['peak_gib'] + res[1]['peak_gib']:.2f} | | "
-          f"{2 * plan.total / GIB:.2f} (state+act.) | |")
+          f"{2 * plan.total / GIB:.2f} (2 x plan total) | |")
     print(f"all finite: {all(r['finite'] for r in res)}")
 
 
@@ -153,6 +160,10 @@ def part_plan(args: argparse.Namespace) -> None:
                            prototypes=args.prototypes)
         print(f"\n[plan_memory took {plan.seconds:.2f} s]")
         print(plan.table())
+    step_plan = _step_plan(args)
+    print(f"\nToday's plan for the --part step run ({args.model}, fsdp {args.precision}, 2 gloo ranks, batch {args.batch}, "
+          f"crops {args.crops}, checkpointing all) [plan_memory took {step_plan.seconds:.2f} s]:")
+    print(step_plan.table())
 
 
 def main() -> None:

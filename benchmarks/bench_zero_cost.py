@@ -5,7 +5,10 @@
 them one at a time (exact per-tensor trust ratios, see ``bigseer.optim.lars``). This measures what that
 costs against the same step with DeepSpeed's usual flat groups (all tensors in one group):
 
-- ``lars-per-tensor``: ``LARS`` through ``bigseer.parallel.setup`` (what bigseer runs);
+- ``lars-per-tensor``: ``LARS`` through ``bigseer.parallel.setup`` (bigseer's default under ZeRO);
+- ``lars-zero-flat``: ``LARS(zero_flat=True)``: DeepSpeed's flat groups, the same exact per-tensor trust
+  ratios from the partition boundaries (``bigseer.parallel.zero_pieces.flat_segments``, one all-reduce
+  per flat group);
 - ``lars-flat``: the same LARS maths (``LARS.step``) in an optimizer class that is not ``LARS``, so setup
   passes the ordinary single group and DeepSpeed flattens it into one partition per rank. Its trust ratio
   is then that of the whole partition, i.e. WRONG: this is a cost baseline only;
@@ -42,7 +45,7 @@ from bigseer.plan import parse_crops  # noqa: E402
 from bigseer.optim.lars import LARS  # noqa: E402
 from tests.distributed_utils import run_distributed  # noqa: E402
 
-VARIANTS = ("lars-per-tensor", "lars-flat", "sgd-flat")
+VARIANTS = ("lars-per-tensor", "lars-zero-flat", "lars-flat", "sgd-flat")
 BASELINE = "lars-flat"
 PHASES = ("forward", "backward", "engine_step", "optimizer_calls", "total")
 
@@ -52,6 +55,7 @@ class FlatLARS(torch.optim.Optimizer):
     the groups, so under ZeRO each flat partition gets ONE trust ratio (wrong maths; cost baseline)."""
 
     _norms = LARS._norms
+    _flat_ratios = LARS._flat_ratios
     step = LARS.step
 
     def __init__(self, params: object, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 1e-5,
@@ -59,11 +63,14 @@ class FlatLARS(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                                       trust_coefficient=trust_coefficient, eps=eps, clip=False,
                                       lars_exclude=False))
+        self._zero_segments: dict = {}  # none: LARS.step then takes each flat partition as one tensor
 
 
 def _factory(variant: str):  # type: ignore[no-untyped-def]
     if variant == "lars-per-tensor":
         return lambda g: LARS(g, lr=0.1, momentum=0.9, weight_decay=1e-5)
+    if variant == "lars-zero-flat":
+        return lambda g: LARS(g, lr=0.1, momentum=0.9, weight_decay=1e-5, zero_flat=True)
     if variant == "lars-flat":
         return lambda g: FlatLARS(g, lr=0.1, momentum=0.9, weight_decay=1e-5)
     return lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.9, weight_decay=1e-5)
@@ -119,8 +126,8 @@ def _rank(rank: int, world: int, stage: int, cfg_kw: dict, crops: list[tuple[int
             r = runs[v]
             p = r["p"]
             r["spent"][0], r["spent"][1] = 0.0, 0
-            loss, t_f = timed_phase(lambda: p.forward(x))
-            _, t_b = timed_phase(lambda: p.backward(loss))
+            loss, t_f = timed_phase(lambda p=p, x=x: p.forward(x))
+            _, t_b = timed_phase(lambda p=p, loss=loss: p.backward(loss))
             _, t_s = timed_phase(p.step)
             p.zero_grad()
             losses[v].append(float(loss.detach()))
@@ -171,12 +178,16 @@ def main() -> None:
                   f"{med['backward']:.2f} | {med['engine_step']:.3f} | {med['optimizer_calls']:.3f} | "
                   f"{med['total']:.2f} | {share:.1%} | {r_step:.2f}x | {r_tot:.2f}x | "
                   f"{', '.join(f'{x:.2f}' for x in t[v]['engine_step'])} |")
-        extra = [(a - b) / a for a, b in zip(t["lars-per-tensor"]["engine_step"], t[BASELINE]["engine_step"])]
-        extra_tot = [(a - b) / w for a, b, w in zip(t["lars-per-tensor"]["engine_step"], t[BASELINE]["engine_step"],
-                                                     t["lars-per-tensor"]["total"])]
-        print(f"per-tensor groups: extra engine.step time vs lars-flat = median {statistics.median(extra):.1%} of "
-              f"their engine.step, {statistics.median(extra_tot):.1%} of their whole step (per-step values: "
-              f"{', '.join(f'{x:.1%}' for x in extra_tot)})")
+        for v in ("lars-per-tensor", "lars-zero-flat"):
+            extra = [a - b for a, b in zip(t[v]["engine_step"], t[BASELINE]["engine_step"])]
+            extra_tot = [(a - b) / w for a, b, w in zip(t[v]["engine_step"], t[BASELINE]["engine_step"], t[v]["total"])]
+            per_group = (f" ({statistics.median(extra) * 1e3 / (r['groups'][v] - 1):.2f} ms per extra param group)"
+                         if r["groups"][v] > 1 else "")
+            print(f"{v}: extra engine.step time vs {BASELINE} = median {statistics.median(extra) * 1e3:.0f} ms"
+                  f"{per_group} = "
+                  f"{statistics.median(extra_tot):.1%} of its whole step (per-step values: "
+                  f"{', '.join(f'{x:.1%}' for x in extra_tot)}); whole step vs {BASELINE}: median of per-step "
+                  f"ratios {statistics.median(a / b for a, b in zip(t[v]['total'], t[BASELINE]['total'])):.2f}x")
 
 
 if __name__ == "__main__":

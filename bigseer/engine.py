@@ -207,7 +207,8 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
         native_checkpoint=cfg.deepspeed_native, init_seed=cfg.seed,
         channels_last=_switch(cfg.channels_last, cuda_default=True), compile=_switch(cfg.compile, cuda_default=False),
         optimizer_factory=lambda groups: LARS(groups, lr=schedule.lr_at(0), momentum=cfg.momentum,
-                                              weight_decay=cfg.weight_decay, trust_coefficient=cfg.lars_trust),
+                                              weight_decay=cfg.weight_decay, trust_coefficient=cfg.lars_trust,
+                                              zero_flat=True),  # exact per-tensor ratios on DeepSpeed's flat groups
     )
     swav = par.unwrapped
     proto_ids = {id(p) for p in swav.head.prototype_parameters()}

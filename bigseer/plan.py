@@ -11,11 +11,19 @@ divides parameters, gradients and optimizer state by what each backend shards:
 | fsdp / fairscale   | 1/W           | 1/W              | 1/W                                        |
 | deepspeed ZeRO-1   | full          | full             | 1/W (+ master 1/W)                         |
 | deepspeed ZeRO-2   | full          | full (see below) | 1/W (+ master 1/W)                         |
-| deepspeed ZeRO-3   | 1/W           | 1/W              | 1/W (+ master 1/W)                         |
+| deepspeed ZeRO-3   | 1/W (+ small) | 1/W              | 1/W (+ master 1/W with DeepSpeed fp16)     |
+
+ZeRO-3 keeps every parameter of at most ``stage3_param_persistence_threshold`` elements (``ds_persistence``,
+DeepSpeed's default 1e5) whole on every rank beside its partition ("+ small"), and, without DeepSpeed's own
+fp16, no separate fp32 master: the fp32 parameter partition is the master (``bigseer.parallel.deepspeed``
+restores that alias, which DeepSpeed 0.19.8 intends but misses).
 
 Activations: everything autograd saves (inputs of convs/BN/linear, masks, ...) for all crops of one
 step, in the compute dtype (bf16/fp16 halve them); with activation checkpointing a checkpointed block
-keeps only its input, plus the largest such block's internals during its recompute.
+keeps only its input, and its internals exist while it is recomputed. The figure is the peak of those
+saved bytes over the backward, which frees them in reverse forward order: without checkpointing all of
+them at its start; with it, at some block: the inputs kept by the blocks before it plus its recomputed
+internals (checked against the torch profiler's peak in ``benchmarks/bench_checkpointing.py``).
 
 The peak is in the backward pass, so ``transient`` holds what is alive there on top of the above (each
 term is a mechanism in the named library, checked against RSS of 2-rank CPU runs in
@@ -168,9 +176,16 @@ def _unit_sizes(model: nn.Module, threshold: int) -> list[tuple[str, int]]:
 
 
 def _activation_bytes(model: PlanModel, crops: list[tuple[int, int]], batch: int,
-                      checkpointed: set[int]) -> tuple[int, int, int, int]:
+                      checkpointed: set[int]) -> tuple[int, int, int, int, int]:
     """(kept bytes, checkpointed-block input bytes, largest checkpointed block internals, largest saved
-    tensor) for one step."""
+    tensor, peak of the saved bytes alive during the backward) for one step.
+
+    The backward runs the step's graph in reverse forward order (one trunk call after the other, last
+    created first): a segment's saved tensors are freed once its backward is done, and a checkpointed
+    block's internals exist only while it is recomputed and differentiated. So at the backward of segment
+    ``b`` what is alive is everything saved by the segments before it, plus ``b``'s own saved tensors (for a
+    checkpointed block: its recomputed internals on top of its saved input); the peak is the largest such
+    sum. Without checkpointing that is the whole kept total, at the start of the backward."""
     trunk, head = model.trunk, model.head
     params = {p.untyped_storage()._cdata for p in model.parameters()}
     where: list[Any] = [None]  # (crop group index, block id) while inside a block, else None
@@ -180,6 +195,8 @@ def _activation_bytes(model: PlanModel, crops: list[tuple[int, int]], batch: int
     block_inputs = 0
     seen: set[int] = set()
     keep: list[torch.Tensor] = []  # keeps storages alive so their ids stay unique
+    # forward order: [saved bytes, input bytes kept by checkpointing (0: not checkpointed), checkpointed?]
+    segments: list[list[Any]] = [[0, 0, False]]
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         key = t.untyped_storage()._cdata
@@ -188,16 +205,20 @@ def _activation_bytes(model: PlanModel, crops: list[tuple[int, int]], batch: int
             keep.append(t)
             per_key[where[0]] = per_key.get(where[0], 0) + t.untyped_storage().nbytes()
             largest[0] = max(largest[0], t.untyped_storage().nbytes())
+            segments[-1][0] += t.untyped_storage().nbytes()
         return t
 
     def pre(block: nn.Module, args: tuple[Any, ...]) -> None:
         nonlocal block_inputs
         where[0] = (group[0], id(block))
-        if id(block) in checkpointed:
-            block_inputs += args[0].numel() * args[0].element_size()
+        ckpt = id(block) in checkpointed
+        size = args[0].numel() * args[0].element_size() if ckpt else 0
+        block_inputs += size
+        segments.append([0, size, ckpt])
 
     def post(block: nn.Module, args: Any, out: Any) -> None:
         where[0] = None
+        segments.append([0, 0, False])  # what is saved outside the blocks until the next one
 
     handles = []
     for b in trunk.blocks():
@@ -215,7 +236,13 @@ def _activation_bytes(model: PlanModel, crops: list[tuple[int, int]], batch: int
             h.remove()
     kept = sum(v for k, v in per_key.items() if k is None or k[1] not in checkpointed)
     inner = [v for k, v in per_key.items() if k is not None and k[1] in checkpointed]
-    return kept, block_inputs, max(inner, default=0), largest[0]  # one block is recomputed at a time
+    # backward in reverse forward order: alive = what the earlier segments keep (+ this one's own)
+    alive = sum(size if ckpt else saved for saved, size, ckpt in segments)
+    peak = 0
+    for saved, size, ckpt in reversed(segments):
+        peak = max(peak, alive + (saved if ckpt else 0))
+        alive -= size if ckpt else saved
+    return kept, block_inputs, max(inner, default=0), largest[0], peak
 
 
 def plan_memory(model: str = "regnety_256gf", *, world_size: int = 1, backend: str = "fsdp",
@@ -223,11 +250,12 @@ def plan_memory(model: str = "regnety_256gf", *, world_size: int = 1, backend: s
                 checkpointing: Any = "none", head_dims: Sequence[int] = (8192, 8192, 256), prototypes: int = 16384,
                 zero_stage: int = 2, optimizer_states: int = 1, large_unit_threshold: int = int(1e8),
                 ds_bucket: int = int(5e7), collectives: str = "nccl", ds_max_live_parameters: int = int(1e9),
-                ds_max_reuse_distance: int = int(1e9)) -> MemoryPlan:
+                ds_max_reuse_distance: int = int(1e9), ds_persistence: int = int(1e5)) -> MemoryPlan:
     """Per-rank memory of one training step at its peak (no allocation: meta model). ``optimizer_states`` =
     tensors of optimizer state per parameter (LARS/SGD momentum: 1, Adam: 2); ``ds_bucket`` = DeepSpeed
     ``reduce_bucket_size`` (elements); ``collectives`` = ``"nccl"`` (GPU) or ``"gloo"`` (CPU runs);
-    ``ds_max_*`` = ZeRO-3's ``stage3_max_live_parameters`` / ``stage3_max_reuse_distance``."""
+    ``ds_max_*`` = ZeRO-3's ``stage3_max_live_parameters`` / ``stage3_max_reuse_distance``; ``ds_persistence`` =
+    ZeRO-3's ``stage3_param_persistence_threshold``."""
     t0 = time.perf_counter()
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r} is invalid: choose one of {', '.join(BACKENDS)}")
@@ -239,7 +267,7 @@ def plan_memory(model: str = "regnety_256gf", *, world_size: int = 1, backend: s
         if not isinstance(v, int) or v < 1:
             raise ConfigError(f"{name}={v!r} is invalid: must be a positive integer")
     for name, v in (("ds_bucket", ds_bucket), ("ds_max_live_parameters", ds_max_live_parameters),
-                    ("ds_max_reuse_distance", ds_max_reuse_distance)):
+                    ("ds_max_reuse_distance", ds_max_reuse_distance), ("ds_persistence", ds_persistence)):
         if not isinstance(v, int) or v < 0:
             raise ConfigError(f"{name}={v!r} is invalid: must be an integer >= 0")
     if backend == "deepspeed" and zero_stage not in (0, 1, 2, 3):
@@ -263,8 +291,8 @@ def plan_memory(model: str = "regnety_256gf", *, world_size: int = 1, backend: s
     sizes = _unit_sizes(whole, large_unit_threshold)
     largest = max(sizes, key=lambda s: s[1])
     unit = largest[1]
-    kept, block_in, recompute, biggest_saved = _activation_bytes(whole, crop_list, batch_per_gpu, chosen)
-    activations = kept + block_in + recompute
+    kept, block_in, recompute, biggest_saved, peak_saved = _activation_bytes(whole, crop_list, batch_per_gpu, chosen)
+    activations = peak_saved  # <= kept + block_in + recompute (module doc: the backward frees as it goes)
     act_grads = 2 * biggest_saved  # grad_output + grad_input of the op being differentiated
     if low:
         activations //= 2
@@ -295,6 +323,11 @@ def plan_memory(model: str = "regnety_256gf", *, world_size: int = 1, backend: s
         opt = optimizer_states * shard * f32 + (shard * f32 if zero_stage >= 1 else 0)  # + fp32 master partition
         if zero_stage == 0:
             opt = optimizer_states * n * f32
+        if zero_stage == 3:
+            # small parameters stay whole on every rank; the fp32 partition is its own master unless fp16
+            params += sum(q.numel() for q in whole.parameters() if q.numel() <= ds_persistence) * p_el
+            if not ds_fp16:
+                opt = optimizer_states * shard * f32
         if zero_stage <= 2:
             grads = n * p_el  # ZeRO-2: averaged_gradients live in a whole-model-size storage (module doc)
             if zero_stage == 2 and W > 1:
@@ -309,8 +342,8 @@ def plan_memory(model: str = "regnety_256gf", *, world_size: int = 1, backend: s
                 gathered = max(2 * unit, min(n, ds_max_live_parameters, ds_max_reuse_distance))
                 reduce = bucket + -(-bucket // W) + gloo_copy * bucket  # cat + partitions (+ gloo's copy)
                 transient = (gathered + reduce) * p_el
-        notes.append("deepspeed: fp32 master partition counted in optimizer state; ipg bucket of ds_bucket "
-                     "elements (touched part) in comm buckets")
+        notes.append("deepspeed: fp32 master partition counted in optimizer state (ZeRO-3: only with DeepSpeed "
+                     "fp16); ipg bucket of ds_bucket elements (touched part) in comm buckets")
     transient += act_grads
     buffers = sum(b.numel() * b.element_size() for b in trunk.buffers())
     return MemoryPlan(model=model, backend=backend if backend != "deepspeed" else f"deepspeed-zero{zero_stage}",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -192,19 +193,19 @@ def format_table(rows: list[BenchRow]) -> str:
     per-step ratios (baseline time / variant time, same round); "vs timm same variant" is the comparison
     each bigseer variant is judged on (compiled vs compiled, ...). Diffs are vs bigseer eager fp32's first
     step; the "vs fp64" column is vs a float64 run, i.e. the fp32 rounding scale."""
-    lines = ["| variant | images/s | ms/step (median) | vs timm eager | max abs diff out | max abs diff grad "
-             "| max rel diff grad | max rel diff grad vs fp64 | vs timm same variant | per-step ratio min-max |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    header = ("| variant | images/s | ms/step (median) | vs timm eager | max abs diff out | max abs diff grad "
+              "| max rel diff grad | max rel diff grad vs fp64 | vs timm same variant | per-step ratio min-max |")
+    lines = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def x(v: float) -> str:
-        return "-" if v != v else f"{v:.2f}x"
+        return "-" if math.isnan(v) else f"{v:.2f}x"
 
     for r in rows:
         if r.error:
             lines.append(f"| {r.name} | failed | - | - | - | - | - | - | - | - |")
         else:
             lo, hi = r.ratio_vs_same_range
-            rng = "-" if lo != lo else f"{lo:.2f}-{hi:.2f}"
+            rng = "-" if math.isnan(lo) else f"{lo:.2f}-{hi:.2f}"
             lines.append(f"| {r.name} | {r.images_per_s:.2f} | {r.ms_per_step:.0f} | {x(r.ratio_vs_timm)} "
                          f"| {r.max_abs_diff_out:.2e} | {r.max_abs_diff_grad:.2e} | {r.rel_diff_grad:.2e} "
                          f"| {r.rel_diff_grad_fp64:.2e} | {x(r.ratio_vs_same)} | {rng} |")
