@@ -14,6 +14,7 @@ BACKENDS = ("auto", "none", "ddp", "fsdp", "deepspeed", "fairscale")
 RESUME = ("no", "latest", "auto")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "plateau")
+DECODE_DEVICES = ("cpu", "cuda", "cpu-tensor")  # bigseer.data.render.SampleRenderer(device=...)
 
 
 @dataclass
@@ -33,6 +34,9 @@ class PretrainConfig:
     crop_ratio: tuple[float, ...] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect-ratio range
     batch_size: int | None = None  # per rank; default: the DeepSpeed config's micro batch, else 32 (SEER: 16)
     num_workers: int = 0
+    # where JPEGs are decoded and cropped: cpu (loader workers, simplejpeg) | cuda (nvjpeg and the crops on the
+    # rank's GPU, in the training process) | cpu-tensor (the cuda path's code on CPU: tests, debugging)
+    decode_device: str = "cpu"
     # SwAV head and loss
     head_dims: tuple[int, ...] = (256,)  # hidden MLP widths (SEER RG256: 8192, 8192)
     embed_dim: int = 64  # SEER: 256
@@ -139,8 +143,19 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> PretrainConfig:
     _require(cfg.backend in BACKENDS, f"unknown backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")
     _require(cfg.precision in PRECISIONS, f"unknown precision {cfg.precision!r}; choose one of {', '.join(PRECISIONS)}")
     _require(cfg.schedule in SCHEDULES, f"unknown schedule {cfg.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    _require(cfg.decode_device in DECODE_DEVICES,
+             f"decode_device={cfg.decode_device!r} is invalid; choose one of {', '.join(DECODE_DEVICES)}")
+    _require(cfg.decode_device == "cpu" or cfg.num_workers == 0,
+             f"decode_device={cfg.decode_device} decodes in the training process: set num_workers 0 (got "
+             f"{cfg.num_workers}); its loader workers would each need their own CUDA context")
+    import torch
+
+    _require(cfg.decode_device != "cuda" or torch.cuda.is_available(),
+             "decode_device=cuda needs CUDA, but torch.cuda.is_available() is False; use decode_device cpu")
+    from bigseer.parallel import SWITCHES
+
     for name in ("channels_last", "compile"):
-        _require(getattr(cfg, name) in ("auto", "on", "off"), f"{name}={getattr(cfg, name)!r} must be auto, on or off")
+        _require(getattr(cfg, name) in SWITCHES, f"{name}={getattr(cfg, name)!r} must be auto, on or off")
     _require(cfg.recipe in ("auto", "seer", "none"), f"recipe={cfg.recipe!r} is invalid; choose auto, seer or none")
     _require(cfg.on_collapse in ("warn", "stop", "off"), f"on_collapse={cfg.on_collapse!r} must be warn, stop or off")
     _require(cfg.collapse_patience > 0, f"collapse_patience={cfg.collapse_patience} must be > 0")

@@ -24,7 +24,7 @@ RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 # section -> the PretrainConfig fields it holds, by owning component
 SECTIONS: dict[str, tuple[str, ...]] = {
     "model": ("model", "zero_init_last"),  # bigseer.models
-    "data": ("data", "crops", "batch_size", "num_workers", "shard_cache"),  # bigseer.data
+    "data": ("data", "crops", "batch_size", "num_workers", "decode_device", "shard_cache"),  # bigseer.data
     "augment": ("flip_p", "jitter_strength", "grayscale_p", "blur_p", "crop_ratio"),  # bigseer.data.AugmentConfig
     "swav": ("head_dims", "embed_dim", "num_prototypes", "temperature", "epsilon", "sinkhorn_iters",
              "crops_for_assign", "freeze_prototypes_iters", "queue_length", "shard_prototypes"),  # bigseer.ssl

@@ -43,6 +43,13 @@ class PretrainResult:
     skipped: dict[str, int] = field(default_factory=dict)
 
 
+def _decode_device(name: str) -> torch.device | None:
+    """The stream's decode device for ``--decode_device`` (None: the CPU path in loader workers)."""
+    if name == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (set by init_distributed)
+    return torch.device("cpu") if name == "cpu-tensor" else None
+
+
 def build_swav_model(cfg: PretrainConfig, group: Any = None, device: Any = None) -> torch.nn.Module:
     """RegNetY trunk + SwAV head as configured (plain single-device module)."""
     from bigseer.models import build_regnet
@@ -105,11 +112,6 @@ def _meta(cfg: PretrainConfig, backend: str) -> dict[str, Any]:
             "num_prototypes": cfg.num_prototypes, "shard_prototypes": cfg.shard_prototypes}
     return {"backend": backend, "model": asdict(resolve_params(cfg.model)), "model_name": cfg.model,
             "head": head, "config": cfg.to_dict()}
-
-
-def _switch(value: str, cuda_default: bool) -> bool:
-    """``on`` / ``off``, or ``auto``: ``cuda_default`` on CUDA machines, off elsewhere."""
-    return value == "on" or (value == "auto" and cuda_default and torch.cuda.is_available())
 
 
 def apply_data_recipe(cfg: PretrainConfig) -> tuple[PretrainConfig, float | None]:
@@ -205,7 +207,8 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
         syncbn_group_size=world if cfg.syncbn_group_size == -1 else (cfg.syncbn_group_size or None),
         checkpointing=cfg.checkpointing, ds_config=cfg.ds_config, exclude_bn_bias=cfg.lars_exclude_bn_bias,
         native_checkpoint=cfg.deepspeed_native, init_seed=cfg.seed,
-        channels_last=_switch(cfg.channels_last, cuda_default=True), compile=_switch(cfg.compile, cuda_default=False),
+        channels_last=parallel.speedup_switch(cfg.channels_last, cuda_default=True),
+        compile=parallel.speedup_switch(cfg.compile, cuda_default=False),
         optimizer_factory=lambda groups: LARS(groups, lr=schedule.lr_at(0), momentum=cfg.momentum,
                                               weight_decay=cfg.weight_decay, trust_coefficient=cfg.lars_trust,
                                               zero_flat=True),  # exact per-tensor ratios on DeepSpeed's flat groups
@@ -238,7 +241,8 @@ def pretrain(cfg: PretrainConfig) -> PretrainResult:
     augment = AugmentConfig(flip_p=cfg.flip_p, jitter_strength=cfg.jitter_strength, grayscale_p=cfg.grayscale_p,
                             blur_p=cfg.blur_p, ratio=(float(cfg.crop_ratio[0]), float(cfg.crop_ratio[1])))
     stream = MultiCropStream(cfg.data, cfg.crops, cfg.batch_size, rank=rank, world_size=world, seed=cfg.seed,
-                             num_workers=cfg.num_workers, start_position=samples, lanes=lanes, augment=augment)
+                             num_workers=cfg.num_workers, start_position=samples, lanes=lanes, augment=augment,
+                             device=_decode_device(cfg.decode_device))
     catalog = {"samples": len(stream.catalog), "shards": int(len(stream.catalog.shard_counts()))}
     if resumed_trainer.get("catalog") not in (None, catalog):
         raise CheckpointError(f"cannot resume {resume_dir}: it read a data source of {resumed_trainer['catalog']} "

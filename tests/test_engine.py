@@ -150,3 +150,28 @@ def test_non_finite_loss_stops_cleanly_and_keeps_last_checkpoint(tmp_path: Path,
     latest = ckpt.find_latest(tmp_path)
     assert latest is not None and latest.name == "step_00000002"
     assert ckpt.read_meta(latest)["step"] == 2
+
+
+def test_decode_device_runs_the_tensor_path_and_bad_settings_fail_first(tmp_path: Path,
+                                                                        capfd: pytest.CaptureFixture) -> None:
+    """``--decode_device cpu-tensor`` is the ``cuda`` path's code on CPU: the run trains on the same samples, step
+    by step, as the default path (pixels agree within the bound of tests/data/test_render.py, so losses are not
+    compared); ``cuda`` without CUDA and loader workers with device decoding are one line each, before work."""
+    from bigseer.config import validate
+    from bigseer.errors import ConfigError
+
+    cfg = dict(TINY, max_steps=3, checkpoint_every=0, export=False, log_samples=True)
+    samples = {}
+    for device in ("cpu", "cpu-tensor"):
+        result = pretrain(PretrainConfig(**cfg, output_dir=str(tmp_path / device), decode_device=device))
+        assert all(l == l for l in result.losses) and len(result.losses) == 3
+        samples[device] = [json.loads(r)["samples"] for r in (tmp_path / device / "metrics.jsonl").read_text().splitlines()]
+    assert "decoded on cpu" in capfd.readouterr().err
+    assert samples["cpu"] == samples["cpu-tensor"] and len(samples["cpu"]) == 3
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"decode_device=cuda needs CUDA"):
+            validate(PretrainConfig(**TINY, decode_device="cuda"))
+    with pytest.raises(ConfigError, match=r"set num_workers 0 \(got 2\)"):
+        validate(PretrainConfig(**TINY, decode_device="cpu-tensor", num_workers=2))
+    with pytest.raises(ConfigError, match=r"decode_device='gpu' is invalid"):
+        validate(PretrainConfig(**TINY, decode_device="gpu"))

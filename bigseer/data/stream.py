@@ -78,9 +78,7 @@ class _MultiCropDataset(IterableDataset):
         positions = rank_positions(self.start_position + g * self.global_batch, self.global_batch, self.rank,
                                    self.world_size)
         B = self.batch_size
-        bufs = [torch.empty((grp.count, B, grp.size, grp.size, 3), dtype=torch.uint8)
-                for grp in self.renderer.groups]
-        views = [buf.numpy() for buf in bufs]
+        bufs = self.renderer.new_buffers(B)  # on the decode device (CPU unless the tensor path is on)
         skipped: Counter[str] = Counter()
         items = []
         for b, p in enumerate(positions):
@@ -97,11 +95,7 @@ class _MultiCropDataset(IterableDataset):
                             f"this batch: {dict(skipped)} - is the source mostly broken?") from None
                     item = self.order.replacement(p, attempt)
             items.append(item)
-            k = 0
-            for gi, grp in enumerate(self.renderer.groups):
-                for c in range(grp.count):
-                    views[gi][c, b] = arrays[k]
-                    k += 1
+            self.renderer.place(bufs, b, arrays)
         crops = [normalize_uint8(buf, self.renderer.aug) for buf in bufs]
         return MultiCropBatch(crops, dict(skipped), torch.tensor(items, dtype=torch.int64))
 
@@ -145,6 +139,8 @@ class MultiCropStream:
     resumes with ``start_position=position``). ``lanes``: the run's lane count (default: the global
     batch; keep the first run's value when resuming, see :mod:`bigseer.data.order`).
     ``reduced_decode=False`` decodes JPEGs at full size (same crop geometry; slower);
+    ``device="cuda"`` decodes (nvjpeg) and crops on that GPU in this process (``num_workers=0``), batches
+    arrive there; ``device="cpu"`` runs the same tensor code on CPU (tests);
     ``min_side`` / ``max_pixels`` bound usable image sizes (skip reasons too_small / too_large);
     ``max_tries`` bad images in a row for one batch slot raise DataError (never a stall);
     ``worker_timeout_s > 0`` turns a worker that produces nothing for that long into a DataError.
@@ -156,7 +152,8 @@ class MultiCropStream:
                  lanes: int | None = None, augment: AugmentConfig | None = None, min_side: int = DEFAULT_MIN_SIDE,
                  max_pixels: int | None = None, max_tries: int = DEFAULT_MAX_TRIES,
                  reduced_decode: bool = True, prefetch_factor: int = 2, pin_memory: bool = False,
-                 worker_timeout_s: float = 0.0, multiprocessing_context: str | None = None) -> None:
+                 worker_timeout_s: float = 0.0, multiprocessing_context: str | None = None,
+                 device: str | torch.device | None = None) -> None:
         for name, value, lo in (("batch_size", batch_size, 1), ("world_size", world_size, 1),
                                 ("num_workers", num_workers, 0), ("start_position", start_position, 0),
                                 ("rank", rank, 0), ("min_side", min_side, 1), ("max_tries", max_tries, 0),
@@ -165,6 +162,9 @@ class MultiCropStream:
                 raise ConfigError(f"{name} must be an integer >= {lo}, got {value!r}")
         if rank >= world_size:
             raise ConfigError(f"rank must be < world_size ({world_size}), got {rank}")
+        if device is not None and num_workers:
+            raise ConfigError(f"decoding on device {device!r} runs in the calling process: num_workers must be 0, "
+                              f"got {num_workers}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ConfigError(f"seed must be an integer, got {seed!r}")
         if isinstance(worker_timeout_s, bool) or not isinstance(worker_timeout_s, (int, float)) \
@@ -181,8 +181,10 @@ class MultiCropStream:
             raise ConfigError(f"lanes must be an integer >= 1, got {lanes!r}")
         self.position = start_position
         self._dataset = _MultiCropDataset(
-            SampleRenderer(self.catalog, self.groups, self.augment, min_side, max_pixels, reduced_decode),
+            SampleRenderer(self.catalog, self.groups, self.augment, min_side, max_pixels, reduced_decode,
+                           device=device),
             batch_size, seed, rank, world_size, max(1, num_workers), start_position, self.lanes, max_tries)
+        self.device = self._dataset.renderer.device  # None: the CPU (numpy) path
         self._loader_kw = {"prefetch_factor": prefetch_factor, "pin_memory": pin_memory,
                            "timeout": float(worker_timeout_s),
                            "multiprocessing_context": multiprocessing_context}
@@ -191,7 +193,8 @@ class MultiCropStream:
     def describe(self) -> str:
         """One line for the training log: source kind and size, crops, batch and workers."""
         return (f"{self.catalog.describe()}; crops {format_crops(self.groups)}; batch {self.batch_size} "
-                f"per rank; rank {self.rank}/{self.world_size}; {self.num_workers} workers")
+                f"per rank; rank {self.rank}/{self.world_size}; "
+                + (f"decoded on {self.device}" if self.device is not None else f"{self.num_workers} workers"))
 
     def __len__(self) -> int:
         raise TypeError("MultiCropStream is infinite")

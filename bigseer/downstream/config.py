@@ -38,7 +38,8 @@ MODE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 NO_SGD_MODES = ("knn", "probe")
 # Fields that may differ between a run and its resumption.
-RESUMABLE_CHANGES = {"epochs", "resume", "output_dir", "num_workers", "progress", "cpu", "weights", "data"}
+RESUMABLE_CHANGES = {"epochs", "resume", "output_dir", "num_workers", "progress", "cpu", "weights", "data",
+                     "channels_last", "compile"}
 
 
 @dataclass
@@ -87,6 +88,8 @@ class EvalConfig:
     seed: int = 0
     cpu: bool = False
     progress: bool = True
+    channels_last: str = "auto"  # auto (on for CUDA) | on | off, as in pretraining (bigseer.parallel.apply_speedups)
+    compile: str = "off"  # on | off | auto (= off): torch.compile each trunk block
 
     def resolved(self) -> "EvalConfig":
         """A copy with every ``None`` hyperparameter replaced by its mode default, validated."""
@@ -128,6 +131,9 @@ class EvalConfig:
             raise bad("lr_milestones", "increasing epochs >= 1")
         if self.layer not in LAYERS:
             raise bad("layer", f"one of {LAYERS}")
+        for name in ("channels_last", "compile"):
+            if getattr(self, name) not in ("auto", "on", "off"):
+                raise bad(name, "auto, on or off")
         if self.mode == "lowshot" and self.fraction is None:
             raise ConfigError("lowshot needs --fraction (e.g. 0.01 or 0.1)")
         if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
@@ -257,6 +263,10 @@ def add_arguments(parser: argparse.ArgumentParser, with_mode: bool = True) -> No
     b.add_argument("--cpu", action="store_true", help="force CPU (Accelerator(cpu=True)); see the docs for the "
                    "2-process CPU launch")
     b.add_argument("--no_progress", dest="progress", action="store_false")
+    b.add_argument("--channels_last", choices=("auto", "on", "off"), default="auto",
+                   help="NHWC trunk (auto: on for CUDA), as in pretraining")
+    b.add_argument("--compile", choices=("auto", "on", "off"), default="off",
+                   help="torch.compile each trunk block (auto: off)")
 
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:

@@ -150,11 +150,12 @@ def run_probe(cfg: Any) -> dict[str, Any]:
     Features come from ``cfg.weights`` / ``cfg.model`` (random init) at ``cfg.layer``, or raw pixels with
     ``cfg.features == "pixels"``. Extraction is sharded over the launched processes; every process then
     fits the same probes (deterministic) and returns the same numbers."""
-    from bigseer.downstream.weights import load_trunk
+    from bigseer.downstream.weights import fast_trunk, load_trunk
 
     start = time.time()
     train, val = scan_image_folder(cfg.data)
-    trunk = None if cfg.features == "pixels" else load_trunk(cfg.weights, cfg.model, seed=cfg.seed)
+    trunk = None if cfg.features == "pixels" else fast_trunk(load_trunk(cfg.weights, cfg.model, seed=cfg.seed),
+                                                             cfg.channels_last, cfg.compile, cfg.cpu)
 
     def extract(split: LabeledSplit) -> tuple[torch.Tensor, torch.Tensor]:
         if trunk is None:

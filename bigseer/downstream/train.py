@@ -31,7 +31,7 @@ from bigseer.downstream.launch_check import single_process_cpu_launch
 from bigseer.downstream.linear import LinearProbe, freeze, pooled_features
 from bigseer.downstream.lowshot import balanced_subset
 from bigseer.downstream.run_state import check_fresh_output, load_checkpoint, save_checkpoint, save_results
-from bigseer.downstream.weights import load_trunk
+from bigseer.downstream.weights import fast_trunk, load_trunk
 from bigseer.errors import CheckpointError, ConfigError, DataError
 
 
@@ -85,7 +85,7 @@ def run_downstream(cfg: EvalConfig) -> dict[str, Any]:
                               f"(data under {cfg.data!r} changed?)")
     if not cfg.resume:
         check_fresh_output(cfg.output_dir)
-    trunk = load_trunk(cfg.weights, cfg.model, seed=cfg.seed)
+    trunk = fast_trunk(load_trunk(cfg.weights, cfg.model, seed=cfg.seed), cfg.channels_last, cfg.compile, cfg.cpu)
     num_classes = len(train.classes)
 
     from accelerate import Accelerator  # lazy: `import bigseer` stays light

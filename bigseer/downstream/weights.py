@@ -9,6 +9,19 @@ from bigseer.errors import CheckpointError
 from bigseer.models.regnet import RegNet, build_regnet, resolve_params
 
 
+def fast_trunk(trunk: RegNet, channels_last: str, compile: str, cpu: bool) -> RegNet:
+    """``trunk`` with ``--channels_last`` / ``--compile`` applied (``bigseer.parallel``, as in pretraining;
+    ``auto`` follows the device the run uses: ``cpu`` forces CPU)."""
+    import torch
+
+    from bigseer.parallel import apply_speedups, speedup_switch
+
+    cuda = torch.cuda.is_available() and not cpu
+    apply_speedups(trunk, trunk, channels_last=speedup_switch(channels_last, True, cuda),
+                   compile=speedup_switch(compile, False, cuda), sharded=False)
+    return trunk
+
+
 def load_trunk(weights: str | None, model: str | None, seed: int = 0) -> RegNet:
     """``weights`` (any bigseer export / checkpoint dir / timm-layout safetensors; ``model`` names the preset
     where the file does not say) or, without weights, preset ``model`` at random init (seeded).

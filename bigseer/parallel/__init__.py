@@ -71,6 +71,18 @@ __all__ = ["BACKENDS", "PRECISIONS", "Parallel", "setup", "check_available", "Gr
            "zero_param_groups"]
 
 
+SWITCHES = ("auto", "on", "off")  # --channels_last / --compile, in pretraining and evaluation
+
+
+def speedup_switch(value: str, cuda_default: bool, cuda: bool | None = None) -> bool:
+    """``on`` / ``off``, or ``auto``: ``cuda_default`` when running on CUDA (``cuda``; default: CUDA is
+    available), off elsewhere."""
+    if value not in SWITCHES:
+        raise ConfigError(f"switch value {value!r} is invalid: choose one of {', '.join(SWITCHES)}")
+    on_cuda = torch.cuda.is_available() if cuda is None else cuda
+    return value == "on" or (value == "auto" and cuda_default and on_cuda)
+
+
 def apply_speedups(model: nn.Module, trunk: nn.Module, *, channels_last: bool, compile: bool, sharded: bool) -> None:
     """channels_last: the trunk's inputs (and, unless its parameters get sharded, its conv weights) in NHWC,
     how convnets reach tensor-core speed; compile: every trunk block compiled in place (``Module.compile``:

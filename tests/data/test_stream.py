@@ -145,6 +145,29 @@ def test_dead_worker_is_reported_not_swallowed():
     assert msg.startswith("data loader worker failed") and f"pid {pid}" in msg and "killed" in msg.lower(), msg
 
 
+def test_tensor_decode_path_gives_the_same_samples_within_the_pixel_bound(zoo, monkeypatch):
+    """``device=`` (``--decode_device cuda``; here its code on CPU): batches are filled from the tensor path on that
+    device, with the same samples, skips and shapes as the CPU path, pixels within its documented bound
+    (tests/data/test_render.py: < 12 LSB; mean difference ~0)."""
+    root, _ = zoo
+    from bigseer.data import tensor_augment
+
+    a = _take(MultiCropStream(root, SPEC, 3, seed=2), 3)
+    calls = []
+    real = tensor_augment.render_crop_tensor
+    monkeypatch.setattr(tensor_augment, "render_crop_tensor", lambda *a, **k: calls.append(1) or real(*a, **k))
+    t = MultiCropStream(root, SPEC, 3, seed=2, device="cpu")
+    assert "decoded on cpu" in t.describe()
+    b = _take(t, 3)
+    assert sum(sum(x.skipped.values()) for x in a) > 0  # the zoo's bad files are met on both paths
+    for x, y in zip(a, b):
+        assert x.skipped == y.skipped and torch.equal(x.samples, y.samples)
+        assert [c.shape for c in x.crops] == [c.shape for c in y.crops]
+        diff = torch.cat([(u - v).abs().flatten() for u, v in zip(x.crops, y.crops)])
+        assert float(diff.max()) <= 12 / (255 * 0.224) and float(diff.mean()) <= 0.01 / (255 * 0.224)
+    assert len(calls) == 3 * 3 * 4  # every crop of the 3 batches came from the tensor path
+
+
 def test_bad_settings_fail_before_start(tmp_path):
     for kw, exc, words in [
         (dict(batch_size=0), ConfigError, "batch_size"),
@@ -155,6 +178,7 @@ def test_bad_settings_fail_before_start(tmp_path):
         (dict(seed="0"), ConfigError, "seed"),
         (dict(source=str(tmp_path / "missing")), DataError, "does not exist"),
         (dict(lanes=0), ConfigError, "lanes"),
+        (dict(device="cpu", num_workers=2), ConfigError, "num_workers must be 0"),
     ]:
         args = dict(source="builtin:16", crops=SPEC, batch_size=2)
         args.update(kw)

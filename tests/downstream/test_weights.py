@@ -52,3 +52,36 @@ def test_random_init_is_seeded():
     c = load_trunk(None, "regnety_test", seed=4).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["stem.conv.weight"], c["stem.conv.weight"])
+
+
+def test_eval_speedups_as_in_pretraining(saved, tmp_path, monkeypatch):
+    """``--channels_last`` / ``--compile`` (bigseer.parallel, the pretraining owner): ``on`` makes the trunk NHWC
+    with the same float64 features; ``auto`` follows the run's device (``--cpu``: off); bad values fail first."""
+    import copy
+
+    from bigseer.downstream.weights import fast_trunk
+    from bigseer.errors import ConfigError
+    from tests.numerics import assert_close_f64
+
+    trunk, path = saved
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    plain = copy.deepcopy(trunk).double().eval()
+    fast = fast_trunk(load_trunk(path, "regnety_test").double().eval(), "on", "off", cpu=True)
+    assert fast.memory_format == torch.channels_last
+    assert fast.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert_close_f64(fast(x), plain(x), "channels_last trunk features")
+    auto = fast_trunk(load_trunk(path, "regnety_test"), "auto", "auto", cpu=True)
+    assert auto.memory_format == torch.contiguous_format
+    data = write_colour_folder(str(tmp_path / "data"), num_classes=3, train_per_class=3, val_per_class=2, size=16)
+    with pytest.raises(ConfigError, match="channels_last='nhwc' is invalid"):
+        run_downstream(EvalConfig(mode="knn", data=data, weights=path, batch_size=4, cpu=True, channels_last="nhwc"))
+    import bigseer.parallel
+
+    seen = []
+    real = bigseer.parallel.apply_speedups
+    monkeypatch.setattr(bigseer.parallel, "apply_speedups", lambda *a, **k: seen.append(k) or real(*a, **k))
+    res = run_downstream(EvalConfig(mode="knn", data=data, weights=path, batch_size=4, eval_resize=16, eval_crop=16,
+                                    cpu=True, progress=False, channels_last="on"))
+    assert seen == [dict(channels_last=True, compile=False, sharded=False)]  # the run's trunk got the switch
+    assert res["config"]["channels_last"] == "on" and 0.0 <= res["final"]["top1"] <= 100.0
