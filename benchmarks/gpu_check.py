@@ -814,18 +814,28 @@ def check_jpeg(ctx: Ctx) -> Row:
         bb = [b.cpu().float() for b in last[key_dev]]
         mean_diff = float(sum((x - y).abs().sum() for x, y in zip(a, bb)) / sum(x.numel() for x in a))
         max_diff = float(max((x - y).abs().max() for x, y in zip(a, bb)))
+        from bigseer.data import MultiCropStream  # the engine's --decode_device path: batches arrive on the device
+
+        stream = MultiCropStream(str(folder), s.jpeg_crops, 2, device=ctx.device)
+        first = next(iter(stream))
+        stream.close()
+        stream_device = first.crops[0].device.type
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     ratio = rates[key_dev] / rates["cpu"]
     w, h = s.jpeg_size
     row = Row("jpeg decode", numbers={"images": len(items), "size": [w, h], "mib": mb, "generate_s": gen_s,
                                       "images_per_s": rates, "ratio": ratio, "nvjpeg": counts, "repeats": s.jpeg_repeats,
-                                      "mean_abs_diff": mean_diff, "max_abs_diff": max_diff})
+                                      "mean_abs_diff": mean_diff, "max_abs_diff": max_diff,
+                                      "stream_device": stream_device})
     row.details = (f"{len(items)} JPEGs {w}x{h} ({w * h / 1e6:.0f} MP, {mb:.0f} MiB), crops {s.jpeg_crops}, one process: "
                    f"{ctx.device} tensor path {rates[key_dev]:.1f} img/s vs CPU path (simplejpeg) {rates['cpu']:.1f} img/s "
                    f"= {ratio:.2f}x; " + (f"nvjpeg {counts['nvjpeg']}, CPU fallbacks {counts['fallback']}; " if cuda else "")
                    + f"crops vs CPU path: mean /diff/ {mean_diff:.2f} LSB, max {max_diff:.0f} (decode.py bound: mean <= 2)")
-    if mean_diff > 4.0:
+    row.details += f"; MultiCropStream(device={ctx.device}) batches on {stream_device}"
+    if stream_device != ctx.device:
+        row.status = f"FAIL: MultiCropStream(device={ctx.device}) gave batches on {stream_device}"
+    elif mean_diff > 4.0:
         row.status = f"FAIL: crops differ from the CPU path by {mean_diff:.2f} LSB on average (bound 2)"
     elif cuda and counts["fallback"]:
         row.status = f"FAIL: {counts['fallback']} of {counts['nvjpeg'] + counts['fallback']} JPEGs fell back from nvjpeg"
