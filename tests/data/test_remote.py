@@ -108,3 +108,22 @@ def test_http_shards_survive_a_dropped_connection_and_a_404(shards: Path, tmp_pa
     assert set(remote_skips) == {"unreachable"} and remote_skips["unreachable"] >= 6
     assert state["dropped"] == 1  # the dropped transfer was retried and recovered
     assert all(r.startswith("/shard-") or r == "/index.json" for r in state["requests"])
+
+
+def test_scan_measures_remote_shards(shards: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """``bigseer scan URL``: one pass over HTTP shards, the 404 shard counted as unreachable, images/s printed."""
+    import re
+
+    from bigseer.cli import main
+
+    monkeypatch.setenv("BIGSEER_SHARD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("BIGSEER_REMOTE_RETRIES", "1")
+    server, _ = _serve(shards, drop_once="", missing="shard-0003.tar")
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/shard-{{0000..0003}}.tar"
+        assert main(["scan", url, "--crops", "1x16", "--workers", "1"]) == 0
+    finally:
+        server.shutdown()
+    out = capsys.readouterr().out
+    assert "decoded: 18\n" in out and "skipped: 6\n" in out and "  unreachable: 6\n" in out
+    assert float(re.search(r"images/s: ([0-9.]+)", out).group(1)) > 0
