@@ -47,6 +47,18 @@ def _acc(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
+def _one_kind(tensors: list[torch.Tensor]) -> bool:
+    """All floating point, on one device, of one dtype: what one ``torch._foreach_*`` call takes."""
+    return (all(t.is_floating_point() for t in tensors) and len({t.device for t in tensors}) == 1
+            and len({t.dtype for t in tensors}) == 1)
+
+
+def _reduced(p: torch.Tensor) -> bool:
+    """Whether ``p``'s norms need an all-reduce (sharded over a group of more than one rank)."""
+    needs, group = _norm_group(p)
+    return needs and is_distributed() and get_world_size(group) > 1
+
+
 def _norm_group(p: torch.Tensor) -> tuple[bool, Any]:
     """(needs all-reduce, group) for the squared norms of parameter ``p``."""
     if hasattr(p, "device_mesh") and hasattr(p, "to_local"):
@@ -79,12 +91,17 @@ class LARS(torch.optim.Optimizer):
     ``zero_partitioned`` / ``zero_numel`` (set by ``bigseer.parallel.setup`` for DeepSpeed ZeRO; see the
     module doc). ``zero_flat`` (optimizer-wide, default False): under DeepSpeed ZeRO >= 1 take DeepSpeed's
     flat groups and per-tensor norms from the partition boundaries (module doc) instead of one group per
-    tensor; it changes nothing outside DeepSpeed.
+    tensor; it changes nothing outside DeepSpeed. ``foreach``: update the tensors of a group that share
+    a device and dtype with ``torch._foreach_*`` ops (multi-tensor kernels) instead of a loop over tensors
+    that computes each tensor's norms next to its update (cache-local). ``None`` (default), as torch's own
+    optimizers choose: foreach on accelerators (one kernel launch per op instead of per tensor and op), the
+    loop on CPU (no launches to save; the two measured equal there, ``benchmarks/results/lars.md``). Same
+    maths either way; ZeRO-partitioned tensors always take the loop.
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 1e-5,
                  trust_coefficient: float = 0.001, eps: float = 1e-8, clip: bool = False,
-                 lars_exclude: bool = False, zero_flat: bool = False) -> None:
+                 lars_exclude: bool = False, zero_flat: bool = False, foreach: bool | None = None) -> None:
         for name, v in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay),
                         ("trust_coefficient", trust_coefficient), ("eps", eps)):
             if not isinstance(v, (int, float)) or v < 0:
@@ -93,6 +110,7 @@ class LARS(torch.optim.Optimizer):
                         eps=eps, clip=clip, lars_exclude=lars_exclude)
         super().__init__(params, defaults)
         self.zero_flat = bool(zero_flat)
+        self.foreach = foreach
         # id(flat ZeRO partition) -> (segments [(tensor index, start, length)], tensors in its group)
         self._zero_segments: dict[int, tuple[list[tuple[int, int, int]], int]] = {}
 
@@ -120,28 +138,68 @@ class LARS(torch.optim.Optimizer):
         if is_distributed() and get_world_size() > 1:
             sq = all_reduce_sum(sq)
         pn, gn = sq.sqrt().unbind(1)
+        ratio = self._ratios(pn, gn, group)
+        return [(s, n, ratio[j]) for j, s, n in segments]
+
+    @torch.no_grad()
+    def _norms(self, params: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(param, grad) full-tensor L2 norms: ``torch._foreach_norm`` of the local tensors; where sharded,
+        their squares all-reduced (one call per process group) and the root taken again."""
+        if not params:
+            return []
+        pn = torch._foreach_norm([_acc(_local(p)) for p in params])
+        gn = torch._foreach_norm([_acc(_local(p.grad)) for p in params])
+        norms = torch.stack([torch.stack(pn), torch.stack(gn)], dim=1)  # [n, 2]
+        by_group: dict[Any, list[int]] = defaultdict(list)
+        for i, p in enumerate(params):
+            if _reduced(p):
+                by_group[_norm_group(p)[1]].append(i)
+        for group, idx in by_group.items():
+            index = torch.tensor(idx, device=norms.device)
+            norms[index] = all_reduce_sum(norms[index].pow(2), group).sqrt()
+        return [(n[0], n[1]) for n in norms]
+
+    @staticmethod
+    def _ratios(pn: torch.Tensor, gn: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
+        """Trust ratios (any shape) from param and grad norms: ``trust * ||p|| / (||g|| + wd * ||p|| + eps)``,
+        capped at 1 relative to lr with ``clip``, and 1 where either norm is 0."""
         wd, lr = group["weight_decay"], group["lr"]
         ratio = group["trust_coefficient"] * pn / (gn + wd * pn + group["eps"])
         if group["clip"] and lr > 0:
             ratio = torch.clamp(ratio / lr, max=1.0)
-        ratio = torch.where((pn > 0) & (gn > 0), ratio, torch.ones_like(ratio))
-        return [(s, n, ratio[j]) for j, s, n in segments]
+        return torch.where((pn > 0) & (gn > 0), ratio, torch.ones_like(ratio))
 
     @torch.no_grad()
-    def _norms(self, params: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Full-tensor L2 norms of params and grads (all-reduced where sharded, batched per process group)."""
-        sq = torch.stack([torch.stack([_acc(_local(p)).pow(2).sum(), _acc(_local(p.grad)).pow(2).sum()])
-                          for p in params]) if params else torch.zeros(0, 2)
-        by_group: dict[Any, list[int]] = defaultdict(list)
-        for i, p in enumerate(params):
-            needs, group = _norm_group(p)
-            if needs and is_distributed() and get_world_size(group) > 1:
-                by_group[group].append(i)
-        for group, idx in by_group.items():
-            index = torch.tensor(idx, device=sq.device)
-            sq[index] = all_reduce_sum(sq[index], group)
-        norms = sq.sqrt()
-        return [n[0] for n in norms], [n[1] for n in norms]
+    def _foreach_update(self, params: list[torch.Tensor], group: dict[str, Any],
+                        norms: list[tuple[torch.Tensor, torch.Tensor]] | None) -> None:
+        """``step``'s per-tensor update for tensors of one device and dtype as a few ``torch._foreach_*``
+        calls (one multi-tensor kernel per op on CUDA instead of a launch per tensor and op); the same
+        element-wise operations in the same order as the loop. ``norms`` = (param, grad) norms per tensor, None
+        for a ``lars_exclude`` group."""
+        wd, lr, mom = group["weight_decay"], group["lr"], group["momentum"]
+        pl = [_local(p) for p in params]
+        d = [_local(p.grad) for p in params]
+        if wd:
+            d = torch._foreach_add(d, pl, alpha=wd)
+        if norms is not None:
+            pn, gn = (torch.stack(n) for n in zip(*norms))
+            ratio = list(self._ratios(pn, gn, group).to(pl[0].dtype).unbind())
+            if wd:
+                torch._foreach_mul_(d, ratio)
+            else:
+                d = torch._foreach_mul(d, ratio)
+        if mom:
+            old = [i for i, p in enumerate(params) if "momentum_buffer" in self.state[p]]
+            for i, p in enumerate(params):
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+                    _local(self.state[p]["momentum_buffer"]).copy_(d[i])
+            if old:
+                bufs = [_local(self.state[params[i]]["momentum_buffer"]) for i in old]
+                torch._foreach_mul_(bufs, mom)
+                torch._foreach_add_(bufs, [d[i] for i in old])
+            d = [_local(self.state[p]["momentum_buffer"]) for p in params]
+        torch._foreach_add_(pl, d, alpha=-lr)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -155,18 +213,31 @@ class LARS(torch.optim.Optimizer):
             zero = group.get("zero_partitioned", False) and not exclude
             if zero and group["params"]:
                 # collective on every rank whatever its slice holds (padding only, or no grad)
-                norms = _zero_sq(group).sqrt()
-                p_norms, g_norms = [norms[0, 0]] * len(params), [norms[0, 1]] * len(params)
+                zero_norms = _zero_sq(group).sqrt()[0]
             if not params:
                 continue
             wd, lr, mom = group["weight_decay"], group["lr"], group["momentum"]
             # flat ZeRO partitions (zero_flat): ratios by segment below, no whole-partition norm
             flat = set() if exclude or zero else {i for i, p in enumerate(params) if id(p) in self._zero_segments}
-            if not zero and not exclude:
-                idx = [i for i in range(len(params)) if i not in flat]
-                pn, gn = self._norms([params[i] for i in idx]) if idx else ([], [])
-                p_norms, g_norms = dict(zip(idx, pn)), dict(zip(idx, gn))  # type: ignore[assignment]
-            for i, p in enumerate(params):
+            plain = [i for i in range(len(params)) if i not in flat]
+            kind = [_local(params[i]) for i in plain] + [_local(params[i].grad) for i in plain]
+            foreach = (not zero and bool(plain) and _one_kind(kind)
+                       and (self.foreach if self.foreach is not None else kind[0].device.type != "cpu"))
+            # norms: a ZeRO partition's from its full tensor; for foreach all at once; for the loop only the
+            # sharded tensors' up front (their all-reduce is batched), the others next to their update
+            norms: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+            if zero:
+                norms = {i: (zero_norms[0], zero_norms[1]) for i in plain}
+            elif not exclude:
+                first = plain if foreach else [i for i in plain if _reduced(params[i])]
+                norms = dict(zip(first, self._norms([params[i] for i in first])))
+            loop = plain + sorted(flat)
+            if foreach:
+                self._foreach_update([params[i] for i in plain], group,
+                                     None if exclude else [norms[i] for i in plain])
+                loop = sorted(flat)
+            for i in loop:
+                p = params[i]
                 # element-wise work on the local shard (DTensor or plain); state stays a tensor like p
                 pl, g = _local(p), _local(p.grad)
                 if i in flat:
@@ -174,14 +245,9 @@ class LARS(torch.optim.Optimizer):
                     for start, length, ratio in self._flat_ratios(p, group):
                         g[start:start + length].mul_(ratio.to(g.dtype))
                 elif not exclude:
-                    if wd:
-                        g = g.add(pl, alpha=wd)
-                    pn, gn = p_norms[i], g_norms[i]
-                    ratio = group["trust_coefficient"] * pn / (gn + wd * pn + group["eps"])
-                    if group["clip"] and lr > 0:
-                        ratio = torch.clamp(ratio / lr, max=1.0)
-                    ratio = torch.where((pn > 0) & (gn > 0), ratio, torch.ones_like(ratio))
-                    g = g * ratio.to(g.dtype)
+                    pn, gn = norms[i] if i in norms else (_acc(pl).norm(), _acc(g).norm())
+                    ratio = self._ratios(pn, gn, group).to(g.dtype)
+                    g = g.add(pl, alpha=wd).mul_(ratio) if wd else g * ratio
                 elif wd:
                     g = g.add(pl, alpha=wd)
                 if mom:

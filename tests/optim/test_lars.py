@@ -109,3 +109,61 @@ def test_zero_param_groups_one_tensor_each_keeping_options():
     assert all(g["zero_partitioned"] and g["zero_numel"] == g["params"][0].numel() for g in groups)
     opt = build_lars(groups, lr=0.1, exclude_bn_bias=True)  # splitting one-tensor groups keeps them one-tensor
     assert len(opt.param_groups) == 4 and all(len(g["params"]) == 1 for g in opt.param_groups)
+
+
+def _mixed_groups(dtype_b=torch.float64):
+    """Params for every branch of a step: decay and not, clip, excluded with decay, no momentum, a zero
+    tensor, a param without a grad, and one whose grad (so its momentum) starts at the second step."""
+    torch.manual_seed(3)
+    ps = [nn.Parameter(torch.randn(*s, dtype=torch.float64)) for s in ((4, 3), (7,), (2, 2, 3), (5,))]
+    late = nn.Parameter(torch.randn(6, dtype=torch.float64))
+    zero = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    nograd = nn.Parameter(torch.randn(2, dtype=torch.float64))
+    other = nn.Parameter(torch.randn(3, 2, dtype=dtype_b))
+    groups = [{"params": [ps[0], ps[1], late, zero, other]},
+              {"params": [ps[2], nograd], "weight_decay": 0.0, "clip": True},
+              {"params": [ps[3]], "lars_exclude": True, "weight_decay": 1e-2},
+              {"params": [], "momentum": 0.0}]
+    return groups, ps + [late, zero, other], late, nograd
+
+
+@pytest.mark.parametrize("dtype_b", [torch.float64, torch.float32])
+def test_foreach_update_equals_the_per_tensor_loop(monkeypatch, dtype_b):
+    """``foreach=True`` (the default on accelerators) takes the multi-tensor path and lands where the
+    per-tensor loop (the default on CPU) does.
+    float64, the same element-wise ops on the same tensors: equal to 1e-12 relative. With one float32
+    tensor among float64 ones (``dtype_b``) that group cannot be one foreach call and takes the loop."""
+    calls = []
+    real = LARS._foreach_update
+    monkeypatch.setattr(LARS, "_foreach_update", lambda self, ps, *a: (calls.append(len(ps)), real(self, ps, *a)))
+    runs = []
+    for foreach in (True, False):
+        groups, params, late, nograd = _mixed_groups(dtype_b)
+        groups[-1]["params"] = [nn.Parameter(torch.randn(4, dtype=torch.float64))]  # momentum-free group
+        params.append(groups[-1]["params"][0])
+        opt = LARS(groups, lr=0.3, momentum=0.9, weight_decay=1e-3, trust_coefficient=0.05, foreach=foreach)
+        gen = torch.Generator().manual_seed(5)
+        for step in range(3):
+            for p in params:
+                p.grad = None if (p is late and step == 0) else torch.randn(p.shape, generator=gen, dtype=p.dtype)
+            opt.step()
+        runs.append(([p.detach().clone() for p in params + [nograd]],
+                     [opt.state[p]["momentum_buffer"].clone() for p in params if p in opt.state]))
+    n_calls = 3 * (3 if dtype_b == torch.float64 else 2)  # the mixed-dtype group never goes foreach
+    assert len(calls) == n_calls + 3  # + the momentum-free group, 3 steps
+    for a, b in zip(*[r[0] + r[1] for r in runs]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    assert len(runs[0][1]) == len(runs[1][1]) == 7  # momentum for all with a grad in a momentum group
+
+
+def test_foreach_default_is_the_loop_on_cpu(monkeypatch):
+    """As torch's optimizers choose: the multi-tensor path by default only off CPU (it saves kernel
+    launches; on CPU the loop runs, measured as fast: benchmarks/results/lars.md)."""
+    calls = []
+    monkeypatch.setattr(LARS, "_foreach_update", lambda self, *a: calls.append(1))
+    p = nn.Parameter(torch.ones(3))
+    p.grad = torch.ones(3)
+    LARS([p], lr=0.1).step()
+    assert calls == [] and not torch.equal(p.detach(), torch.ones(3))
+    LARS([p], lr=0.1, foreach=True).step()
+    assert calls == [1]
