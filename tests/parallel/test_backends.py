@@ -21,8 +21,8 @@ pytestmark = pytest.mark.numerics  # re-run by .ci/run under another kernel disp
 LR = 0.4
 
 
-def _lars(groups):
-    return LARS(groups, lr=LR, momentum=0.9, weight_decay=1e-5)
+def _lars(groups, foreach=None):
+    return LARS(groups, lr=LR, momentum=0.9, weight_decay=1e-5, foreach=foreach)
 
 
 def _train(backend, rank, world, steps=2, **kw):
@@ -30,9 +30,10 @@ def _train(backend, rank, world, steps=2, **kw):
     return p, run_steps(p, rank, world, steps)
 
 
-def _optimizer_level(rank, world):
+def _optimizer_level(rank, world, foreach=None):
     """LARS on FSDP2-style Shard(0) DTensors (uneven rows too) == LARS on the full tensors, in float64 (the
-    shard norms are all-reduced sums: another summation order, so only equal up to rounding)."""
+    shard norms are all-reduced sums: another summation order, so only equal up to rounding); ``foreach``
+    for the DTensor side (True: the multi-tensor path that is the default on GPUs)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
 
@@ -43,7 +44,7 @@ def _optimizer_level(rank, world):
     grads = [[torch.randn(s, generator=g, dtype=torch.float64) for s in shapes] for _ in range(2)]
     ref = [torch.nn.Parameter(t.clone()) for t in full]
     dts = [torch.nn.Parameter(distribute_tensor(t.clone(), mesh, [Shard(0)])) for t in full]
-    o_ref, o_dt = _lars(ref), _lars(dts)
+    o_ref, o_dt = _lars(ref), _lars(dts, foreach)
     for step in range(2):
         for pr, pd, gr in zip(ref, dts, grads[step]):
             pr.grad = gr.clone()
@@ -53,7 +54,7 @@ def _optimizer_level(rank, world):
     return [pd.full_tensor() for pd in dts], [pr.detach() for pr in ref]
 
 
-def _sharded_rows_lars(rank, world):
+def _sharded_rows_lars(rank, world, foreach=None):
     """LARS on a rank's rows of a ``_bigseer_sharded`` matrix (sharded prototypes) == those rows of LARS on
     the whole matrix (float64: the norm is an all-reduced sum of the ranks' squares)."""
     g = torch.Generator().manual_seed(6)
@@ -63,7 +64,7 @@ def _sharded_rows_lars(rank, world):
     sharded = torch.nn.Parameter(full[rows].clone())
     sharded._bigseer_sharded = True
     whole = torch.nn.Parameter(full.clone())
-    o_sh, o_whole = _lars([sharded]), _lars([whole])
+    o_sh, o_whole = _lars([sharded], foreach), _lars([whole])
     for grad in grads:
         sharded.grad, whole.grad = grad[rows].clone(), grad.clone()
         o_sh.step()
@@ -75,6 +76,8 @@ def _rank_fn(rank, world, tmp):
     out = {}
     out["opt_dt"], out["opt_ref"] = _optimizer_level(rank, world)
     out["sharded_lars"] = _sharded_rows_lars(rank, world)
+    out["opt_dt_foreach"], _ = _optimizer_level(rank, world, foreach=True)
+    out["sharded_lars_foreach"] = _sharded_rows_lars(rank, world, foreach=True)
 
     # ddp baseline (no checkpointing) vs fsdp with activation checkpointing on every block
     pd, out["ddp_losses"] = _train("ddp", rank, world, grad_clip=0.05)
@@ -181,19 +184,22 @@ def results():
         yield run_distributed(_rank_fn, world_size=2, args=(tmp,))
 
 
-def test_lars_on_dtensor_shards_equals_unsharded(results):
+@pytest.mark.parametrize("path", ["loop", "foreach"])
+def test_lars_on_dtensor_shards_equals_unsharded(results, path):
+    key = "opt_dt" if path == "loop" else "opt_dt_foreach"
     for r in results:
-        for got, ref in zip(r["opt_dt"], r["opt_ref"]):
-            assert_close_f64(got, ref, "LARS on DTensor shards")
+        for got, ref in zip(r[key], r["opt_ref"]):
+            assert_close_f64(got, ref, f"LARS on DTensor shards ({path})")
 
 
 def _weights(sd):
     return {k: v for k, v in sd.items() if "running" not in k and "num_batches" not in k}
 
 
-def test_lars_step_on_sharded_rows_equals_the_whole_matrix_step(results):
+@pytest.mark.parametrize("path", ["loop", "foreach"])
+def test_lars_step_on_sharded_rows_equals_the_whole_matrix_step(results, path):
     for r in results:
-        got, ref, start = r["sharded_lars"]
+        got, ref, start = r["sharded_lars" if path == "loop" else "sharded_lars_foreach"]
         assert_close_f64(got, ref, "sharded LARS rows")
         assert (got - start).abs().max() > 1e-6  # the steps moved the rows
 
