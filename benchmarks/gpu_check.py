@@ -1081,6 +1081,15 @@ def check_throughput(ctx: Ctx, v: Variant, budget_s: float, keep_live: bool) -> 
         m = meter.metrics(dt)
         mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
         mem_total_gib = torch.cuda.mem_get_info()[1] / 2**30 if cuda else None
+        # the GPU's memory outside PyTorch's allocator (CUDA context, NCCL, cuBLAS/cuDNN workspaces): the
+        # runtime term bigseer.plan leaves out on GPUs; and the plan of this very run beside the measured peak
+        free_b, total_b = torch.cuda.mem_get_info() if cuda else (0, 0)
+        non_torch_gib = (total_b - free_b - torch.cuda.memory_reserved()) / 2**30 if cuda else None
+        from bigseer.plan import plan_memory
+
+        plan_gib = plan_memory(v.model, world_size=1, backend="fsdp", precision="bf16", batch_per_gpu=batch,
+                               crops=s.tp_crops, checkpointing="all", head_dims=(*s.tp_head_dims, s.tp_embed),
+                               prototypes=s.tp_prototypes).total / 2**30
         res = {"variant": v.name, "model": v.model, "mode": v.mode, "channels_last": v.channels_last,
                "params": state["n_params"], "batch": batch, "crops": s.tp_crops, "timed_steps": len(times),
                "step_s": dt, "step_s_min": min(times), "step_s_max": max(times), "images_per_s": batch / dt,
@@ -1088,6 +1097,7 @@ def check_throughput(ctx: Ctx, v: Variant, budget_s: float, keep_live: bool) -> 
                "mfu": m["mfu"], "mfu_model": 3 * fwd_flops / dt / peak,
                "mfu_spec": step_flops / dt / (spec * 1e12) if spec else None, "peak_tflops_measured": peak / 1e12,
                "peak_tflops_spec": spec, "max_memory_gib": mem, "memory_total_gib": mem_total_gib, "loss": loss_val,
+               "plan_gib": plan_gib, "non_torch_gib": non_torch_gib,
                "build_s": build_s, "warmup_s": warm_s, "probe": trials, "gpu": gpu, "notes": notes}
         if v.mode == "compile":
             dyn1 = _dynamo_counts()
@@ -1246,13 +1256,15 @@ def sections(ctx: Ctx) -> str:
                  f"bf16 matmul peak {peak:.0f} TFLOP/s" + (f", spec dense bf16 {spec:.0f}" if spec else "") + ")")
         out += ["", title, "",
                 ("| variant | batch | img/s | ms/step | TFLOP/step (fwd) | TFLOP/s | MFU measured peak | MFU model FLOPs "
-                 "(3x fwd) | MFU spec peak | max mem GiB |"),
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                 "(3x fwd) | MFU spec peak | max mem GiB (bigseer plan) | outside PyTorch GiB |"),
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for r in ctx.throughput:
             mem = "-" if r["max_memory_gib"] is None else f"{r['max_memory_gib']:.1f}"
+            mem += f" ({r['plan_gib']:.1f})"
+            other = "-" if r["non_torch_gib"] is None else f"{r['non_torch_gib']:.2f}"
             out.append(f"| {r['variant']} | {r['batch']} | {r['images_per_s']:.1f} | {r['step_s'] * 1e3:.0f} | "
                        f"{r['flops_per_step'] / 1e12:.3g} ({r['fwd_flops'] / 1e12:.3g}) | {r['achieved_tflops']:.1f} | "
-                       f"{_pct(r['mfu'])} | {_pct(r['mfu_model'])} | {_pct(r['mfu_spec'])} | {mem} |")
+                       f"{_pct(r['mfu'])} | {_pct(r['mfu_model'])} | {_pct(r['mfu_spec'])} | {mem} | {other} |")
     if ctx.profile:
         p = ctx.profile
         busy = f", GPU busy {p['gpu_busy_share']:.0%} of the wall time" if p["gpu_busy_share"] is not None else ""

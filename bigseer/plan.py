@@ -25,33 +25,42 @@ saved bytes over the backward, which frees them in reverse forward order: withou
 them at its start; with it, at some block: the inputs kept by the blocks before it plus its recomputed
 internals (checked against the torch profiler's peak in ``benchmarks/bench_checkpointing.py``).
 
-The peak is in the backward pass, so ``transient`` holds what is alive there on top of the above (each
-term is a mechanism in the named library, checked against RSS of 2-rank CPU runs in
-``benchmarks/bench_memory.py``):
+The peak is in the backward pass, so ``transient`` holds what is alive there on top of the above. Each term
+is a mechanism in the named library whose size was measured as peak RSS growth of 2-rank gloo runs
+(``benchmarks/bench_memory.py``, ``benchmarks/results/memory.md``); on NCCL the FSDP term is the mechanism's
+upper estimate (not measured: no GPU was lent):
 
 - every backend: the gradient of the largest saved activation and the gradient flowing into it (autograd
   holds one op's grad_output and grad_input at a time) = 2 x the largest saved tensor;
-- FSDP2 (W > 1), u = largest unit: forward: the current + the prefetched unit's unsharded params plus the
-  prefetched all-gather output before its copy-out (3u); backward: 2 unsharded units + at the unit's
-  reduce, either (unsharded grads + ``foreach_reduce``'s reduce-scatter input, 2u) or (reduce-scatter
-  input + output u/W + on gloo the copy of the whole input that ``reduce_scatter_tensor`` makes, u);
-  measured on 2 gloo ranks the temporaries vary with the trunk calls per step (~1u for one small call,
-  ~2.8u for SwAV with one crop resolution, ~5.6u with two): 4.5u is within 20% of peak RSS for SwAV;
-- ZeRO-2: ``allreduce_bucket`` flattens a full reduce bucket (min(bucket, n)) into a new tensor;
+- FSDP2 (W > 1), u = largest unit. Mechanism: forward, the current + the prefetched unit's unsharded
+  params plus the prefetched all-gather output (3u); backward, 2 unsharded units + the unit's reduce
+  (unsharded grads + ``foreach_reduce``'s reduce-scatter input, 2u), which bounds NCCL runs at 4u.
+  Measured on gloo (7 runs of 6M-142M params, one bf16): about 1u with one trunk call per step and 2u more
+  per further call (SwAV calls the trunk once per crop resolution): ``(1 + 2 (calls - 1)) u``;
+- ZeRO-2: with ``overlap_comm`` (the shipped configs) DeepSpeed double-buffers its ``ipg`` reduce bucket
+  (``setup_buckets``: two ``torch.empty(reduce_bucket_size)``, switched when one is full). When the whole
+  model fits in one bucket (n <= bucket) the measured peak has nothing on top of the full-size gradients;
+  otherwise both buffers are touched: min(n, 2 x bucket) elements (``comm``);
 - ZeRO-3: gathered parameters are kept while their next use is within ``stage3_max_reuse_distance``
   (default 1e9 elements), up to ``stage3_max_live_parameters``: max(2u, min(n, live, reuse)); for n
   below both the whole model stays gathered from forward into backward (n); its reduce ``torch.cat``s
-  the bucket (min(bucket, n)), reduce-scatters into partitions (min(bucket, n)/W) and, on gloo, the
-  collective copies its input again;
+  the bucket (min(bucket, n)) and reduce-scatters into partitions (min(bucket, n)/W), plus the persistent
+  ``ipg`` bucket (``comm``: min(bucket, n)). Measured, the reduce adds 1.0-1.8 x the bucket: gloo's own
+  copy of the collective's input is not at the peak, so it is not counted;
 - DDP: nothing more (``bigseer.parallel.ddp`` uses ``gradient_as_bucket_view``: the grads are the
   reducer's buckets).
 
-``comm`` holds DeepSpeed's persistent ``ipg`` reduce bucket: allocated with ``torch.empty`` at
-``reduce_bucket_size`` elements, resident only where gradients are copied in: min(bucket, n) elements.
 ZeRO-2 in DeepSpeed 0.19.8 fp32 keeps the gradients it averages (``averaged_gradients``, views of the
 parameters' gradients) in a storage the size of the whole model at any W (measured at W = 2 and 4), so
-its gradients are full-size. ``collectives="gloo"`` (CPU runs) adds gloo's reduce-scatter input copy
-(measured: a 100 MiB ``reduce_scatter_tensor`` raises peak RSS by 102 MiB; ``all_reduce`` by 2 MiB).
+its gradients are full-size.
+
+``runtime`` is the memory of a process that is no tensor: the collectives' buffers and threads, oneDNN's
+primitive cache, allocator arenas, DeepSpeed's engine. For CPU runs (``collectives="gloo"``, where the
+plan is of RSS) it is measured once on a near-empty model (``bench_memory.py --runtime-probe``:
+regnety_200mf, batch 1, 2x32, so that state and activations are a few MiB): 144 MiB for ddp/fsdp, 205 MiB
+for DeepSpeed; the 149-166 MiB of non-tensor RSS read at step boundaries of larger runs agree. On GPUs
+the CUDA context and NCCL's buffers live outside PyTorch's allocator and are not counted (0; not
+measured here).
 
 ``measure_step_memory`` counts the same categories on a live ``Parallel`` (used to check the plan).
 """
@@ -71,6 +80,9 @@ from bigseer.models.regnet import build_regnet, count_params
 BACKENDS = ("ddp", "fsdp", "deepspeed", "fairscale")
 PRECISIONS = ("fp32", "bf16", "fp16")
 COLLECTIVES = ("nccl", "gloo")
+MIB = 2 ** 20
+# per-process non-tensor RSS of CPU (gloo) runs, by engine: `bench_memory.py --runtime-probe` (module doc)
+RUNTIME_GLOO = {"torch": 144 * MIB, "deepspeed": 205 * MIB}
 
 
 class PlanHead(nn.Module):
@@ -132,11 +144,12 @@ class MemoryPlan:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     comm: int = 0  # DeepSpeed's persistent ipg reduce bucket (touched part)
+    runtime: int = 0  # per-process memory that is no tensor (CPU runs only; module doc)
 
     @property
     def total(self) -> int:
         return (self.params + self.grads + self.optimizer + self.activations + self.buffers + self.comm
-                + self.transient)
+                + self.transient + self.runtime)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -147,7 +160,7 @@ class MemoryPlan:
         gib = 1024 ** 3
         rows = [("parameters", self.params), ("gradients", self.grads), ("optimizer state", self.optimizer),
                 ("activations", self.activations), ("buffers", self.buffers), ("comm buckets", self.comm),
-                ("gathered/temps", self.transient), ("total", self.total)]
+                ("gathered/temps", self.transient), ("runtime", self.runtime), ("total", self.total)]
         head = (f"{self.model}: trunk {self.trunk_params:,} + head {self.head_params:,} params; backend "
                 f"{self.backend}, {self.precision}, world {self.world_size}, batch/GPU {self.batch_per_gpu}, "
                 f"crops {','.join(f'{n}x{s}' for n, s in self.crops)}, checkpointing {self.checkpointing}")
@@ -285,7 +298,6 @@ def plan_memory(model: str = "regnety_256gf", *, world_size: int = 1, backend: s
     f32 = 4
     low = precision != "fp32"
     compute = 2 if low else 4
-    gloo_copy = 1 if collectives == "gloo" else 0  # gloo's reduce_scatter_tensor copies its whole input
     notes: list[str] = []
 
     sizes = _unit_sizes(whole, large_unit_threshold)
@@ -312,9 +324,13 @@ def plan_memory(model: str = "regnety_256gf", *, world_size: int = 1, backend: s
         grads = shard * f32
         opt = optimizer_states * shard * f32
         if W > 1:  # see the module docstring: FSDP2 all-gather / foreach_reduce buffers of the largest unit
-            forward = 3 * unit * compute
-            reduce = max(2 * unit, unit + -(-unit // W) + gloo_copy * unit) * f32
-            transient = max(forward, 2 * unit * compute + reduce)
+            if collectives == "gloo":  # measured
+                calls = len({size for _, size in crop_list})  # one trunk call per crop resolution
+                transient = (1 + 2 * (calls - 1)) * unit * f32
+            else:  # the mechanism's bound
+                forward = 3 * unit * compute
+                reduce = max(2 * unit, unit + -(-unit // W)) * f32
+                transient = max(forward, 2 * unit * compute + reduce)
     else:
         ds_fp16 = precision == "fp16"  # DeepSpeed's own fp16 (GPU); bf16 runs as fp32 + autocast
         p_el = 2 if ds_fp16 else 4
@@ -330,9 +346,8 @@ def plan_memory(model: str = "regnety_256gf", *, world_size: int = 1, backend: s
                 opt = optimizer_states * shard * f32
         if zero_stage <= 2:
             grads = n * p_el  # ZeRO-2: averaged_gradients live in a whole-model-size storage (module doc)
-            if zero_stage == 2 and W > 1:
-                comm = bucket * p_el  # ipg bucket, touched up to min(bucket, n)
-                transient = bucket * p_el  # allreduce_bucket's flattened copy of a full bucket
+            if zero_stage == 2 and W > 1 and n > ds_bucket:
+                comm = min(n, 2 * ds_bucket) * p_el  # overlap_comm's two ipg buffers, touched (module doc)
         else:
             grads = shard * p_el  # grad_partitions_flat_buffer
             if W > 1:
@@ -340,17 +355,24 @@ def plan_memory(model: str = "regnety_256gf", *, world_size: int = 1, backend: s
                 # kept: params reused within the reuse distance, up to the live cap; at least the unit in use
                 # and the prefetched one
                 gathered = max(2 * unit, min(n, ds_max_live_parameters, ds_max_reuse_distance))
-                reduce = bucket + -(-bucket // W) + gloo_copy * bucket  # cat + partitions (+ gloo's copy)
+                reduce = bucket + -(-bucket // W)  # cat + partitions (gloo's copy: not at the peak, module doc)
                 transient = (gathered + reduce) * p_el
         notes.append("deepspeed: fp32 master partition counted in optimizer state (ZeRO-3: only with DeepSpeed "
                      "fp16); ipg bucket of ds_bucket elements (touched part) in comm buckets")
     transient += act_grads
+    runtime = 0
+    if collectives == "gloo":
+        runtime = RUNTIME_GLOO["deepspeed" if backend == "deepspeed" else "torch"]
+        notes.append(f"runtime: {runtime // MIB} MiB of per-process non-tensor RSS (CPU runs, measured)")
+    else:
+        notes.append("runtime: the CUDA context and NCCL buffers are outside PyTorch's allocator, not counted")
     buffers = sum(b.numel() * b.element_size() for b in trunk.buffers())
     return MemoryPlan(model=model, backend=backend if backend != "deepspeed" else f"deepspeed-zero{zero_stage}",
                       precision=precision, world_size=W, batch_per_gpu=batch_per_gpu, crops=crop_list,
                       checkpointing=checkpointing, trunk_params=n_trunk, head_params=n_head, params=params,
                       grads=grads, optimizer=opt, activations=activations, buffers=buffers, transient=transient,
-                      largest_unit=largest, notes=notes, seconds=time.perf_counter() - t0, comm=comm)
+                      largest_unit=largest, notes=notes, seconds=time.perf_counter() - t0, comm=comm,
+                      runtime=runtime)
 
 
 def _storage_bytes(tensors: Any) -> int:

@@ -118,6 +118,7 @@ def test_dry_run_throughput_and_profile(dry_run):
                         t["mfu_model"]])
         assert t["images_per_s"] > 0 and t["flops_per_step"] > t["fwd_flops"] > 0 and t["timed_steps"] >= 1
         assert t["mfu_spec"] is None  # no spec peak for a CPU
+        assert t["plan_gib"] > 0 and t["non_torch_gib"] is None  # the run's own plan; CUDA-only reading
     first, plain, compiled, large = data["throughput"]
     assert first["batch"] == 8 and [p["batch"] for p in first["probe"]] == [4, 8]  # doubled up to the max
     assert plain["batch"] == compiled["batch"] == 8 and not plain["probe"] and large["probe"]

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ds_bucket", type=float, default=5e7,
                         help="DeepSpeed reduce_bucket_size in elements (its default when the config omits it: 5e8)")
     parser.add_argument("--collectives", default="nccl", choices=COLLECTIVES,
-                        help="gloo (CPU runs) adds the input copy its reduce-scatter makes")
+                        help="gloo: plan a CPU run (its RSS: the terms measured on gloo + per-process runtime)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 
