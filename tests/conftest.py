@@ -3,12 +3,18 @@
 
 ``BIGSEER_TEST_THREADS`` (default 1) sets the thread count of this process and, through
 ``OMP_NUM_THREADS``, of every subprocess and spawned rank. ``.ci/run`` runs the numerics-sensitive tests
-(marker ``numerics``) a second time under another kernel dispatch and thread count."""
+(marker ``numerics``) a second time under another kernel dispatch and thread count.
+
+``TORCH_EXTENSIONS_DIR`` defaults to a folder inside this Python environment: DeepSpeed JIT-builds its CPU
+comm op there on first use, and a cache shared with another environment (a second checkout's venv) is
+rebuilt by whichever one runs, under the feet of ranks of the other that are loading it."""
 
 import os
+import sys
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
 THREADS = int(os.environ.setdefault("BIGSEER_TEST_THREADS", "1"))
 os.environ["OMP_NUM_THREADS"] = str(THREADS)  # not setdefault: a user's own setting must not split the kernels
 
