@@ -234,7 +234,7 @@ def _activation_bytes(model: PlanModel, crops: list[tuple[int, int]], batch: int
         segments.append([0, 0, False])  # what is saved outside the blocks until the next one
 
     handles = []
-    for b in trunk.blocks():
+    for b in [trunk.stem, *trunk.blocks()]:  # the stem is a segment of its own (checkpointed under "all")
         handles.append(b.register_forward_pre_hook(pre))
         handles.append(b.register_forward_hook(post))
     try:

@@ -5,9 +5,11 @@ module keys are unchanged) by a non-reentrant ``torch.utils.checkpoint`` call. O
 during backward the block's BatchNorms use the same batch statistics but do not touch their running
 statistics again (``track_running_stats`` is switched off for the recompute only).
 
-``spec``: ``"none"``, ``"all"`` (every block), or a list of 4 entries, one per stage, as VISSL's
-``stage_checkpoints``: each entry is a bool (whole stage) or a list of block indices (0-based) to
-checkpoint in that stage.
+``spec``: ``"none"``, ``"all"`` (the stem and every block), or a list of 4 entries, one per stage, as
+VISSL's ``stage_checkpoints``: each entry is a bool (whole stage) or a list of block indices (0-based) to
+checkpoint in that stage (the stem is not). With ``"all"`` the stem keeps only the images: its conv, BN and
+ReLU outputs at half the input resolution were otherwise alive through the whole backward
+(``benchmarks/results/checkpointing.md``).
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ CheckpointSpec = str | Sequence[bool | Sequence[int]] | None
 
 
 def select_blocks(trunk: nn.Module, spec: CheckpointSpec) -> list[nn.Module]:
-    """The blocks of ``trunk`` (needs ``.stages()``) that ``spec`` asks to checkpoint; ConfigError if invalid."""
+    """The modules of ``trunk`` (needs ``.stages()``; ``.stem`` if any) that ``spec`` asks to checkpoint, in
+    forward order; ConfigError if invalid."""
     stages = list(trunk.stages())
     if spec is None or spec == "none" or spec is False:
         return []
     if spec == "all" or spec is True:
-        return [b for s in stages for b in s]
+        stem = [trunk.stem] if isinstance(getattr(trunk, "stem", None), nn.Module) else []
+        return stem + [b for s in stages for b in s]
     if isinstance(spec, str):
         raise ConfigError(f"checkpointing={spec!r} is invalid: use 'none', 'all' or a per-stage list")
     spec = list(spec)
