@@ -66,6 +66,8 @@ def test_plan_scaling_and_checkpointing():
     assert fsdp8.activations == ddp.activations
     ckpt = plan_memory("regnety_400mf", world_size=8, backend="fsdp", checkpointing="all", **base)
     assert ckpt.activations < 0.6 * fsdp8.activations
+    blocks_only = plan_memory("regnety_400mf", world_size=8, backend="fsdp", checkpointing=[True] * 4, **base)
+    assert ckpt.activations < blocks_only.activations  # "all" checkpoints the stem as well
     z1, z2, z3 = (plan_memory("regnety_400mf", world_size=8, backend="deepspeed", zero_stage=s, ds_bucket=10**5,
                               **base)
                   for s in (1, 2, 3))
