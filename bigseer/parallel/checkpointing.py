@@ -7,7 +7,7 @@ statistics again (``track_running_stats`` is switched off for the recompute only
 
 ``spec``: ``"none"``, ``"all"`` (the stem and every block), or a list of 4 entries, one per stage, as
 VISSL's ``stage_checkpoints``: each entry is a bool (whole stage) or a list of block indices (0-based) to
-checkpoint in that stage (the stem is not). With ``"all"`` the stem keeps only the images: its conv, BN and
+checkpoint in that stage (the stem is not). With ``"all"`` the stem keeps only the images: its conv and (in-place)
 ReLU outputs at half the input resolution were otherwise alive through the whole backward
 (``benchmarks/results/checkpointing.md``).
 """
