@@ -48,15 +48,12 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from report import emit, uptime  # noqa: E402  (benchmarks/report.py)
+
 STALL_VARIANTS = ("none", "sync", "async")
 RESUMES = (("2->1", 2, 1), ("1->2", 1, 2), ("2->2", 2, 2), ("1->1", 1, 1), ("fresh 1", 0, 1), ("fresh 2", 0, 2))
-
-
-def uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "load average: {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
 
 
 # ------------------------------------------------------------------------------------------------ worker
@@ -365,10 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     after = uptime()
     text = report(args, stall, resume, before, after)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    emit(text, args.out)
     return 0
 
 

@@ -23,13 +23,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 import numpy as np
 import torch
 from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from report import uptime  # noqa: E402  (benchmarks/report.py)
 
 GROUPS = "2x224+4x96"
 VARIANTS = ("torchvision", "bigseer-pil", "bigseer", "decode-only")
@@ -51,34 +53,43 @@ def make_jpegs(root: str, count: int, size: tuple[int, int] = (4000, 3000)) -> s
         path = os.path.join(folder, f"img_{i:04d}.jpg")
         if os.path.exists(path):
             continue
-        small = rng.integers(0, 256, (h // 100, w // 100, 3), dtype=np.uint8)
-        img = Image.fromarray(small).resize((w // 4, h // 4), Image.Resampling.BICUBIC)
-        detail = rng.integers(0, 256, (h // 4, w // 4, 3), dtype=np.uint8)
-        img = Image.blend(img, Image.fromarray(detail), 0.15).resize((w, h), Image.Resampling.BILINEAR)
-        noise = rng.integers(-6, 7, (h, w, 1), dtype=np.int16)
-        arr = np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
-        Image.fromarray(arr).save(path, quality=90)
+        write_camera_jpeg(path, size, rng)
     return root
+
+
+def write_camera_jpeg(path: str, size: tuple[int, int], rng: np.random.Generator) -> None:
+    """One camera-like JPEG of ``size`` (w, h): a smooth scene, fine detail and sensor noise, quality 90."""
+    w, h = size
+    small = rng.integers(0, 256, (max(h // 100, 2), max(w // 100, 2), 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((w // 4, h // 4), Image.Resampling.BICUBIC)
+    detail = rng.integers(0, 256, (h // 4, w // 4, 3), dtype=np.uint8)
+    img = Image.blend(img, Image.fromarray(detail), 0.15).resize((w, h), Image.Resampling.BILINEAR)
+    noise = rng.integers(-6, 7, (h, w, 1), dtype=np.int16)
+    arr = np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
+    Image.fromarray(arr).save(path, quality=90)
+
+
+def swav_v2_crop(size: int, scale: tuple[float, float]):
+    """One SwAV crop as a torchvision user writes it with transforms.v2: random resized crop, flip, colour
+    jitter, grayscale, Gaussian blur (odd kernel of ~10% of the crop), ImageNet normalisation."""
+    from torchvision.transforms import v2
+
+    kernel = int(0.1 * size) // 2 * 2 + 1
+    return v2.Compose([
+        v2.RandomResizedCrop(size, scale=scale, antialias=True),
+        v2.RandomHorizontalFlip(0.5),
+        v2.RandomApply([v2.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
+        v2.RandomGrayscale(p=0.2),
+        v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5),
+        v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    ])
 
 
 def baseline_dataset(root: str):
     """torchvision ImageFolder + transforms.v2, SwAV multi-crop (one Compose per crop)."""
-    from torchvision import datasets
-    from torchvision.transforms import v2  # imported (and timed) outside the measured loop
+    from torchvision import datasets  # imported (and timed) outside the measured loop
 
-    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-    def crop(size: int, scale: tuple[float, float], kernel: int):
-        return v2.Compose([
-            v2.RandomResizedCrop(size, scale=scale, antialias=True),
-            v2.RandomHorizontalFlip(0.5),
-            v2.RandomApply([v2.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
-            v2.RandomGrayscale(p=0.2),
-            v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5),
-            v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std),
-        ])
-
-    crops = [crop(224, (0.14, 1.0), 23)] * 2 + [crop(96, (0.05, 0.14), 9)] * 4
+    crops = [swav_v2_crop(224, (0.14, 1.0))] * 2 + [swav_v2_crop(96, (0.05, 0.14))] * 4
 
     def multi(img):
         return [t(img) for t in crops]
@@ -151,13 +162,6 @@ def time_decode(jobs: list[tuple[str, int, int, float]]) -> float:
             arr = decode_jpeg_turbo(f.read(), w, h, scale)
         assert arr is not None
     return time.perf_counter() - t0
-
-
-def uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "load average: {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
 
 
 def run(args: argparse.Namespace) -> tuple[dict[str, list[float]], list[float]]:

@@ -42,23 +42,13 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from memstat import status_kib  # noqa: E402  (benchmarks/memstat.py)
+from report import emit, uptime  # noqa: E402  (benchmarks/report.py)
+
 PER_SHARD = 10_000
 READERS = ("index", "walk", "v0.1")
-
-
-def uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "load average: {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
-
-
-def status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(field)
 
 
 # -------------------------------------------------------------------------------------- bigseer 0.1 reader
@@ -371,10 +361,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"load {rec['load1']:.2f}", flush=True)
     after = uptime()
     text = report(args, recs, before, after, made)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    emit(text, args.out)
     return 0
 
 

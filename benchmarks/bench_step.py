@@ -47,18 +47,13 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
+from report import emit, uptime  # noqa: E402  (benchmarks/report.py)
+
 VARIANTS = ("bigseer", "baseline", "baseline-grouped")
 PHASES = ("data", "forward", "backward", "optimizer", "other")
 LABELS = {"bigseer": "bigseer (MultiCropStream + build_swav_model + parallel.setup ddp + LARS)",
           "baseline": "timm + lightly SwaV head/prototypes/loss/LARS + torch DDP + torchvision v2 DataLoader",
           "baseline-grouped": "the same baseline, crops of one resolution concatenated into one model call"}
-
-
-def uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "load average: {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
 
 
 # ---------------------------------------------------------------------------------------------- variants
@@ -140,23 +135,9 @@ class BigseerVariant:
 
 def baseline_transforms(groups):
     """SwAV multi-crop as torchvision transforms.v2 (one Compose per crop; blur kernel ~10% of the crop)."""
-    import torch
-    from torchvision.transforms import v2
+    from bench_data import swav_v2_crop  # benchmarks/bench_data.py: the same per-crop Compose
 
-    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-    def crop(size: int, scale: tuple[float, float]):
-        kernel = int(0.1 * size) // 2 * 2 + 1
-        return v2.Compose([
-            v2.RandomResizedCrop(size, scale=scale, antialias=True),
-            v2.RandomHorizontalFlip(0.5),
-            v2.RandomApply([v2.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
-            v2.RandomGrayscale(p=0.2),
-            v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5),
-            v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std),
-        ])
-
-    crops = [crop(g.size, g.scale) for g in groups for _ in range(g.count)]
+    crops = [swav_v2_crop(g.size, g.scale) for g in groups for _ in range(g.count)]
 
     def multi(img):
         return [t(img) for t in crops]
@@ -491,10 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             res = json.load(f)
     after = uptime()
     text = report(args, res, before, after, mb, (args.width, args.height), folder)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+    emit(text, args.out)
     return 0
 
 

@@ -65,8 +65,10 @@ from typing import Any
 from unittest import mock
 
 ROOT = Path(__file__).resolve().parent.parent
-# bigseer is run from the repo root, not installed: make `import bigseer` work from anywhere
+# bigseer is run from the repo root, not installed: make `import bigseer` (and the benchmarks' shared
+# helpers, e.g. bench_data's JPEG generator) work from anywhere
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 # dense bf16 tensor-core peaks (TFLOP/s) by GPU name substring, most specific first (NVIDIA datasheets)
 PEAK_BF16_TFLOPS: list[tuple[str, float]] = [
@@ -734,19 +736,11 @@ def check_fairscale_checkpoint(ctx: Ctx) -> Row:
 
 # ---- JPEG decode -------------------------------------------------------------------------------------------
 def make_jpeg(path: str, size: tuple[int, int], seed: int) -> None:
-    """A camera-like JPEG (smooth scene + detail + sensor noise, quality 90), as benchmarks/bench_data.py makes."""
+    """A camera-like JPEG (smooth scene + detail + sensor noise, quality 90): benchmarks/bench_data.py's."""
     import numpy as np
-    from PIL import Image
+    from bench_data import write_camera_jpeg
 
-    rng = np.random.default_rng(seed)
-    w, h = size
-    small = rng.integers(0, 256, (max(h // 100, 2), max(w // 100, 2), 3), dtype=np.uint8)
-    img = Image.fromarray(small).resize((w // 4, h // 4), Image.Resampling.BICUBIC)
-    detail = rng.integers(0, 256, (h // 4, w // 4, 3), dtype=np.uint8)
-    img = Image.blend(img, Image.fromarray(detail), 0.15).resize((w, h), Image.Resampling.BILINEAR)
-    noise = rng.integers(-6, 7, (h, w, 1), dtype=np.int16)
-    arr = np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
-    Image.fromarray(arr).save(path, quality=90)
+    write_camera_jpeg(path, size, np.random.default_rng(seed))
 
 
 def check_jpeg(ctx: Ctx) -> Row:
