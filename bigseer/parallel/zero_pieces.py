@@ -37,21 +37,52 @@ def _state_pieces(opt: Any, name: str, shape: tuple[int, ...], master: torch.Ten
     return out
 
 
-def zero12_pieces(opt: Any, model: nn.Module) -> list[Piece]:
-    """Pieces of a ZeRO-1/2 optimizer (``DeepSpeedZeroOptimizer``) plus the model's buffers."""
-    ensure_momentum(opt.optimizer)
-    names = {id(p): n for n, p in model.named_parameters()}
-    pieces = _buffer_pieces(model)
+# (tensor index in its group, tensor, start in the tensor, start in the partition, length)
+Span = tuple[int, nn.Parameter, int, int, int]
+
+
+def _zero12_spans(opt: Any) -> list[tuple[torch.Tensor, list[Any], list[Span]]]:
+    """Per ZeRO-1/2 flat group: (this rank's fp32 partition, the group's tensors, their spans in it)."""
+    out = []
     for i, params in enumerate(opt.bit16_groups):
         flat = opt.bit16_groups_flat[i]
         master = opt.single_partition_of_fp32_groups[i]
         n = master.numel()
         part_lo = dist.get_rank(group=opt.real_dp_process_group[i]) * n
-        for p in params:
+        spans = []
+        for j, p in enumerate(params):
             off = (p.data.data_ptr() - flat.data_ptr()) // flat.element_size()
             lo, hi = max(part_lo, off), min(part_lo + n, off + p.numel())
             if hi > lo:
-                pieces += _state_pieces(opt, names[id(p)], tuple(p.shape), master, [(lo - off, lo - part_lo, hi - lo)])
+                spans.append((j, p, lo - off, lo - part_lo, hi - lo))
+        out.append((master, params, spans))
+    return out
+
+
+def _zero3_spans(opt: Any) -> list[tuple[torch.Tensor, list[Any], list[Span]]]:
+    """Per ZeRO-3 sub-group: (this rank's fp32 partition, the sub-group's tensors, their spans in it)."""
+    rank = dist.get_rank(group=opt.dp_process_group)
+    out = []
+    for i, params in enumerate(opt.fp16_groups):
+        offset, spans = 0, []
+        for j, p in enumerate(params):
+            ps = p.ds_tensor.ds_numel
+            lo, hi = rank * ps, min((rank + 1) * ps, p.ds_numel)
+            if hi > lo:
+                spans.append((j, p, lo, offset, hi - lo))
+            offset += ps
+        out.append((opt.fp32_partitioned_groups_flat[i], params, spans))
+    return out
+
+
+def zero12_pieces(opt: Any, model: nn.Module) -> list[Piece]:
+    """Pieces of a ZeRO-1/2 optimizer (``DeepSpeedZeroOptimizer``) plus the model's buffers."""
+    ensure_momentum(opt.optimizer)
+    names = {id(p): n for n, p in model.named_parameters()}
+    pieces = _buffer_pieces(model)
+    for master, _, spans in _zero12_spans(opt):
+        for _, p, src, dst, length in spans:
+            pieces += _state_pieces(opt, names[id(p)], tuple(p.shape), master, [(src, dst, length)])
     return pieces
 
 
@@ -65,17 +96,10 @@ def zero3_pieces(opt: Any, model: nn.Module) -> list[Piece]:
         if group.get("momentum") and state.get("momentum_buffer") is None:
             state["momentum_buffer"] = torch.zeros_like(master)
     names = {id(p): n for n, p in model.named_parameters()}
-    rank = dist.get_rank(group=opt.dp_process_group)
     pieces = _buffer_pieces(model)
-    for i, params in enumerate(opt.fp16_groups):
-        master = opt.fp32_partitioned_groups_flat[i]
-        offset = 0
-        for p in params:
-            ps = p.ds_tensor.ds_numel
-            lo, hi = rank * ps, min((rank + 1) * ps, p.ds_numel)
-            if hi > lo:
-                pieces += _state_pieces(opt, names[id(p)], tuple(p.ds_shape), master, [(lo, offset, hi - lo)])
-            offset += ps
+    for master, _, spans in _zero3_spans(opt):
+        for _, p, src, dst, length in spans:
+            pieces += _state_pieces(opt, names[id(p)], tuple(p.ds_shape), master, [(src, dst, length)])
     return pieces
 
 
@@ -98,32 +122,9 @@ def refresh_after_load(opt: Any, model: nn.Module, stage: int) -> None:
 def flat_segments(opt: Any, stage: int) -> list[tuple[torch.Tensor, list[tuple[int, int, int]], int]]:
     """Per flat fp32 partition of a ZeRO-1/2/3 optimizer: ``(partition, segments, n_tensors)`` with
     ``segments`` = ``(index of the tensor in its group, start in the partition, length)`` of this rank's
-    slice of every tensor of the group (the same boundaries as the pieces above), ``n_tensors`` = tensors
+    slice of every tensor of the group (the spans of the pieces above), ``n_tensors`` = tensors
     in that group (the same on every rank, so per-tensor sums can be all-reduced by index). Padding is in
     no segment. Used by ``LARS(zero_flat=True)`` for exact per-tensor trust ratios on flat groups."""
-    out = []
-    if stage in (1, 2):
-        for i, params in enumerate(opt.bit16_groups):
-            flat = opt.bit16_groups_flat[i]
-            master = opt.single_partition_of_fp32_groups[i]
-            n = master.numel()
-            part_lo = dist.get_rank(group=opt.real_dp_process_group[i]) * n
-            segs = []
-            for j, p in enumerate(params):
-                off = (p.data.data_ptr() - flat.data_ptr()) // flat.element_size()
-                lo, hi = max(part_lo, off), min(part_lo + n, off + p.numel())
-                if hi > lo:
-                    segs.append((j, lo - part_lo, hi - lo))
-            out.append((master, segs, len(params)))
-        return out
-    rank = dist.get_rank(group=opt.dp_process_group)
-    for i, params in enumerate(opt.fp16_groups):
-        offset, segs = 0, []
-        for j, p in enumerate(params):
-            ps = p.ds_tensor.ds_numel
-            lo, hi = rank * ps, min((rank + 1) * ps, p.ds_numel)
-            if hi > lo:
-                segs.append((j, offset, hi - lo))
-            offset += ps
-        out.append((opt.fp32_partitioned_groups_flat[i], segs, len(params)))
-    return out
+    groups = _zero12_spans(opt) if stage in (1, 2) else _zero3_spans(opt)
+    return [(master, [(j, dst, length) for j, _, _, dst, length in spans], len(params))
+            for master, params, spans in groups]
