@@ -6,8 +6,10 @@
 (marker ``numerics``) a second time under another kernel dispatch and thread count.
 
 ``TORCH_EXTENSIONS_DIR`` defaults to a folder inside this Python environment: DeepSpeed JIT-builds its CPU
-comm op there on first use, and a cache shared with another environment (a second checkout's venv) is
-rebuilt by whichever one runs, under the feet of ranks of the other that are loading it."""
+comm op there on first use, and one cache shared by several environments (checkouts' venvs) is rebuilt each
+time another one runs. (It was first suspected of a rare rank abort in the 2-rank DeepSpeed fixture of
+tests/export/test_backends.py; the abort was seen again with it in place, so that cause is open; see
+tests/distributed_utils.py.)"""
 
 import os
 import sys
