@@ -53,13 +53,15 @@ READERS = ("index", "walk", "v0.1")
 
 # -------------------------------------------------------------------------------------- bigseer 0.1 reader
 # Copied from bigseer 0.1 (git show HEAD~8:bigseer/data/sources.py): _index_tar and the table of _TarPart.__init__.
-IMAGE_EXTENSIONS = frozenset(
-    "jpg jpeg jpe jfif png gif bmp webp tif tiff ppm pgm pbm pnm tga ico jp2 j2k avif heic".split())  # noqa: SIM905
+# Its list of image extensions is the package's one list (bigseer.data.files, unchanged since 0.1), imported in the
+# child after its timed imports of bigseer.data.
 
 
 def _index_tar_v01(path: str) -> list[tuple[int, int]]:
     """(data offset, size) of one member per sample key, in tar order (bigseer 0.1)."""
     import tarfile
+
+    from bigseer.data.files import IMAGE_EXTENSIONS
 
     by_key: dict[str, list[tuple[str, int, int]]] = {}
     with tarfile.open(path, "r:") as tf:

@@ -11,8 +11,8 @@ import importlib
 import sys
 from typing import Sequence
 
-from bigseer import __version__
 from bigseer.errors import BigseerError
+from bigseer.version import __version__
 
 # name -> one-line help. The module bigseer.commands.<name> implements it.
 COMMANDS: dict[str, str] = {
@@ -28,6 +28,9 @@ COMMANDS: dict[str, str] = {
     "bench": "forward+backward throughput of a RegNetY trunk vs timm's on this machine",
     "models": "list the RegNetY presets with widths, depths and parameter counts",
     "sample-data": "write the built-in images as files (a folder, or labeled train/val) to try the commands",
+    "embed": "pooled L2-normalised embeddings of every image of a pile (resumable parts, 1..N ranks)",
+    "dedup": "exact (content hash) and near (cosine >= threshold) duplicates of embedded images; keeps one per group",
+    "curate": "hierarchical k-means + balanced sampling of embeddings to a target size (or SRC --weights: all steps)",
 }
 
 

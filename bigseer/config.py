@@ -8,11 +8,13 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from bigseer.errors import ConfigError
+from bigseer.parallel import BACKENDS as PARALLEL_BACKENDS
 from bigseer.parallel.ds_json import ds_config_path, load_ds_config
+from bigseer.parallel.precision import PRECISIONS as PARALLEL_PRECISIONS
 
-BACKENDS = ("auto", "none", "ddp", "fsdp", "deepspeed", "fairscale")
+BACKENDS = ("auto", "none", *PARALLEL_BACKENDS)  # auto: chosen from the launch; none: one process
 RESUME = ("no", "latest", "auto")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", *PARALLEL_PRECISIONS)  # auto: the DeepSpeed JSON's, else fp32
 SCHEDULES = ("cosine", "plateau")
 DECODE_DEVICES = ("cpu", "cuda", "cpu-tensor")  # bigseer.data.render.SampleRenderer(device=...)
 
@@ -127,9 +129,18 @@ def _require(ok: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-def validate(cfg: PretrainConfig, world_size: int = 1) -> PretrainConfig:
+def validate(cfg: PretrainConfig, world_size: int = 1, ds_batch_superseded: bool = False) -> PretrainConfig:
+    """:func:`validated` without the backend: the finalized config that was checked."""
+    return validated(cfg, world_size, ds_batch_superseded)[0]
+
+
+def validated(cfg: PretrainConfig, world_size: int = 1, ds_batch_superseded: bool = False
+              ) -> tuple[PretrainConfig, str]:
     """Check every field that can be checked without touching data or devices. Raises ConfigError.
-    Returns the finalized config (``None`` defaults filled by :func:`finalize`) that was checked."""
+    Returns the finalized config (``None`` defaults filled by :func:`finalize`) that was checked and its
+    backend (``auto`` resolved once, by :func:`resolve_backend`).
+    ``ds_batch_superseded``: an elastic resume chose the per-rank batch, so a DeepSpeed JSON's batch fields
+    (the old run's) are not held against it."""
     from bigseer.models import resolve_params
 
     if cfg.ds_config is not None:
@@ -156,6 +167,9 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> PretrainConfig:
 
     for name in ("channels_last", "compile"):
         _require(getattr(cfg, name) in SWITCHES, f"{name}={getattr(cfg, name)!r} must be auto, on or off")
+    from bigseer.parallel.checkpointing import parse_checkpointing
+
+    parse_checkpointing(cfg.checkpointing)  # the trunk's stage count is checked when the model exists
     _require(cfg.recipe in ("auto", "seer", "none"), f"recipe={cfg.recipe!r} is invalid; choose auto, seer or none")
     _require(cfg.on_collapse in ("warn", "stop", "off"), f"on_collapse={cfg.on_collapse!r} must be warn, stop or off")
     _require(cfg.collapse_patience > 0, f"collapse_patience={cfg.collapse_patience} must be > 0")
@@ -184,32 +198,28 @@ def validate(cfg: PretrainConfig, world_size: int = 1) -> PretrainConfig:
              "base_lr, temperature and epsilon must be > 0")
     _require(cfg.warmup_steps < cfg.max_steps or cfg.warmup_steps == 0,
              f"warmup_steps={cfg.warmup_steps} must be < max_steps={cfg.max_steps}")
-    if cfg.syncbn_group_size not in (0, -1):
-        _require(cfg.syncbn_group_size > 0 and world_size % cfg.syncbn_group_size == 0,
-                 f"syncbn_group_size={cfg.syncbn_group_size} must divide the world size {world_size} "
-                 "(or be 0 = off, -1 = whole world)")
     if cfg.shard_prototypes:
         _require(cfg.num_prototypes % world_size == 0,
                  f"num_prototypes={cfg.num_prototypes} must be divisible by the world size {world_size} "
                  "when shard_prototypes is on")
+    _require(cfg.syncbn_group_size >= -1, f"syncbn_group_size={cfg.syncbn_group_size} must be 0 (off), -1 (whole "
+             "world) or a group size")
     backend = resolve_backend(cfg, world_size)
-    from bigseer.parallel import check_available
-
     import torch
 
-    check_available(backend, "cuda" if torch.cuda.is_available() else "cpu")
-    _require(not cfg.deepspeed_native or backend == "deepspeed",
-             f"deepspeed_native writes DeepSpeed's own checkpoint: it needs backend deepspeed, not {backend!r}")
-    _require(backend != "deepspeed" or cfg.ds_config is not None,
-             "backend 'deepspeed' needs a DeepSpeed JSON config (--deepspeed_config ds_configs/zero2.json)")
+    from bigseer.parallel import check_setup
+
+    check_setup("ddp" if backend == "none" else backend, device_type="cuda" if torch.cuda.is_available() else "cpu",
+                world_size=world_size, native_checkpoint=cfg.deepspeed_native, ds_config=cfg.ds_config,
+                syncbn_group_size={0: None, -1: world_size}.get(cfg.syncbn_group_size, cfg.syncbn_group_size))
     if cfg.ds_config is not None:
         _require(backend == "deepspeed",
                  f"a DeepSpeed config was given but backend is {backend!r}; use --backend deepspeed")
-        check_ds_config(cfg, world_size)
+        check_ds_config(cfg, world_size, ds_batch_superseded)
     if cfg.data != "builtin" and "*" not in cfg.data and "{" not in cfg.data and "://" not in cfg.data \
             and "," not in cfg.data:
         _require(os.path.exists(cfg.data), f"data path {cfg.data!r} does not exist")
-    return cfg
+    return cfg, backend
 
 
 def resolve_backend(cfg: PretrainConfig, world_size: int) -> str:
@@ -221,10 +231,10 @@ def resolve_backend(cfg: PretrainConfig, world_size: int) -> str:
     return "ddp" if world_size > 1 else "none"
 
 
-def check_ds_config(cfg: PretrainConfig, world_size: int) -> None:
+def check_ds_config(cfg: PretrainConfig, world_size: int, ds_batch_superseded: bool = False) -> None:
     """Reject DeepSpeed configs that contradict the run's flags (batch sizes, precision)."""
     ds = load_ds_config(cfg.ds_config or "")
-    if cfg.extra.get("resumed_batch"):  # an elastic resume sets the batch; the JSON's batch fields are the old run's
+    if ds_batch_superseded:  # an elastic resume sets the batch; the JSON's batch fields are the old run's
         ds = {k: v for k, v in ds.items() if k not in ("train_micro_batch_size_per_gpu", "train_batch_size")}
     micro = ds.get("train_micro_batch_size_per_gpu")
     if isinstance(micro, int) and micro != cfg.batch_size:

@@ -64,6 +64,15 @@ def all_gather_cat(t: torch.Tensor, group: Group = None, dim: int = 0) -> torch.
     return torch.cat(parts, dim=dim)
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now (for a process group this process starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 def init_distributed(backend: str | None = None, timeout_s: int = 1800) -> bool:
     """Initialise the default process group from launcher env vars (torchrun / deepspeed).
 

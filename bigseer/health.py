@@ -73,7 +73,7 @@ def likely_causes(cfg: Mapping[str, Any], median_side: float | None = None,
                        "--recipe auto, or " + recipe_flags({k: auto[k] for k in aug_keys})))
     if median_side and large and large > 1.5 * median_side:
         causes.append((f"crops of {large} px upsample {median_side:g} px images",
-                       f"--crops 2x{auto_recipe(median_side, 10_000).overrides['crops'].split('x')[1]}"))
+                       f"--crops {auto_recipe(median_side, 10_000).overrides['crops']}"))
     if cfg.get("zero_init_last", True) and large is not None and large < 128:
         causes.append((f"zero-init of each block's last BN at {large} px: the trunk starts as strided 1x1 "
                        "shortcuts reading a few corner pixels", "--no_zero_init_last"))

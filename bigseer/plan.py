@@ -76,9 +76,9 @@ from torch import nn
 
 from bigseer.errors import ConfigError
 from bigseer.models.regnet import build_regnet, count_params
+from bigseer.parallel import BACKENDS  # the one list of backends (and of precisions below)
+from bigseer.parallel.precision import PRECISIONS
 
-BACKENDS = ("ddp", "fsdp", "deepspeed", "fairscale")
-PRECISIONS = ("fp32", "bf16", "fp16")
 COLLECTIVES = ("nccl", "gloo")
 MIB = 2 ** 20
 # per-process non-tensor RSS of CPU (gloo) runs, by engine: `bench_memory.py --runtime-probe` (module doc)

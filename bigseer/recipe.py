@@ -38,9 +38,22 @@ LARGE_MIN_SIDE = 160  # from here SEER's augmentation
 PROBE_IMAGES = 32     # image headers read by probe_data
 SMALL_BASE_LR = 2.4   # small images: 8x SEER's 0.3; at 0.3 the run stays at the early ln K plateau
 
-# SEER RG256 augmentation and head (the paper / VISSL); model and optimisation live in commands/pretrain.py.
-SEER_AUGMENT: dict[str, Any] = {"crops": "2x224+4x96", "flip_p": 0.5, "jitter_strength": 1.0, "grayscale_p": 0.2,
-                                "blur_p": 0.5, "crop_ratio": (3 / 4, 4 / 3), "zero_init_last": True}
+SEER_FILE = "seer_rg256"  # bigseer/recipes/seer_rg256.yaml: the one owner of SEER RG256's settings
+# the keys of SEER's recipe that are augmentation (the `auto` recipe's large-image tier uses these)
+SEER_AUGMENT_KEYS = ("crops", "flip_p", "jitter_strength", "grayscale_p", "blur_p", "crop_ratio", "zero_init_last")
+
+
+def seer_settings() -> dict[str, Any]:
+    """SEER RG256's settings (flat PretrainConfig fields) from its recipe file."""
+    from bigseer.config_files import load_config_file
+
+    return load_config_file(SEER_FILE)
+
+
+def seer_augment() -> dict[str, Any]:
+    """The augmentation part of :func:`seer_settings`."""
+    settings = seer_settings()
+    return {k: settings[k] for k in SEER_AUGMENT_KEYS}
 
 
 @dataclass(frozen=True)
@@ -102,7 +115,7 @@ def auto_recipe(median_side: float, n_images: int) -> Recipe:
                "grayscale_p": 0.2, "blur_p": 0.2, "crop_ratio": (3 / 4, 4 / 3), "zero_init_last": False}
     else:
         tier = "large"
-        aug = dict(SEER_AUGMENT)
+        aug = seer_augment()
     overrides = {**aug, **head, "num_prototypes": k}
     desc = (f"recipe auto ({tier} images: median side {median_side:g} px, {n_images} images): "
             f"{recipe_flags(overrides)}")
@@ -111,9 +124,7 @@ def auto_recipe(median_side: float, n_images: int) -> Recipe:
 
 def seer_recipe() -> Recipe:
     """SEER RG256's full recipe (``--seer``): augmentation, head, prototypes, optimisation and model."""
-    from bigseer.commands.pretrain import SEER_RECIPE
-
-    overrides = {**SEER_RECIPE, **SEER_AUGMENT}
+    overrides = seer_settings()
     return Recipe("seer", overrides, f"recipe seer (SEER RG256 paper settings): {recipe_flags(overrides)}")
 
 
@@ -174,17 +185,6 @@ def _side_of(catalog: Any, i: int) -> int | None:
     return seen[0] if seen else None
 
 
-def _folder_files(root: str) -> list[str]:
-    """Every non-hidden file below ``root``, sorted (the folder source's rule)."""
-    import os
-
-    out = []
-    for d, dirs, files in os.walk(root):
-        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
-        out.extend(os.path.join(d, f) for f in sorted(files) if not f.startswith("."))
-    return out
-
-
 def _header_side(path: str) -> int | None:
     """Shorter side from the file's header (PIL opens lazily; rotation does not change the shorter side)."""
     from PIL import Image
@@ -213,7 +213,9 @@ def probe_data(spec: str, max_images: int = PROBE_IMAGES) -> DataProbe:
     catalog = open_source(spec)
     n = len(catalog)
     if os.path.isdir(spec):
-        files = _folder_files(spec)
+        from bigseer.data.files import walk_files
+
+        files = walk_files(spec)
         sides = tuple(s for s in (_header_side(files[i]) for i in _even_picks(len(files), max_images))
                       if s is not None)
     else:

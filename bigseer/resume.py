@@ -41,8 +41,11 @@ def divisors_note(total: int, limit: int = 12) -> str:
 
 
 def plan_resume(cfg: PretrainConfig, meta: dict[str, Any], trainer: dict[str, Any], world: int,
-                where: str) -> PretrainConfig:
-    """``cfg`` adjusted to continue the checkpoint described by ``meta`` / ``trainer`` on ``world`` ranks."""
+                where: str) -> tuple[PretrainConfig, bool]:
+    """``cfg`` adjusted to continue the checkpoint described by ``meta`` / ``trainer`` on ``world`` ranks, and
+    whether the per-rank layout changed (then a DeepSpeed JSON's batch fields describe the old run's)."""
+    from bigseer.optim.schedules import linear_scaled_lr
+
     saved = meta.get("config", {})
     check_compatible(cfg, saved, where)
     old_world = int(meta.get("world_size", 1))
@@ -62,10 +65,8 @@ def plan_resume(cfg: PretrainConfig, meta: dict[str, Any], trainer: dict[str, An
         if not keep_global:
             log.info("resume: global batch %d -> %d (--batch_size %d on %d ranks); peak lr follows the linear "
                      "rule: %.4g -> %.4g", global_batch, batch * world, batch, world,
-                     cfg.base_lr * global_batch / 256, cfg.base_lr * batch * world / 256)
+                     linear_scaled_lr(cfg.base_lr, global_batch), linear_scaled_lr(cfg.base_lr, batch * world))
     changes["batch_size"] = batch
-    if batch != old_batch or world != old_world:  # a DeepSpeed JSON's batch fields describe the old layout
-        changes["extra"] = dict(cfg.extra, resumed_batch=True)
     old_queue = int(saved.get("queue_length", 0) or 0)
     if old_queue and cfg.queue_length in (0, old_queue) and keep_global:
         changes["queue_length"] = old_queue * old_world // world  # the same global queue, re-split
@@ -74,4 +75,4 @@ def plan_resume(cfg: PretrainConfig, meta: dict[str, Any], trainer: dict[str, An
     if world != old_world:
         log.info("resume: %d -> %d ranks, global batch %d kept: %d per rank%s", old_world, world, global_batch,
                  batch, f", queue {changes['queue_length']} per rank" if "queue_length" in changes else "")
-    return replace(cfg, **changes)
+    return replace(cfg, **changes), batch != old_batch or world != old_world

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from bigseer.distributed import all_gather_cat
+
 log = logging.getLogger("bigseer")
 
 
@@ -30,6 +32,26 @@ def setup_logging(rank: int) -> None:
                         force=True)
     # warnings (e.g. a precision fallback) as one line each, without the echoed source line
     warnings.formatwarning = lambda message, category, *_, **__: f"{category.__name__}: {message}\n"
+
+
+def step_stats(loss: torch.Tensor, skipped: dict[str, int]) -> tuple[float, list[float], dict[str, int]]:
+    """One all-gather per step: the loss averaged over ranks, each rank's peak memory (MiB) and the
+    skipped-image counts summed over ranks."""
+    from bigseer.data import SKIP_REASONS
+
+    local = torch.tensor([float(loss), peak_memory_mb(), *(float(skipped.get(r, 0)) for r in SKIP_REASONS)],
+                         dtype=torch.float64)
+    rows = all_gather_cat(local.to(loss.device if loss.device.type != "meta" else "cpu")[None]).cpu()
+    totals = rows[:, 2:].sum(0)
+    return (float(rows[:, 0].mean()), rows[:, 1].tolist(),
+            {r: int(n) for r, n in zip(SKIP_REASONS, totals.tolist()) if n})
+
+
+def all_samples(samples: torch.Tensor | None) -> list[int]:
+    """The sample ids of this step on all ranks, sorted (one all-gather)."""
+    if samples is None:
+        return []
+    return sorted(all_gather_cat(samples.to(torch.int64)).tolist())
 
 
 class TrainLogger:

@@ -9,7 +9,7 @@ Flags are those of ``bigseer pretrain --help``; this file holds no logic of its 
 
 import sys
 
-from bigseer.commands.pretrain import main
+from bigseer.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["pretrain", *sys.argv[1:]]))

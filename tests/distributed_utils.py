@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import glob
 import os
-import socket
 import tempfile
+import time
 from datetime import timedelta
 from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+
+from bigseer.distributed import free_port  # noqa: F401 (tests import it from here too)
 
 
 def _worker(rank: int, fn: Callable[..., Any], world_size: int, init_file: str, out_dir: str,
@@ -44,23 +46,32 @@ def _worker(rank: int, fn: Callable[..., Any], world_size: int, init_file: str, 
         dist.destroy_process_group()
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _join(ctx: Any, timeout_s: float) -> None:
+    """Wait for every rank; past ``timeout_s`` kill them all and fail (a hang becomes a failure, not a CI
+    time-out). A rank's exception is re-raised by ``ctx.join`` as ProcessRaisedException."""
+    deadline = time.monotonic() + timeout_s
+    while not ctx.join(timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                if p.is_alive():
+                    p.kill()
+            for p in ctx.processes:
+                p.join(5)
+            raise TimeoutError(f"run_distributed: ranks still running after {timeout_s:.0f} s; killed")
 
 
 def run_distributed(fn: Callable[..., Any], world_size: int, args: Sequence[Any] = (),
-                    env: dict[str, str] | None = None) -> list[Any]:
-    """Run ``fn(rank, world_size, *args)`` on ``world_size`` gloo ranks; return per-rank results."""
+                    env: dict[str, str] | None = None, timeout_s: float = 300) -> list[Any]:
+    """Run ``fn(rank, world_size, *args)`` on ``world_size`` gloo ranks; return per-rank results. The ranks
+    are killed and the call fails after ``timeout_s`` seconds."""
     port = str(free_port())
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, **(env or {})}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             init_file = os.path.join(tmp, "store")
-            mp.start_processes(_worker, args=(fn, world_size, init_file, tmp, tuple(args), env),
-                               nprocs=world_size, join=True, start_method="spawn")
+            ctx = mp.start_processes(_worker, args=(fn, world_size, init_file, tmp, tuple(args), env),
+                                     nprocs=world_size, join=False, start_method="spawn")
+            _join(ctx, timeout_s)
             return [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in range(world_size)]
     finally:
         for seg in glob.glob(f"/dev/shm/deepspeed_*_{env['MASTER_ADDR']}_{env['MASTER_PORT']}_*"):

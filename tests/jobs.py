@@ -2,6 +2,10 @@
 
 torchrun and the deepspeed launcher start every worker in a session of its own, so killing the launcher's
 process group leaves the workers running; :func:`kill_tree` walks ``/proc/PID/task/*/children`` instead.
+
+Checking that processes are gone: record them (:func:`snapshot`: pid -> start time) while their parent is
+still alive, then ask :func:`alive` about that record. Walking the tree afterwards proves nothing: once the
+launcher is reaped, ``/proc/<its pid>`` is gone and its orphaned workers are no longer found below it.
 """
 
 from __future__ import annotations
@@ -40,6 +44,38 @@ def descendants(pid: int) -> list[int]:
             out += kids
             todo += kids
     return out
+
+
+def start_time(pid: int) -> int | None:
+    """Start time (clock ticks after boot, field 22 of ``/proc/PID/stat``) of a live process, None when there is
+    no such process or it is a zombie (it has exited; only its exit status waits to be collected)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state is field 3, starttime field 22
+    return None if fields[0] in ("Z", "X") else int(fields[19])
+
+
+def snapshot(pids: list[int]) -> dict[int, int]:
+    """``pid -> start time`` of the live processes among ``pids`` (for :func:`alive` later)."""
+    out = {p: start_time(p) for p in pids}
+    return {p: t for p, t in out.items() if t is not None}
+
+
+def alive(recorded: dict[int, int]) -> list[int]:
+    """The recorded processes still running: the pid exists, is not a zombie and has the recorded start time
+    (a reused pid is another process)."""
+    return [p for p, t in recorded.items() if start_time(p) == t]
+
+
+def kill_recorded(recorded: dict[int, int], sig: int = signal.SIGKILL) -> None:
+    """Signal the recorded processes that are still the same processes (cleanup after a reaped launcher)."""
+    for p in alive(recorded):
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
 
 
 def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:

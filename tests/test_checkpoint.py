@@ -116,26 +116,45 @@ def test_kill_9_during_a_save_keeps_the_previous_checkpoint(tmp_path: Path, mode
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))  # the next save cleans the stale temp dir
 
 
-def test_async_save_stalls_only_for_the_copy_and_the_next_save_waits(tmp_path: Path, monkeypatch) -> None:
+def test_async_save_returns_while_the_write_runs_and_the_next_save_waits(tmp_path: Path, monkeypatch) -> None:
+    """Event ordering, no clock: the file write runs on another thread than ``save``'s caller and is held on
+    an Event that only the test sets, so ``save(1)`` returned while its write had started and could not
+    have finished; ``save(2)`` goes through the writer's ``wait`` (which the test makes set the Event) and
+    returns only after write 1 finished; the staged copy, not the live tensor, is what gets written."""
+    import threading
+
     import bigseer.checkpoint.store as store
 
     real = store.write_staged
-    done = []
+    started, release, done = threading.Event(), threading.Event(), []
 
-    def slow(directory, staged, **kw):
-        time.sleep(0.5)
+    def held(directory, staged, **kw):
+        assert threading.current_thread() is not threading.main_thread(), "save() wrote on the caller's thread"
+        started.set()
+        release.wait()
         real(directory, staged, **kw)
         done.append(Path(directory).name)
 
-    monkeypatch.setattr(store, "write_staged", slow)
+    monkeypatch.setattr(store, "write_staged", held)
     w = torch.ones(1000)
     writer = ckpt.CheckpointWriter(tmp_path, keep_last=3, async_save=True)
-    writer.save(1, [Piece.whole("model.w", w)], {"step": 1}, {"model": "m"})
-    assert writer.last_stall_s < 0.4 and not done  # returned before the write finished
-    w.fill_(7.0)  # training changes the weights while the save runs: the staged copy is what gets written
-    writer.save(2, [Piece.whole("model.w", w)], {"step": 2}, {"model": "m"})
-    assert done == [".tmp-step_00000001"]  # the second save waited for the first
-    writer.close()
+    try:
+        writer.save(1, [Piece.whole("model.w", w)], {"step": 1}, {"model": "m"})
+        assert started.wait(timeout=300) and not done  # save 1 returned; its write runs in the background, held
+        real_wait = writer.wait
+
+        def wait_releasing() -> None:  # write 1 is released only when save 2 waits for it
+            release.set()
+            real_wait()
+
+        monkeypatch.setattr(writer, "wait", wait_releasing)
+        w.fill_(7.0)  # training changes the weights while the save runs: the staged copy is what gets written
+        writer.save(2, [Piece.whole("model.w", w)], {"step": 2}, {"model": "m"})
+        assert done[:1] == [".tmp-step_00000001"]  # save 2 returned only after write 1 finished
+    finally:
+        release.set()  # never leave the pool thread held (a failed check above would hang the exit)
+        writer.close()
+    assert done == [".tmp-step_00000001", ".tmp-step_00000002"]
     one, two = torch.zeros(1000), torch.zeros(1000)
     ckpt.load_checkpoint(tmp_path / "checkpoints" / "step_00000001", [Piece.whole("model.w", one)])
     ckpt.load_checkpoint(tmp_path / "checkpoints" / "step_00000002", [Piece.whole("model.w", two)])

@@ -88,3 +88,36 @@ def test_bench_runs_and_prints_table(capsys: pytest.CaptureFixture[str]) -> None
     fp32_scale = float(rows["bigseer eager"][6])
     assert 0 < fp32_scale < float("inf")
     assert float(rows["timm eager"][5]) <= 8 * fp32_scale + 1e-7
+
+
+def test_per_stage_checkpointing_from_the_command_line_and_a_config_file(tmp_path) -> None:
+    """``--checkpointing 0,1,2,1`` (per-stage counts) trains the demo model, checkpointing exactly the first
+    n blocks of each stage; the same value from a config file does too; a bad value is one line."""
+    import yaml
+
+    from bigseer.cli import main
+    from bigseer.config_files import load_config_file
+
+    run = ["pretrain", "--max_steps", "1", "--no_export", "--batch_size", "4", "--recipe", "none",
+           "--crops", "2x32+2x16"]
+    assert main([*run, "--checkpointing", "0,1,2,1", "--output_dir", str(tmp_path / "flag")]) == 0
+    saved = yaml.safe_load((tmp_path / "flag" / "config.yaml").read_text())
+    assert saved["parallel"]["checkpointing"] == "0,1,2,1"
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({"parallel": {"checkpointing": "0,1,2,1"}}))
+    assert load_config_file(str(cfg))["checkpointing"] == "0,1,2,1"
+    assert main([*run, "--config", str(cfg), "--output_dir", str(tmp_path / "file")]) == 0
+    res = _bigseer(*run, "--checkpointing", "0,x,1,1", "--output_dir", str(tmp_path / "bad"))
+    assert res.returncode != 0 and "checkpointing='0,x,1,1' is invalid" in res.stderr, res.stderr[-2000:]
+    assert not (tmp_path / "bad").exists()  # refused before any work
+
+
+def test_per_stage_counts_select_the_first_blocks_of_each_stage() -> None:
+    from bigseer.models import build_regnet
+    from bigseer.parallel.checkpointing import select_blocks
+
+    trunk = build_regnet("regnety_tiny")
+    stages = [list(s) for s in trunk.stages()]
+    assert [len(s) for s in stages] == [1, 1, 2, 2]
+    chosen = select_blocks(trunk, "0,1,2,1")
+    assert chosen == [stages[1][0], stages[2][0], stages[2][1], stages[3][0]]

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bigseer.commands.pretrain import SEER_RECIPE, add_arguments, config_from_args
+from bigseer.commands.pretrain import add_arguments, config_from_args
+from bigseer.recipe import seer_settings
 from bigseer.config import PretrainConfig, finalize, resolve_backend, resolve_precision, validate
 from bigseer.errors import ConfigError
 
@@ -41,7 +42,7 @@ def test_bad_values_fail_before_work(changes: dict, match: str) -> None:
 
 
 def test_world_size_dependent_checks() -> None:
-    with pytest.raises(ConfigError, match="syncbn_group_size=3 must divide the world size 4"):
+    with pytest.raises(ConfigError, match="syncbn_group_size=3 is invalid: must be a positive integer dividing the world size 4"):
         validate(PretrainConfig(syncbn_group_size=3), world_size=4)
     validate(PretrainConfig(syncbn_group_size=2), world_size=4)
     with pytest.raises(ConfigError, match="num_prototypes=10 must be divisible by the world size 4"):
@@ -114,7 +115,7 @@ def test_flags_map_to_config_and_seer_recipe() -> None:
     assert cfg.model == "regnety_test" and cfg.head_dims == (8, 4) and cfg.resume and not cfg.export
     assert cfg.ds_config == "x.json"
     seer = config_from_args(parser.parse_args(["--seer", "--num_prototypes", "3000"]))
-    assert seer.model == SEER_RECIPE["model"] == "regnety_256gf"
+    assert seer.model == seer_settings()["model"] == "regnety_256gf"
     assert seer.num_prototypes == 3000 and seer.sinkhorn_iters == 10 and seer.crops == "2x224+4x96"
     assert seer.precision == "fp16" and seer.max_steps > seer.warmup_steps == 8000
     validate(seer, world_size=64)

@@ -1,4 +1,7 @@
-"""End-to-end pretraining: one process, exact resume, kill -9 at a random moment, export of the result."""
+"""End-to-end pretraining: one process, exact resume, kill -9 at a random moment, export of the result.
+
+Resumes are bitwise claims (one process, same kernels): the losses and the whole final checkpoint (weights,
+BN buffers, LARS momentum, queue, trainer state, RNG; tests/state_compare.py) equal the uninterrupted run's."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import torch
 
 from bigseer.config import PretrainConfig
 from bigseer.engine import pretrain
+from tests.state_compare import assert_same_state, load_export, load_state, step_dir
 
 pytestmark = pytest.mark.numerics  # re-run by .ci/run under another kernel dispatch
 
@@ -61,12 +65,16 @@ def test_run_writes_checkpoint_curves_and_loadable_export(reference_run: tuple[P
 
 
 def test_resume_continues_bitwise(reference_run: tuple[Path, list[float]], tmp_path: Path) -> None:
+    """Resumed in this process from step 8: losses, final checkpoint (RNG included: same process) and export
+    equal the uninterrupted run's, bitwise."""
     ref_dir, ref_losses = reference_run
     (tmp_path / "checkpoints").mkdir()
     shutil.copytree(ref_dir / "checkpoints" / "step_00000008", tmp_path / "checkpoints" / "step_00000008")
     (tmp_path / "checkpoints" / "latest").write_text("step_00000008\n")
-    result = pretrain(PretrainConfig(**TINY, output_dir=str(tmp_path), resume=True, export=False))
+    result = pretrain(PretrainConfig(**TINY, output_dir=str(tmp_path), resume=True))
     assert result.losses == ref_losses[8:]  # bitwise: same data position, RNG, optimizer state
+    assert_same_state(load_state(tmp_path, 10), load_state(ref_dir, 10), "resume in-process")
+    assert_same_state(load_export(tmp_path / "export"), load_export(ref_dir / "export"), "export")
 
 
 def test_resume_refuses_other_model(reference_run: tuple[Path, list[float]], tmp_path: Path) -> None:
@@ -100,7 +108,9 @@ def test_kill_9_at_random_moment_then_resume_matches(reference_run: tuple[Path, 
         time.sleep(rng.uniform(0.0, 0.4) / (attempt + 1))  # after the first commit, possibly mid-write
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        if proc.returncode == -signal.SIGKILL and latest.read_text().strip() != "step_00000010":
+        # the final checkpoint must be the resumed run's own (a committed step dir is never replaced)
+        if proc.returncode == -signal.SIGKILL and latest.read_text().strip() != "step_00000010" \
+                and not step_dir(run_dir, 10).exists():
             break
     else:
         pytest.fail("the training subprocess always finished before it could be killed")
@@ -109,6 +119,8 @@ def test_kill_9_at_random_moment_then_resume_matches(reference_run: tuple[Path, 
     assert "resumed from" in done.stderr
     losses = _losses(run_dir)
     assert [losses[s] for s in range(1, 11)] == ref_losses
+    assert_same_state(load_state(run_dir, 10), load_state(reference_run[0], 10), "kill -9 + resume",
+                      other_process=True, differ={"meta/config/export": "this run is started with --no_export"})
 
 
 def test_corrupt_files_are_skipped_counted_and_logged(tmp_path: Path) -> None:

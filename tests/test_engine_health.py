@@ -69,7 +69,7 @@ def test_on_collapse_stop_exits_non_zero_and_keeps_the_last_good_checkpoint(tmp_
 
 
 def test_recipe_auto_keeps_what_the_user_set(tmp_path: Path) -> None:
-    from bigseer.engine import apply_data_recipe
+    from bigseer.run import apply_data_recipe
 
     cfg, side = apply_data_recipe(PretrainConfig(data="builtin:64", crops="2x48+2x24", num_prototypes=48))
     assert side is not None and cfg.crops == "2x48+2x24" and cfg.num_prototypes == 48

@@ -1,177 +1,166 @@
-"""CPU dry run of benchmarks/gpu_check.py (project issue 16's one-call GPU check) and its helpers.
+"""CPU dry run of the one-call GPU check (benchmarks/gpu_check.sh: ``pytest -m gpu tests/gpu`` then the
+throughput benchmark benchmarks/gpu_check.py) and unit tests of the benchmark's mechanisms.
 
-The dry run (``--device cpu --tiny``) runs every check either for real on the CPU, in a CPU stand-in mode
-(fairscale -> ddp, the GPU decode path -> the tensor path on CPU, compile -> the eager dynamo backend), or
-reports ``skipped: no CUDA``; the report (markdown + JSON) is written either way.
+Nothing here depends on this machine's speed: the dry run's sizes have no time-based stops (the probe doubles
+to its max batch, a fixed number of steps is timed, ``--profile`` forces the profile row), and the time- or
+MFU-driven decisions (probe stops, timed-step stops, profile or not) are tested with injected clocks and MFUs.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
 
 import pytest
 
+from tests.gpu.devices import NOT_ON_DEVICE
+
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
+BENCH = ROOT / "benchmarks"
+SCRIPT = BENCH / "gpu_check.py"
+SH = BENCH / "gpu_check.sh"
 TP = ["throughput test eager+cl", "throughput test eager", "throughput test compile+cl", "throughput tiny eager+cl"]
-ROWS = ["syncbn bigseer", "syncbn torch", "fsdp bf16", "fsdp fp16", "deepspeed zero2 fp16", "fairscale fp16",
-        "fairscale checkpoint", "jpeg decode", TP[0], "profile", *TP[1:]]
+ROWS = [TP[0], "profile", *TP[1:]]
+DryRun = tuple[subprocess.CompletedProcess, Path, dict[str, Any]]
 
 
-def _load():
-    name = "_bigseer_gpu_check_script"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, SCRIPT)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod  # dataclasses look their module up while the file executes
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
+def _mod(name: str) -> ModuleType:
+    """A benchmarks/gpu_*.py module (they import each other by their plain names)."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module(name)
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    env.pop("OUT", None)
-    for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE"):
-        env.pop(k, None)
-    return env
-
-
-def _finite(xs) -> bool:
-    return all(isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
-
-
-def _run(out: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--out", str(out), *args],
-                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout, check=False)
+def _env(**extra: str) -> dict[str, str]:
+    drop = ("OUT", "MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    return {**env, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra}
 
 
 @pytest.fixture(scope="module")
-def dry_run(tmp_path_factory):
+def dry_run(tmp_path_factory: pytest.TempPathFactory) -> DryRun:
+    """The device command itself, on CPU: its pytest part skips every GPU test, its benchmark runs tiny."""
     out = tmp_path_factory.mktemp("gpu_check")
-    proc = _run(out, timeout=180)
-    return proc, out, json.loads((out / "gpu_check.json").read_text()) if (out / "gpu_check.json").exists() else {}
+    env = _env(OUT=str(out), WHEELS=str(out / "no_wheels"),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    proc = subprocess.run(["bash", str(SH), "--device", "cpu", "--tiny", "--profile"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    data = json.loads((out / "gpu_check.json").read_text()) if (out / "gpu_check.json").exists() else {}
+    return proc, out, data
 
 
-def test_dry_run_prints_and_writes_every_row(dry_run):
+def test_dry_run_prints_and_writes_every_row(dry_run: DryRun) -> None:
     proc, out, data = dry_run
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     md = (out / "gpu_check.md").read_text()
     for name in ROWS:
-        assert f"| {name} |" in md, name
-        assert f"ROW | {name} |" in proc.stdout, name
+        assert f"| {name} |" in md and f"ROW | {name} |" in proc.stdout, name
     assert [r["name"] for r in data["rows"]] == ROWS
-    assert md == proc.stdout[proc.stdout.index(md.splitlines()[0]):].strip() + "\n"  # same report on stdout
+    assert all(r["status"] == "ok" for r in data["rows"]), data["rows"]
+    assert md.splitlines()[0] in proc.stdout and md.strip().splitlines()[-1] in proc.stdout  # same report printed
     assert "CPU dry run, torch" in data["header"] and "total" in data["header"]
-    assert data["env"]["torch"] and data["env"]["deepspeed"] != "missing"
-    assert data["imported_not_on_device"] == []  # nothing the device image lacks and .whl/ does not carry
-    assert not any(r["status"].startswith("FAIL") for r in data["rows"])
+    assert not set(NOT_ON_DEVICE) & set(data["top_level_modules"])  # the device image lacks them
+    assert (out / "log").read_text().count("ROW |") >= len(ROWS)
+    assert "gpu_check.sh: tests rc 0, benchmark rc 0" in proc.stdout
 
 
-def test_dry_run_backend_checks(dry_run):
-    rows = {r["name"]: r for r in dry_run[2]["rows"]}
-    bn = rows["syncbn bigseer"]
-    assert bn["status"] == "ok" and bn["numbers"]["all_reduce_calls"] >= 2
-    assert max(bn["numbers"]["shipped"].values()) < 1e-4 and max(bn["numbers"]["forced_all_reduce"].values()) < 1e-4
-    assert "world size 1" in bn["details"]
-    for name in ("fsdp bf16", "fsdp fp16", "deepspeed zero2 fp16", "fairscale fp16"):
-        n = rows[name]["numbers"]
-        assert rows[name]["status"].startswith("ok"), rows[name]
-        assert sum(n["applied"]) >= 1 and n["weight_change"] > 0
-    for name in ("fsdp fp16", "fairscale fp16"):  # GradScaler: the injected overflow is skipped, scale halved
-        inj = rows[name]["numbers"]["inject"]
-        assert inj["applied"] == [False] and inj["weight_change"] == 0 and inj["recovered"]
-        assert inj["scale_after"] == inj["scale_before"] / 2
-    ds = rows["deepspeed zero2 fp16"]
-    assert ds["numbers"]["optimizer"] == "LARS" and "CPU fallback" in ds["details"] and "inject" not in ds["numbers"]
-    assert rows["fairscale fp16"]["status"] == "ok (CPU stand-in: ddp)"
-    assert rows["syncbn torch"]["status"].startswith("skipped: no CUDA")
+def test_dry_run_lists_the_gpu_tests_skipped_with_the_reason(dry_run: DryRun) -> None:
+    proc, out, data = dry_run
+    tests = data["tests"]
+    assert len(tests) >= 10 and all(t["test"].endswith("[cuda]") or "[cuda-" in t["test"] for t in tests), tests
+    assert all(t["status"].startswith("skipped: needs CUDA") for t in tests), tests
+    assert "SKIPPED" in proc.stdout and "needs CUDA: torch.cuda.is_available() is False" in proc.stdout
+    md = (out / "gpu_check.md").read_text()
+    assert f"### Tests (pytest -m gpu tests/gpu): {len(tests)} skipped" in md
 
 
-def test_dry_run_checkpoint_and_decode(dry_run):
-    rows = {r["name"]: r for r in dry_run[2]["rows"]}
-    ck = rows["fairscale checkpoint"]
-    assert ck["status"] == "ok (CPU stand-in: ddp)", ck
-    n = ck["numbers"]
-    assert n["moved"] > 0 and n["optim_pieces"] > 0
-    assert n["reload_diff"] == n["reload_pieces_diff"] == n["fsdp_diff"] == n["fsdp_pieces_diff"] == n["export_diff"] == 0
-    assert "model.safetensors" in n["export_files"] and n["scale_fsdp"] == n["scale_saved"]
-    jp = rows["jpeg decode"]
-    assert jp["status"] == "ok (CPU stand-in: tensor path on CPU)", jp
-    assert _finite(jp["numbers"]["images_per_s"].values()) and jp["numbers"]["mean_abs_diff"] <= 2
-
-
-def test_dry_run_throughput_and_profile(dry_run):
+def test_dry_run_throughput_and_profile(dry_run: DryRun) -> None:
     _, out, data = dry_run
-    rows = {r["name"]: r for r in data["rows"]}
     assert [t["variant"] for t in data["throughput"]] == TP
     for t in data["throughput"]:
-        assert rows[t["variant"]]["status"] == "ok"
-        assert _finite([t["images_per_s"], t["flops_per_step"], t["fwd_flops"], t["step_s"], t["loss"], t["mfu"],
-                        t["mfu_model"]])
-        assert t["images_per_s"] > 0 and t["flops_per_step"] > t["fwd_flops"] > 0 and t["timed_steps"] >= 1
-        assert t["mfu_spec"] is None  # no spec peak for a CPU
-        assert t["plan_gib"] > 0 and t["non_torch_gib"] is None  # the run's own plan; CUDA-only reading
+        nums = [t[k] for k in ("images_per_s", "flops_per_step", "fwd_flops", "step_s", "loss", "mfu", "mfu_model")]
+        assert all(isinstance(x, (int, float)) and math.isfinite(x) for x in nums), t
+        assert t["flops_per_step"] > t["fwd_flops"] > 0 and t["timed_steps"] == 2  # TINY: min = max = 2 steps
+        assert t["mfu_spec"] is None and t["non_torch_gib"] is None and t["plan_gib"] > 0  # no GPU readings on CPU
     first, plain, compiled, large = data["throughput"]
-    assert first["batch"] == 8 and [p["batch"] for p in first["probe"]] == [4, 8]  # doubled up to the max
+    assert [p["batch"] for p in first["probe"]] == [4, 8] and first["batch"] == 8  # doubled up to the max
     assert plain["batch"] == compiled["batch"] == 8 and not plain["probe"] and large["probe"]
     assert first["channels_last"] and not plain["channels_last"]
     assert compiled["dynamo"]["backend"] == "eager" and "recompile_limit_hits" in compiled["dynamo"]
     prof = data["profile"]
-    assert rows["profile"]["status"] == "ok" and len(prof["top_ops"]) == 10 and prof["variant"] == TP[0]
+    assert len(prof["top_ops"]) == 10 and prof["variant"] == TP[0] and prof["time"] == "self CPU"
     assert (out / "profile_trace.json.gz").stat().st_size > 0
     md = (out / "gpu_check.md").read_text()
     assert "### Throughput" in md and "### Profile" in md and "MFU spec peak" in md
 
 
-def test_deepspeed_falls_back_to_sgd_when_lars_refused(tmp_path):
-    code = f"""
-import sys
-sys.path.insert(0, {str(ROOT)!r})
-import bigseer.parallel.deepspeed as ds
-from bigseer.errors import ConfigError
-from bigseer.optim import LARS
-real = ds.check_optimizer
-def refuse(opt, stage):
-    if isinstance(opt, LARS):
-        raise ConfigError("LARS under DeepSpeed ZeRO is refused (test)")
-    return real(opt, stage)
-ds.check_optimizer = refuse
-sys.argv = ["gpu_check.py", "--device", "cpu", "--tiny", "--only", "deepspeed zero2 fp16", "--out", {str(tmp_path)!r}]
-sys.path.insert(0, {str(SCRIPT.parent)!r})
-import gpu_check
-sys.exit(gpu_check.main())
-"""
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env(), capture_output=True, text=True,
-                          timeout=120, check=False)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (row,) = json.loads((tmp_path / "gpu_check.json").read_text())["rows"]
-    assert row["status"] == "ok"
-    assert row["numbers"]["optimizer"].startswith("SGD (LARS refused under ZeRO-2")
-    assert "note: SGD" in proc.stdout
+def test_profile_runs_below_the_mfu_threshold_and_is_skipped_above() -> None:
+    tp, prof, harness = _mod("gpu_throughput"), _mod("gpu_profile"), _mod("gpu_harness")
+    calls: list[int] = []
+    live = {"mfu": 0.5, "step": lambda: calls.append(1), "variant": "v", "batch": 2}
+    ctx = tp.Ctx("cpu", tp.TINY, shared={"live": live}, profile_below=0.35)
+    with pytest.raises(harness.Skip, match=r"MFU 50.0% >= 35%"):
+        prof.check_profile(ctx)
+    assert calls == [] and ctx.profile is None
+    live["mfu"] = 0.2
+    row = prof.check_profile(ctx)
+    assert row.status == "ok" and calls == [1] * tp.TINY.profile_steps and ctx.profile["mfu"] == 0.2
+    live["mfu"], ctx.force_profile = 0.9, True
+    assert prof.check_profile(ctx).status == "ok"
+    ctx.shared.clear()
+    with pytest.raises(harness.Skip, match="no model to profile"):
+        prof.check_profile(ctx)
 
 
-def test_out_of_budget_checks_are_skipped_with_the_reason(tmp_path):
-    proc = _run(tmp_path, "--budget-s", "1", "--only", "fsdp,throughput")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = json.loads((tmp_path / "gpu_check.json").read_text())["rows"]
-    assert [r["name"] for r in rows] == ["fsdp bf16", "fsdp fp16", *TP]
-    assert all(r["status"].startswith("skipped: out of time") for r in rows), rows
+def test_cuda_branches_of_the_profile_and_the_header() -> None:
+    """The CUDA-only ranking and header code, with stand-in profiler events and environment (no GPU here)."""
+    prof, rep = _mod("gpu_profile"), _mod("gpu_report")
+
+    def ev(key: str, dev_us: float, kernel: bool, count: int = 2) -> SimpleNamespace:
+        return SimpleNamespace(key=key, self_device_time_total=dev_us, count=count,
+                               device_type="DeviceType.CUDA" if kernel else "DeviceType.CPU")
+
+    events = [ev("aten::conv", 3000, False), ev("aten::mm", 1000, False), ev("aten::view", 0, False),
+              ev("sm90_xmma_conv", 2500, True), ev("gemm", 1500, True)]
+    top, kernels, busy = prof.rank_ops(events, cuda=True, steps=2)
+    assert [t["op"] for t in top] == ["aten::conv", "aten::mm"] and top[0]["share"] == 0.75
+    assert top[0]["ms_per_step"] == 1.5 and top[0]["calls_per_step"] == 1
+    assert [k["kernel"] for k in kernels] == ["sm90_xmma_conv", "gemm"] and busy == 4000 / 1e6
+    top, _, _ = prof.rank_ops([events[3]], cuda=True, steps=1)  # device time booked on kernels only
+    assert [t["op"] for t in top] == ["sm90_xmma_conv"]
+    env = {"bigseer": "0.1", "python": "3.12", "torch": "2.11", "gpu": "NVIDIA H100", "capability": "9.0", "sms": 132,
+           "memory_gib": 79.2, "cuda": "13.0", "cudnn": 91000, "nccl": "2.27.3",
+           **{k: "1" for k in rep.VERSIONS}}
+    line = rep.header_line(env, "cuda")
+    assert line.startswith("bigseer 0.1 gpu_check on NVIDIA H100 (cc 9.0, 132 SMs") and "NCCL 2.27.3" in line
 
 
-def test_sigterm_still_writes_the_report(tmp_path):
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--out", str(tmp_path),
-                             "--only", "syncbn,throughput"], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+def test_out_of_budget_rows_are_skipped_with_the_reason() -> None:
+    gc, tp = _mod("gpu_check"), _mod("gpu_throughput")
+    ctx = tp.Ctx("cpu", tp.TINY)
+    written: list[int] = []
+    # a budget spent before the first row (t_begin in the past): every row is skipped, none runs
+    rows = gc.run_rows(ctx, ["throughput"], 1.0, time.perf_counter() - 10, lambda done: written.append(len(done)))
+    assert [r.name for r in rows] == TP and written == [1, 2, 3, 4]  # the report is written after each row
+    assert all(r.status.startswith("skipped: out of time (0s of the 1s budget left") for r in rows), rows
+    assert ctx.throughput == [] and "live" not in ctx.shared
+
+
+def test_sigterm_still_writes_the_report(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--device", "cpu", "--tiny", "--out", str(tmp_path)],
+                            cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        for line in proc.stdout:  # wait until the syncbn rows are done, then stop it as `timeout` would
+        for line in proc.stdout:  # stop it inside the first row, as `timeout` would
             if line.startswith("--- throughput"):
                 break
         proc.send_signal(signal.SIGTERM)
@@ -180,93 +169,139 @@ def test_sigterm_still_writes_the_report(tmp_path):
         proc.kill()
     assert proc.returncode == 124, rest[-3000:]
     data = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert "TERMINATED" in data["header"] and [r["name"] for r in data["rows"]][:2] == ["syncbn bigseer", "syncbn torch"]
-    assert "TERMINATED" in (tmp_path / "gpu_check.md").read_text()
+    assert "TERMINATED" in data["header"] and "TERMINATED" in (tmp_path / "gpu_check.md").read_text()
 
 
-def test_helpers():
-    gc = _load()
-    assert gc.parse_crops("2x224+4x96") == [(2, 224), (4, 96)]
-    assert gc.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
-    assert gc.peak_tflops("NVIDIA H100 PCIe") == 756.0
-    assert gc.peak_tflops("NVIDIA H200") == 989.0
-    assert gc.peak_tflops("NVIDIA H200 NVL") == 835.0
-    assert gc.peak_tflops("Some Unknown GPU") is None
-    crops = gc.make_crops("2x8+1x4", 3, "cpu")
+def test_helpers() -> None:
+    tp, harness = _mod("gpu_throughput"), _mod("gpu_harness")
+    assert tp.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0 and tp.peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert tp.peak_tflops("NVIDIA H200") == 989.0 and tp.peak_tflops("NVIDIA H200 NVL") == 835.0
+    assert tp.peak_tflops("Some Unknown GPU") is None
+    crops = tp.make_crops("2x8+1x4", 3, "cpu")
     assert [tuple(c.shape) for c in crops] == [(2, 3, 3, 8, 8), (1, 3, 3, 4, 4)]
-    assert gc.wanted_check("throughput 128gf eager+cl", ["throughput"]) and gc.wanted_check("fsdp fp16", ["fsdp"])
-    assert not gc.wanted_check("fsdp fp16", ["fsdp bf16"]) and gc.wanted_check("x", None)
-    assert [v.name for v in gc.FULL.variants] == ["throughput 128gf eager+cl", "throughput 128gf eager",
+    assert harness.wanted_check("throughput 128gf eager+cl", ["throughput"])
+    assert not harness.wanted_check("throughput 128gf eager", ["throughput 256gf"]) and harness.wanted_check("x", None)
+    assert [v.name for v in tp.FULL.variants] == ["throughput 128gf eager+cl", "throughput 128gf eager",
                                                   "throughput 128gf compile+cl", "throughput 256gf eager+cl"]
-    assert gc.FULL.tp_crops == "2x224+4x96" and gc.FULL.tp_head_dims == (8192, 8192) and gc.FULL.tp_prototypes == 16384
-    # the full run's limits fit its default budget: backend checks leave tp_reserve to the throughput section
-    assert gc.FULL.tp_reserve >= gc.FULL.variants[0].min_s + gc.FULL.variants[1].min_s + gc.FULL.variants[2].min_s
+    assert tp.FULL.crops == "2x224+4x96" and tp.FULL.head_dims == (8192, 8192) and tp.FULL.prototypes == 16384
 
 
-def test_probe_batch_doubles_and_stops_at_oom_memory_or_time():
+class FakeClock:
+    """A clock that moves only when told: time-based decisions without real time."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_probe_batch_doubles_and_stops_at_oom_memory_time_or_budget() -> None:
     import torch
 
-    gc = _load()
-    calls = []
+    tp = _mod("gpu_throughput")
+    calls: list[int] = []
+    clock = FakeClock()
 
-    def step_at(b, oom_at=64, per=1.0, fixed=10.0):
+    def step_at(b: int, oom_at: int = 64, per: float = 1.0, fixed: float = 10.0) -> tuple[float, float]:
         calls.append(b)
         if b >= oom_at:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+        clock.t += 0.01 * b
         return 0.01 * b, (fixed + per * b) * 2**30
 
-    batch, trials, why, oom = gc.probe_batch(step_at, 8, 256, None, 10.0, 60.0)
+    def probe(fn, start=8, max_batch=256, mem=None, max_step_s=10.0, budget_s=60.0):
+        return tp.probe_batch(fn, start, max_batch, mem, max_step_s, budget_s, clock=clock)
+
+    batch, trials, why, oom = probe(step_at)
     assert (batch, why, oom) == (32, "OOM at 64", True) and [t["batch"] for t in trials] == [8, 16, 32, 64]
     assert calls == [8, 8, 16, 16, 32, 32, 64]  # two steps per batch (the first one autotunes)
-    # memory: peak(2b) extrapolated from the last two peaks must stay under 90% of the device
-    batch, _, why, oom = gc.probe_batch(lambda b: step_at(b, oom_at=10**6), 8, 256, 60 * 2**30, 10.0, 60.0)
-    assert batch == 32 and "GiB" in why and not oom  # 64 would need 74 GiB > 54
-    batch, _, why, _ = gc.probe_batch(lambda b: step_at(b, oom_at=10**6), 8, 256, None, 0.5, 60.0)
-    assert batch == 32 and "would take" in why  # a step at 64 would take 2 x 0.32 > 0.5 s
-    batch, _, why, _ = gc.probe_batch(lambda b: step_at(b, oom_at=10**6), 8, 64, None, 10.0, 60.0)
-    assert (batch, why) == (64, "max batch 64")
-    batch, trials, _, oom = gc.probe_batch(lambda b: step_at(b, oom_at=4), 16, 256, None, 10.0, 60.0)
+
+    def big(b: int) -> tuple[float, float]:  # never out of memory
+        return step_at(b, oom_at=10**6)
+
+    batch, _, why, oom = probe(big, mem=60 * 2**30)  # 64 would need 74 GiB > 90% of 60
+    assert batch == 32 and "GiB" in why and not oom
+    assert probe(big, max_step_s=0.5)[::2] == (32, "a step at 64 would take ~0.6s > 0.5s")
+    assert probe(big, max_batch=64)[::2] == (64, "max batch 64")
+    # the budget by the clock: steps at 8 and 16 took 0.48 s, and 0.48 + 3 x 2 x 0.16 > 1.0 s
+    assert probe(big, budget_s=1.0)[::2] == (16, "probe time 1s")
+    batch, trials, _, oom = probe(lambda b: step_at(b, oom_at=4), start=16)
     assert batch == 2 and oom and [t["batch"] for t in trials] == [16, 8, 4, 2]  # an OOM at the start halves
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        gc.probe_batch(lambda b: step_at(b, oom_at=1), 2, 256, None, 10.0, 60.0)
+        probe(lambda b: step_at(b, oom_at=1), start=2)
 
 
-def test_run_check_isolates_failures_skips_and_timeouts(capsys):
-    gc = _load()
+def test_time_steps_stops_by_count_time_or_deadline() -> None:
+    tp = _mod("gpu_throughput")
+    clock = FakeClock()
+
+    def timed(secs: float = 1.0) -> float:
+        clock.t += secs
+        return secs
+
+    assert tp.time_steps(timed, 2, 20, 3.5, deadline=100.0, clock=clock) == ([1.0] * 4, False)  # 4 s >= 3.5 s
+    assert tp.time_steps(timed, 2, 3, 100.0, deadline=1e6, clock=clock) == ([1.0] * 3, False)  # max steps
+    clock.t = 0.0
+    # deadline 10: after the 6th step (t = 6) another (1.5 x 1 s) would pass deadline - 3 = 7
+    assert tp.time_steps(timed, 2, 20, 100.0, deadline=10.0, clock=clock) == ([1.0] * 6, True)
+
+
+def test_run_check_isolates_failures_skips_and_timeouts(capsys: pytest.CaptureFixture[str]) -> None:
+    h = _mod("gpu_harness")
 
     def boom():
         raise RuntimeError("bad\nthing")
 
     def skip():
-        raise gc.Skip("no CUDA")
+        raise h.Skip("no CUDA")
 
-    def slow():
-        while True:
+    def slow():  # ends by itself (ok) unless the 1 s time limit interrupts it
+        for _ in range(600):
             time.sleep(0.05)
+        return h.Row("c")
 
-    assert gc.run_check("a", boom, 5).status == "FAIL: RuntimeError: bad thing"
-    assert gc.run_check("b", skip, 5).status == "skipped: no CUDA"
-    t0 = time.perf_counter()
-    row = gc.run_check("c", slow, 1)
-    assert row.status.startswith("FAIL: CheckTimeout") and time.perf_counter() - t0 < 3
-    assert gc.run_check("d", lambda: gc.Row("d", details="x"), 5).status == "ok"
+    assert h.run_check("a", boom, 5).status == "FAIL: RuntimeError: bad thing"
+    assert h.run_check("b", skip, 5).status == "skipped: no CUDA"
+    assert h.run_check("c", slow, 1).status.startswith("FAIL: CheckTimeout: time limit 1s")
+    assert h.run_check("d", lambda: h.Row("d", details="x"), 5).status == "ok"
     out = capsys.readouterr().out
     assert "ROW | a | FAIL" in out and "ROW | d | ok | x |" in out
-    with pytest.raises(gc.Terminated):
-        gc.run_check("e", lambda: (_ for _ in ()).throw(gc.Terminated()), 5)
+    with pytest.raises(h.Terminated):
+        h.run_check("e", lambda: (_ for _ in ()).throw(h.Terminated()), 5)
 
 
-def test_device_command_fits_the_run_tool():
-    sh = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+def test_junit_outcomes_in_the_report(tmp_path: Path) -> None:
+    rep = _mod("gpu_report")
+    xml = tmp_path / "t.xml"
+    xml.write_text('<testsuites><testsuite><testcase classname="tests.gpu.test_a" name="t1[cuda]" time="1.5"/>'
+                   '<testcase classname="tests.gpu.test_a" name="t2[cuda]" time="0"><skipped message="needs CUDA: x"/>'
+                   '</testcase><testcase classname="tests.gpu.test_b" name="t3[cuda]" time="2">'
+                   '<failure message="assert 1 == 2&#10;more"/></testcase></testsuite></testsuites>')
+    cases = rep.read_junit(str(xml))
+    assert [(c["test"], c["status"]) for c in cases] == [("test_a::t1[cuda]", "passed"),
+                                                         ("test_a::t2[cuda]", "skipped: needs CUDA: x"),
+                                                         ("test_b::t3[cuda]", "FAIL: assert 1 == 2")]
+    md = rep.tests_section(cases, str(xml))
+    assert "1 FAIL, 1 passed, 1 skipped" in md and "| test_b::t3[cuda] | FAIL: assert 1 == 2 | 2.0 |" in md
+    assert rep.read_junit(str(tmp_path / "none.xml")) is None
+    assert "no JUnit XML" in rep.tests_section(None, "x.xml") and rep.tests_section(None, None) == ""
+
+
+def test_device_command_fits_the_run_tool() -> None:
+    sh = SH.read_text()
     assert len(sh) <= 2000  # the device tool's command limit, should the file itself be passed
-    assert "--target /tmp/site .whl/*.whl" in sh and 'PYTHONPATH="$PWD:/tmp/site' in sh
-    assert 'benchmarks/gpu_check.py --out "$OUT"' in sh and 'tee -a "$OUT/log"' in sh
-    assert "timeout -k 10 350 python3" in sh  # under the run's timeout_s (400), itself < 8 minutes
-    assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")], check=False).returncode == 0
+    assert '--target /tmp/site "$WHEELS"/*.whl' in sh and 'PYTHONPATH="$PWD:/tmp/site' in sh
+    assert "python3 -m pytest -m gpu tests/gpu -q -rs" in sh and "benchmarks/gpu_check.py --out" in sh
+    # hard stops: the tests, then the benchmark with what is left of LIMIT_S (kill grace 5 s): under 6 minutes
+    # in all, and under the run's timeout_s (400, RESULTS.md) with time for the install and the start
+    limit = int(re.search(r'LIMIT_S="\$\{LIMIT_S:-(\d+)\}"', sh).group(1))
+    assert limit + 5 < 6 * 60 and limit + 5 + 30 < 400
+    assert "timeout -k 5 170 python3 -m pytest" in sh and 'timeout -k 5 "$left" python3 benchmarks/gpu_check.py' in sh
+    assert subprocess.run(["bash", "-n", str(SH)], check=False).returncode == 0
     fetch = (ROOT / "scripts" / "fetch_device_wheels.sh").read_text()
     for pkg in ("deepspeed", "fairscale", "hjson", "pydantic", "simplejpeg"):
         assert pkg in fetch
-    assert subprocess.run(["bash", "-n", str(ROOT / "scripts" / "fetch_device_wheels.sh")], check=False).returncode == 0
     results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
     gpu = results[results.index("## GPU"):]
     assert "bash scripts/fetch_device_wheels.sh" in gpu and "bash benchmarks/gpu_check.sh" in gpu

@@ -14,7 +14,6 @@ from bigseer import parallel
 from bigseer.config import PretrainConfig
 from bigseer.engine import build_swav_model, pretrain
 from bigseer.optim import LARS
-from bigseer.perf import measured_peak_flops
 from tests.numerics import assert_within_fp32_error
 
 pytestmark = pytest.mark.numerics
@@ -52,23 +51,58 @@ def test_channels_last_reaches_the_convs() -> None:
     assert model.state_dict().keys() == build_swav_model(PretrainConfig(**CFG)).state_dict().keys()
 
 
-def test_mfu_in_the_log_is_counted_flops_over_step_time(tmp_path: Path, caplog) -> None:
+class _Clock:
+    """Stands in for the ``time`` module: ``perf_counter`` advances exactly ``tick`` seconds per call."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def perf_counter(self) -> float:
+        self.now += self.tick
+        return self.now
+
+    def __getattr__(self, name: str):
+        import time
+
+        return getattr(time, name)
+
+
+def test_measured_peak_is_2n3_flops_over_the_best_matmul_time(monkeypatch) -> None:
+    """The peak arithmetic with an injected clock: every timed matmul takes exactly 1/8 s."""
+    import bigseer.perf as perf
+
+    monkeypatch.setattr(perf, "_PEAKS", {})
+    monkeypatch.setattr(perf, "time", _Clock(0.125))
+    assert perf.measured_peak_flops("cpu", torch.float32, n=64, repeats=2) == 2 * 64 ** 3 / 0.125
+    monkeypatch.setattr(perf, "time", _Clock(1.0))  # cached per (device, dtype, threads): not re-measured
+    assert perf.measured_peak_flops("cpu", torch.float32, n=64) == 2 * 64 ** 3 / 0.125
+
+
+def test_mfu_in_the_log_is_counted_flops_over_step_time(tmp_path: Path, monkeypatch) -> None:
+    """Injected peak (2^30 FLOP/s) and step clock (every logged step takes exactly 1/4 s): the logged FLOPs are
+    FlopCounterMode's count of a real step, and img/s, TFLOP/s and MFU their exact quotients (powers of two:
+    no rounding but the one of TFLOP/s)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    import bigseer.engine as engine
+    import bigseer.perf as perf
+    from bigseer.data import MultiCropStream
+
+    peak, dt = float(2 ** 30), 0.25
+    monkeypatch.setattr(perf, "measured_peak_flops", lambda *a, **k: peak)
+    monkeypatch.setattr(engine, "time", _Clock(dt))  # the engine reads the clock at a step's start and its log
     cfg = PretrainConfig(**CFG, batch_size=8, max_steps=3, output_dir=str(tmp_path), export=False)
     pretrain(cfg)
     recs = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     model = build_swav_model(PretrainConfig(**CFG))
-    from bigseer.data import MultiCropStream
-
-    stream = MultiCropStream("builtin", CFG["crops"], 8, seed=2)
-    batch = next(iter(stream))
+    batch = next(iter(MultiCropStream("builtin", CFG["crops"], 8, seed=2)))
     counter = FlopCounterMode(display=False)
     with counter:
         model(batch.crops).backward()
-    peak = measured_peak_flops("cpu", torch.float32)
+    flops = counter.get_total_flops()
+    assert flops > 0 and len(recs) == 3
     for r in recs:
-        assert r["flops_per_step"] == counter.get_total_flops() > 0
-        step_time = 8 / r["img_per_s"]
-        assert r["tflops"] == pytest.approx(r["flops_per_step"] / step_time / 1e12, rel=1e-9)
-        assert r["mfu"] == pytest.approx(r["tflops"] * 1e12 / peak, rel=1e-9) and 0 < r["mfu"] < 1.5
+        assert r["flops_per_step"] == flops
+        assert r["img_per_s"] == 8 / dt == 32.0
+        assert r["tflops"] == flops / dt / 1e12
+        assert r["mfu"] == flops * 4 / 2 ** 30

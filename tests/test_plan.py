@@ -1,7 +1,11 @@
-"""Memory planner: fast on the largest model, sensible scaling, CLI, and within 20% of what 2 gloo ranks
-actually hold (ddp and fsdp: tensors on regnety_tiny, peak RSS of real SwAV steps on regnety_3200mf)."""
+"""Memory planner: allocation-free on the largest model, sensible scaling, CLI, within 20% of the tensors 2 gloo
+ranks hold (regnety_tiny), and within 20% of the peak RSS recorded on the held-out configurations of
+benchmarks/results/memory.md (configurations no planner term was fitted on)."""
 
-import time
+import ast
+import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +13,10 @@ from bigseer.cli import main
 from bigseer.errors import ConfigError
 from bigseer.plan import measure_step_memory, parse_crops, plan_memory
 from tests.distributed_utils import run_distributed
+from tests.models.allocations import RealTensorElements
+
+ROOT = Path(__file__).resolve().parents[1]
+MIB = 2 ** 20
 
 CATEGORIES = ("params", "grads", "optimizer", "activations", "buffers")
 
@@ -45,11 +53,12 @@ def test_plan_within_20_percent_of_measured_on_2_ranks():
     assert measured[0]["fsdp"]["params"] < 0.6 * ddp_params  # sharding really halves the rank's parameters
 
 
-def test_seer_10b_on_512_gpus_plans_in_seconds():
-    t0 = time.perf_counter()
-    plan = plan_memory("seer_10b", world_size=512, backend="fsdp", precision="bf16", batch_per_gpu=16,
-                       crops="2x160,4x96", checkpointing="all")
-    assert time.perf_counter() - t0 < 30
+def test_seer_10b_on_512_gpus_plans_without_allocating():
+    """Planning is fast because it runs on the meta device: counted, not timed (no op creates a real tensor)."""
+    with RealTensorElements() as seen:
+        plan = plan_memory("seer_10b", world_size=512, backend="fsdp", precision="bf16", batch_per_gpu=16,
+                           crops="2x160,4x96", checkpointing="all")
+    assert seen.elements == 0 and seen.ops > 0
     assert plan.trunk_params == 9_323_934_872
     assert plan.head_params == 28280 * 8192 + 8192 + 8192 * 8192 + 8192 + 8192 * 256 + 256 + 256 * 16384
     name, numel = plan.largest_unit
@@ -116,54 +125,54 @@ def test_plan_cli(capsys):
     assert main(["plan", "--model", "regnety_test", "--crops", "2by32"]) == 2
 
 
-def _status_kib(field):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+def _bench_lists() -> dict[str, list]:
+    """``FIT``, ``FIT2`` and ``HELDOUT`` of benchmarks/bench_memory.py, read as literals (no import: it measures)."""
+    tree = ast.parse((ROOT / "benchmarks" / "bench_memory.py").read_text())
+    return {n.targets[0].id: ast.literal_eval(n.value) for n in tree.body
+            if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) in ("FIT", "FIT2", "HELDOUT")}
 
 
-def _peak_rss(rank, world, preset, crops):
-    """Peak RSS growth (bytes) of the second SwAV step over the RSS before the model existed, per backend."""
-    import ctypes
-    import gc
-
-    import torch
-
-    from bigseer import parallel
-    from bigseer.config import PretrainConfig
-    from bigseer.engine import build_swav_model
-    from bigseer.optim import LARS
-
-    # glibc then returns every freed block >= 64 KiB at once (M_MMAP_THRESHOLD = -3): RSS follows live tensors
-    ctypes.CDLL("libc.so.6").mallopt(-3, 65536)
-    spec = "+".join(f"{n}x{s}" for n, s in crops)
-    x = [torch.randn(n, 2, 3, s, s, generator=torch.Generator().manual_seed(rank)) for n, s in crops]
-    out = {}
-    for preset_now in ("regnety_test", preset):  # the first round only warms up (lazy imports, one-time set-up)
-        cfg = PretrainConfig(model=preset_now, head_dims=(), embed_dim=16, num_prototypes=6, crops=spec, batch_size=2)
-        for backend in ("ddp", "fsdp"):
-            gc.collect()  # DDP / FSDP hold reference cycles: free the previous run before the baseline
-            base = _status_kib("VmRSS")
-            p = parallel.setup(build_swav_model(cfg), backend=backend, optimizer_factory=lambda g: LARS(g, lr=0.1))
-            for step in range(2):
-                if step == 1:
-                    with open("/proc/self/clear_refs", "w") as f:
-                        f.write("5")  # VmHWM := current RSS: the peak of this step alone
-                p.backward(p.forward(x))
-                p.step()
-                p.zero_grad()
-            out[backend] = (_status_kib("VmHWM") - base) * 1024
-            del p
-    return out
+def _recorded_heldout() -> dict[str, tuple[float, float]]:
+    """config -> (measured model state, measured peak RSS growth) in MiB, from the table of the newest held-out
+    run in benchmarks/results/memory.md ("New held-out configurations")."""
+    text = (ROOT / "benchmarks" / "results" / "memory.md").read_text()
+    section = text[text.index("New held-out configurations"):]
+    rows = {}
+    for line in section.splitlines():
+        if rows and not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 14 and re.fullmatch(r"[A-Z]-\w+", cells[0]):
+            rows[cells[0]] = (float(cells[8]), float(cells[11]))
+    return rows
 
 
-def test_plan_within_20_percent_of_peak_rss_on_2_ranks():
-    """The whole plan (incl. backward temporaries, gloo collectives) against measured peak RSS growth."""
-    preset, crops = "regnety_3200mf", [(2, 48), (2, 24)]
-    measured = run_distributed(_peak_rss, world_size=2, args=(preset, crops))
-    for backend in ("ddp", "fsdp"):
-        plan = plan_memory(preset, world_size=2, backend=backend, batch_per_gpu=2, crops=crops, head_dims=(16,),
-                           prototypes=6, collectives="gloo")
-        # the warm-up round already paid the per-process runtime (the baseline is taken after it)
-        for r in measured:
-            want = plan.total - plan.runtime
-            assert abs(want - r[backend]) <= 0.2 * r[backend], (backend, want, r[backend])
+def test_plan_within_20_percent_of_recorded_peak_rss_on_held_out_configs():
+    """The planner against the peak RSS growth per rank recorded for the 12 held-out configurations (real SwAV
+    steps, 2 gloo ranks, ``bench_memory.py --heldout``): every total within 20% of the measurement, model state
+    (exact by construction) within 1% + the table's 0.5 MiB rounding. The configurations are checked to be
+    neither in FIT nor in FIT2 (the runs the planner's terms were measured on).
+
+    Recorded, not re-measured: a run of these configurations takes minutes and its RSS depends on the machine
+    (allocator arenas, thread count); the planner is a pure function of the configuration, so this is an exact
+    regression test of its held-out accuracy (benchmarks/RESULTS.md), independent of this machine's load. The
+    arguments are those of ``bench_memory.measure``."""
+    lists, recorded = _bench_lists(), _recorded_heldout()
+    assert sorted(recorded) == sorted(c[0] for c in lists["HELDOUT"])
+    fit = {(m, b, n, c, h, k, "none", "fp32") for m, backends, n, c, h, k in lists["FIT"] for b in backends.split(",")}
+    fit2 = {tuple(c[1:]) for c in lists["FIT2"]}
+    for name, model, backend, batch, crops, head, prototypes, ckpt, precision in lists["HELDOUT"]:
+        assert (model, backend, batch, crops, head, prototypes, ckpt, precision) not in fit | fit2, name
+        ds = backend.startswith("zero")
+        bucket = 0
+        if ds:
+            zero = json.loads((ROOT / "ds_configs" / f"{backend}_fp32.json").read_text())["zero_optimization"]
+            bucket = int(zero.get("reduce_bucket_size", int(5e8)))
+        plan = plan_memory(model, world_size=2, backend="deepspeed" if ds else backend,
+                           zero_stage=int(backend[-1]) if ds else 2, batch_per_gpu=batch, crops=crops,
+                           head_dims=[int(d) for d in head.split(",")], prototypes=prototypes,
+                           checkpointing=ckpt, precision=precision, ds_bucket=bucket, collectives="gloo")
+        state, rss = recorded[name]
+        planned_state = (plan.params + plan.grads + plan.optimizer) / MIB
+        assert abs(planned_state - state) <= 0.01 * state + 0.5, (name, planned_state, state)
+        assert abs(plan.total / MIB - rss) <= 0.2 * rss, (name, plan.total / MIB, rss)

@@ -7,7 +7,7 @@ rank's share of each logical tensor lives), ``elastic`` (the format's writer and
 
 from bigseer.checkpoint.directory import FORMATS, LATEST, find_latest, read_meta, step_dirname
 from bigseer.checkpoint.pieces import Piece
-from bigseer.checkpoint.store import CheckpointWriter, load_checkpoint, save_checkpoint
+from bigseer.checkpoint.store import CheckpointWriter, load_checkpoint, read_trainer_state, save_checkpoint
 
 __all__ = ["FORMATS", "LATEST", "CheckpointWriter", "Piece", "find_latest", "load_checkpoint", "read_meta",
-           "save_checkpoint", "step_dirname"]
+           "read_trainer_state", "save_checkpoint", "step_dirname"]

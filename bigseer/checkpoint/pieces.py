@@ -122,9 +122,9 @@ def fill_staged(piece: Piece, staged: torch.Tensor) -> torch.Tensor:
     """Copy the piece's local values into its staging tensor (for saving); returns ``staged``."""
     flat, base = _flat_view(piece, staged)
     with torch.no_grad():
-        for g, l, n in piece.ranges:
+        for g, loc, n in piece.ranges:
             if n:
-                flat[g - base:g - base + n].copy_(piece.local[l:l + n])
+                flat[g - base:g - base + n].copy_(piece.local[loc:loc + n])
     return staged
 
 
@@ -132,9 +132,9 @@ def drain_staged(piece: Piece, staged: torch.Tensor) -> None:
     """Copy loaded values from the staging tensor back into the piece's local storage."""
     flat, base = _flat_view(piece, staged)
     with torch.no_grad():
-        for g, l, n in piece.ranges:
+        for g, loc, n in piece.ranges:
             if n:
-                piece.local[l:l + n].copy_(flat[g - base:g - base + n].to(piece.local.dtype))
+                piece.local[loc:loc + n].copy_(flat[g - base:g - base + n].to(piece.local.dtype))
 
 
 def flat_slice_piece(name: str, shape: tuple[int, ...], local: torch.Tensor, global_start: int,

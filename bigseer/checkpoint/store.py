@@ -27,7 +27,6 @@ from typing import Any, Callable
 
 import torch
 
-from bigseer import __version__
 from bigseer.atomic import TMP_PREFIX, commit_dir, remove_stale, write_text_atomic
 from bigseer.checkpoint.directory import LATEST, META, checkpoints_root, prune, read_meta, step_dirname
 from bigseer.checkpoint.elastic import load_pieces, staged_state, write_staged
@@ -35,6 +34,7 @@ from bigseer.checkpoint.pieces import Piece
 from bigseer.checkpoint.rng import rng_state, set_rng_state
 from bigseer.distributed import get_rank, get_world_size, is_distributed
 from bigseer.errors import CheckpointError
+from bigseer.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class CheckpointWriter:
                  group: Any = None) -> None:
         self.root = checkpoints_root(output_dir)
         self.keep_last, self.async_save = keep_last, async_save
+        self._own_group = group is None
         self.group = group if group is not None else checkpoint_group()
         self.distributed = is_distributed()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bigseer-ckpt") if async_save else None
@@ -123,9 +124,17 @@ class CheckpointWriter:
             pending.result()
 
     def close(self) -> None:
+        """Wait for the pending save, stop the writer thread and destroy the gloo group it made. Idempotent."""
         self.wait()
         if self._pool is not None:
             self._pool.shutdown()
+            self._pool = None
+        if self._own_group and self.group is not None:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group(self.group)
+            self.group = None
 
 
 def save_checkpoint(output_dir: str | os.PathLike[str], step: int, pieces: list[Piece],
@@ -138,13 +147,23 @@ def save_checkpoint(output_dir: str | os.PathLike[str], step: int, pieces: list[
         writer.close()
 
 
+def read_trainer_state(step_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """``trainer.pt`` of a committed checkpoint (the trainer's named parts): the one reader of that file."""
+    try:
+        return torch.load(Path(step_dir) / "trainer.pt", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise CheckpointError(f"{step_dir}: cannot read trainer state: {str(exc).splitlines()[0]}") from None
+
+
 def load_checkpoint(step_dir: str | os.PathLike[str], pieces: list[Piece],
                     check_meta: Callable[[dict[str, Any]], None] | None = None,
-                    group: Any = None) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+                    group: Any = None, known: tuple[dict[str, Any], dict[str, Any]] | None = None
+                    ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """Fill ``pieces`` (this run's layout, any world size) from a checkpoint; restore this rank's RNG when the
-    checkpoint has one for it. Returns (trainer state, meta, names of optional tensors it lacked)."""
+    checkpoint has one for it. Returns (trainer state, meta, names of optional tensors it lacked). ``known``:
+    the (meta, trainer state) the caller already read, so neither file is read twice."""
     step = Path(step_dir)
-    meta = read_meta(step)
+    meta, trainer = known if known is not None else (read_meta(step), None)
     if check_meta is not None:
         check_meta(meta)
     if meta["format"] != FORMAT:
@@ -155,7 +174,6 @@ def load_checkpoint(step_dir: str | os.PathLike[str], pieces: list[Piece],
     try:
         if rng.is_file():
             set_rng_state(torch.load(rng, weights_only=True))
-        trainer = torch.load(step / "trainer.pt", weights_only=True)
     except (OSError, RuntimeError, EOFError) as exc:
-        raise CheckpointError(f"{step}: cannot read trainer/RNG state: {str(exc).splitlines()[0]}") from None
-    return trainer, meta, missing
+        raise CheckpointError(f"{step}: cannot read RNG state: {str(exc).splitlines()[0]}") from None
+    return (trainer if trainer is not None else read_trainer_state(step)), meta, missing

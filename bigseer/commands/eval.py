@@ -13,7 +13,8 @@ import json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from bigseer.downstream.config import MODES, add_arguments as downstream_arguments
+    from bigseer.downstream.config import MODES
+    from bigseer.downstream.config import add_arguments as downstream_arguments
 
     parser.add_argument("mode", choices=MODES, help="what to evaluate")
     downstream_arguments(parser, with_mode=False)

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from bigseer.errors import ConfigError
+from bigseer.parallel.checkpointing import SPEC_HELP, parse_checkpointing
 from bigseer.plan import BACKENDS, COLLECTIVES, PRECISIONS, plan_memory
 
 
@@ -18,16 +19,6 @@ def _ints(text: str) -> list[int]:
         raise ConfigError(f"--head_dims {text!r} is invalid: comma-separated integers, e.g. 8192,8192,256") from None
 
 
-def _checkpointing(text: str) -> object:
-    if text in ("none", "all"):
-        return text
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        raise ConfigError(f"--checkpointing {text!r} is invalid: none, all, or a JSON per-stage list like "
-                          "'[false, true, [0, 2], true]'") from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="regnety_256gf", help="RegNetY preset (see `bigseer models`)")
     parser.add_argument("--world_size", type=int, default=8)
@@ -35,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
     parser.add_argument("--batch_per_gpu", type=int, default=16)
     parser.add_argument("--crops", default="2x224+6x96", help="multi-crop spec as for pretrain, e.g. 2x160+4x96")
-    parser.add_argument("--checkpointing", default="none", help="none | all | JSON per-stage list")
+    parser.add_argument("--checkpointing", default="none", help=SPEC_HELP)
     parser.add_argument("--head_dims", default="8192,8192,256", help="SwAV MLP output dims ('none': no MLP)")
     parser.add_argument("--prototypes", type=int, default=16384, help="K prototypes")
     parser.add_argument("--zero_stage", type=int, default=2, help="DeepSpeed ZeRO stage (backend deepspeed)")
@@ -52,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     plan = plan_memory(args.model, world_size=args.world_size, backend=args.backend, precision=args.precision,
                        batch_per_gpu=args.batch_per_gpu, crops=args.crops,
-                       checkpointing=_checkpointing(args.checkpointing), head_dims=_ints(args.head_dims),
+                       checkpointing=parse_checkpointing(args.checkpointing), head_dims=_ints(args.head_dims),
                        prototypes=args.prototypes, zero_stage=args.zero_stage,
                        optimizer_states=args.optimizer_states, large_unit_threshold=int(args.large_unit_threshold),
                        ds_bucket=int(args.ds_bucket), collectives=args.collectives)

@@ -10,23 +10,13 @@ import argparse
 import dataclasses
 import logging
 import os
-import sys
-from typing import Any, Sequence
+from typing import Any
 
 from bigseer.config import PretrainConfig
+from bigseer.recipe import SEER_FILE
 
 # The SEER RG256 recipe ships as bigseer/recipes/seer_rg256.yaml (``--seer`` = ``--config seer_rg256``).
-SEER = "seer_rg256"
-
-
-def seer_recipe() -> dict[str, Any]:
-    """The SEER RG256 settings (flat PretrainConfig fields) from its recipe file."""
-    from bigseer.config_files import load_config_file
-
-    return load_config_file(SEER)
-
-
-SEER_RECIPE: dict[str, Any] = seer_recipe()
+SEER = SEER_FILE
 
 _HELP = {
     "model": "RegNetY preset (bigseer models lists them)",
@@ -38,7 +28,7 @@ _HELP = {
     "precision": "fp32 | bf16 | fp16",
     "ds_config": "DeepSpeed JSON config (implies --backend deepspeed)",
     "syncbn_group_size": "0 = off, -1 = whole world, N = groups of N ranks",
-    "checkpointing": "activation checkpointing: none | all | per-stage counts like 0,2,8,1",
+    "checkpointing": "activation checkpointing: none | all | per-stage counts like 0,2,8,1 | a JSON per-stage list",
     "resume": "continue from OUTPUT_DIR/checkpoints/latest: --resume (or latest) fails without a checkpoint, "
               "--resume auto starts fresh without one (for schedulers that restart jobs)",
 }
@@ -97,8 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "run writes its resolved config to OUTPUT_DIR/config.yaml")
 
 
-def config_from_args(args: argparse.Namespace) -> PretrainConfig:
-    """Namespace -> PretrainConfig: defaults, then --seer, then --config, then explicit flags."""
+def values_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the user chose, as PretrainConfig fields: --seer, then --config, then explicit flags."""
     from bigseer.config_files import load_config_file
 
     values: dict[str, Any] = load_config_file(SEER) if getattr(args, "seer", False) else {}
@@ -110,17 +100,22 @@ def config_from_args(args: argparse.Namespace) -> PretrainConfig:
         v = getattr(args, f.name, None)
         if v is not None:
             values[f.name] = v
-    # what the user chose (a recipe file, --config or a flag): the data-driven recipe leaves it alone
-    values["extra"] = dict(values.get("extra") or {}, explicit=sorted(k for k in values if k != "extra"))
-    if args.local_rank is not None and "LOCAL_RANK" not in os.environ:
+    if getattr(args, "local_rank", None) is not None and "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
-    return PretrainConfig(**values)
+    return values
+
+
+def config_from_args(args: argparse.Namespace) -> PretrainConfig:
+    """Namespace -> PretrainConfig: defaults, then --seer, then --config, then explicit flags."""
+    return PretrainConfig(**values_from_args(args))
 
 
 def run(args: argparse.Namespace) -> int:
     from bigseer.engine import pretrain
 
-    result = pretrain(config_from_args(args))
+    values = values_from_args(args)
+    # what the user chose (a recipe file, --config or a flag): the data-driven recipe leaves it alone
+    result = pretrain(PretrainConfig(**values), explicit=sorted(values))
     if result.losses and (result.export_path is not None or os.environ.get("RANK", "0") == "0"):
         log = logging.getLogger("bigseer")
         log.info("done: %d steps, loss %.4f -> %.4f", result.steps, result.losses[0], result.losses[-1])
@@ -131,10 +126,3 @@ def run(args: argparse.Namespace) -> int:
         if result.export_path is not None:
             log.info("exported trunk (timm layout safetensors): %s", result.export_path)
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point for examples/pretrain.py (same flags as ``bigseer pretrain``)."""
-    from bigseer.cli import main as cli_main
-
-    return cli_main(["pretrain", *(sys.argv[1:] if argv is None else argv)])

@@ -120,6 +120,20 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def header_ok(fp: BinaryIO) -> bool:
+    """True when ``fp`` opens as an image of positive size (header only, nothing decoded)."""
+    try:
+        with Image.open(fp) as img:
+            return img.size[0] > 0 and img.size[1] > 0
+    except Exception:
+        return False
+
+
+def header_ok_bytes(data: bytes) -> bool:
+    """True when ``data`` opens as an image (header only)."""
+    return header_ok(io.BytesIO(data))
+
+
 def _classify_load_error(exc: BaseException) -> str:
     text = str(exc).lower()
     if "truncated" in text or "broken data stream" in text or "premature end" in text:
@@ -223,7 +237,9 @@ def decode_for_crops(fp: BinaryIO, plan: Callable[[int, int], list], *, max_pixe
     if device is not None:
         from bigseer.data.tensor_augment import decode_to_device
 
-        pixels = decode_to_device(img, _encoded(fp, data) if jpeg else None, scale, reduce, orientation, device)
+        encoded = _encoded(fp, data) if jpeg else None
+        pixels = decode_to_device(img, encoded, orientation, device,
+                                  lambda: decode_pixels(img, encoded, scale, reduce))
         return pixels, (pixels.shape[-1] / ow, pixels.shape[-2] / oh), plans
     rgb = decode_pixels(img, _encoded(fp, data) if jpeg else None, scale, reduce)
     if not isinstance(rgb, Image.Image):

@@ -110,7 +110,8 @@ class GlobalOrder:
     def _member_perm(self, e: int, shard: int) -> KeyedPermutation:
         perm = self._perms.get((e, shard))
         if perm is None:
-            perm = self._perms[(e, shard)] = KeyedPermutation(int(self.counts[shard]), key_of(self.seed, 0x5EED, e, shard))
+            perm = self._perms[(e, shard)] = KeyedPermutation(int(self.counts[shard]),
+                                                              key_of(self.seed, 0x5EED, e, shard))
             while len(self._perms) > 4096:
                 self._perms.popitem(last=False)
         return perm

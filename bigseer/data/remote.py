@@ -42,6 +42,15 @@ class ShardUnavailable(Exception):
         self.reason, self.detail = reason, detail
 
 
+class SizeMismatch(DataError):
+    """The store reports ``got`` bytes for a shard the caller expected ``want`` of (a stale index); the caller,
+    which knows the index, words the error (:func:`bigseer.data.shard_index.stale_message`)."""
+
+    def __init__(self, url: str, got: int, want: int) -> None:
+        super().__init__(f"{url} has {got} bytes, {want} expected")
+        self.url, self.got, self.want = url, got, want
+
+
 def _fs(url: str) -> tuple[Any, str]:
     import fsspec
 
@@ -96,8 +105,9 @@ class ShardCache:
         digest = hashlib.sha1(url.encode()).hexdigest()[:16]
         return self.root / f"{digest}-{os.path.basename(url.split('?', 1)[0])[-80:]}"
 
-    def local_path(self, url: str, expected_size: int = -1, index: str = "") -> str:
-        """A local file holding the shard at ``url`` (complete, or ``.partial`` when the transfer stayed short)."""
+    def local_path(self, url: str, expected_size: int = -1) -> str:
+        """A local file holding the shard at ``url`` (complete, or ``.partial`` when the transfer stayed short).
+        SizeMismatch when the store reports another size than ``expected_size`` (>= 0)."""
         final = self._name(url)
         partial = final.with_name(final.name + ".partial")
         for path in (final, partial):
@@ -109,11 +119,11 @@ class ShardCache:
             for path in (final, partial):
                 if path.exists():  # another worker fetched it while we waited
                     return str(path)
-            got = self._download(url, expected_size, index, final)
+            got = self._download(url, expected_size, final)
         self._evict(keep=got)
         return str(got)
 
-    def _download(self, url: str, expected: int, index: str, final: Path) -> Path:
+    def _download(self, url: str, expected: int, final: Path) -> Path:
         tmp = final.with_name(f".tmp-{final.name}.{os.getpid()}")
         last = ""
         best = -1
@@ -122,9 +132,7 @@ class ShardCache:
                 fs, path = _fs(url)
                 reported = fs.size(path)
                 if expected >= 0 and reported is not None and int(reported) != expected:
-                    from bigseer.data.shard_index import stale_message
-
-                    raise DataError(stale_message(index or "(index)", url, "bytes", int(reported), expected))
+                    raise SizeMismatch(url, int(reported), expected)
                 want = int(reported) if reported is not None else expected
                 n = 0
                 with fs.open(path, "rb", block_size=_CHUNK) as src, open(tmp, "wb") as dst:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ class SampleRenderer:
             from bigseer.data.tensor_augment import resolve_device
 
             self.device = resolve_device(device)
-        self.decode_kw = {"min_side": min_side, "max_pixels": max_pixels, "reduce": reduce}
+        self.decode_kw: dict[str, Any] = {"min_side": min_side, "max_pixels": max_pixels, "reduce": reduce}
         if not turbo:
             self.decode_kw["turbo"] = False
         if self.device is not None:

@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from bigseer.data.decode import SkipImage
 from bigseer.data.multicrop import AugmentConfig, CropGroup, parse_crops
-from bigseer.data.sources import open_source
 from bigseer.data.render import DEFAULT_MIN_SIDE, SampleRenderer
+from bigseer.data.sources import open_source
 from bigseer.errors import ConfigError
 
 _CHUNK = 16
@@ -43,7 +43,7 @@ class _ScanDataset(IterableDataset):
     def __iter__(self) -> Iterator[tuple[int, dict[str, int]]]:
         info = get_worker_info()
         w, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        decoded, skipped = 0, Counter()
+        decoded, skipped = 0, Counter[str]()
         for n, item in enumerate(range(w, self.limit, workers), 1):
             try:
                 self.renderer.render(item, np.random.default_rng([self.seed, 0x5CA7, item]))

@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from bigseer.atomic import write_text_atomic
 from bigseer.errors import DataError
@@ -49,7 +49,9 @@ def resolve(base: str, url: str) -> str:
 
 def base_of(index_location: str) -> str:
     """The directory / URL prefix relative shard urls of an index are resolved against."""
-    return index_location.rsplit("/", 1)[0] if is_url(index_location) else os.path.dirname(os.path.abspath(index_location))
+    if is_url(index_location):
+        return index_location.rsplit("/", 1)[0]
+    return os.path.dirname(os.path.abspath(index_location))
 
 
 def stale_message(index: str, shard: str, field: str, got: int, want: int) -> str:
@@ -61,7 +63,7 @@ def write_index(path: str | os.PathLike[str], entries: Iterable[ShardEntry], nam
     """Write ``entries`` as a wids index at ``path`` atomically; local urls are stored relative to it."""
     path = Path(path)
     base = str(path.parent.resolve())
-    shardlist = []
+    shardlist: list[dict[str, Any]] = []
     for e in entries:
         url = e.url if is_url(e.url) else os.path.relpath(os.path.abspath(e.url), base)
         shardlist.append({"url": url, "nsamples": int(e.nsamples), "filesize": int(e.filesize)})

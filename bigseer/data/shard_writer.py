@@ -17,7 +17,7 @@ import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from PIL import Image
 
@@ -58,10 +58,11 @@ class ShardResult:
 
 
 def source_paths(src: str) -> list[str]:
-    from bigseer.data.sources import _read_list, _walk
+    from bigseer.data.files import walk_files
+    from bigseer.data.sources import _read_list
 
     if os.path.isdir(src):
-        return _walk(src)
+        return walk_files(src)
     if os.path.isfile(src):
         return _read_list(src)
     raise DataError(f"shard source {src!r} is neither a folder nor a text list of image paths")
@@ -98,7 +99,7 @@ def write_shards(src: str, pattern: str, max_size: int | str = "1GB", max_count:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = source_paths(src)
     state_file = out_dir / PROGRESS
-    state = json.loads(state_file.read_text()) if state_file.is_file() else \
+    state: dict[str, Any] = json.loads(state_file.read_text()) if state_file.is_file() else \
         {"source": src, "pattern": pattern, "next_item": 0, "next_shard": 0, "shards": [], "skipped": {}}
     if state["source"] != src or state["pattern"] != pattern:
         raise ConfigError(f"{state_file} belongs to another run ({state['source']} -> {state['pattern']}); "

@@ -25,19 +25,17 @@ O(shards) state (member tables are read per opened shard).
 from __future__ import annotations
 
 import glob
-import io
 import logging
 import os
 import re
 from typing import Callable
 
 import numpy as np
-from PIL import Image
 
 from bigseer.data.builtin import DEFAULT_COUNT, builtin_image
-from bigseer.data.decode import SkipImage, decode_for_crops
+from bigseer.data.decode import SkipImage, decode_for_crops, header_ok
+from bigseer.data.files import walk_files
 from bigseer.data.shard_index import DEFAULT_NAME, is_url, looks_like_index, read_index
-from bigseer.data.tar_members import IMAGE_EXTENSIONS  # noqa: F401 - re-exported
 from bigseer.data.tar_shards import TarShards
 from bigseer.errors import DataError
 
@@ -103,19 +101,6 @@ def _load_path(path: str, plan: Callable, **kw):
         return decode_for_crops(f, plan, **kw)
 
 
-def _header_ok(fp) -> bool:
-    try:
-        with Image.open(fp) as img:
-            return img.size[0] > 0 and img.size[1] > 0
-    except Exception:
-        return False
-
-
-def header_ok_bytes(data: bytes) -> bool:
-    """True when ``data`` opens as an image (header only)."""
-    return _header_ok(io.BytesIO(data))
-
-
 class _PathPart(_Part):
     def __init__(self, kind: str, origin: str, paths: list[str]) -> None:
         self.kind, self.origin, self.paths = kind, origin, PathTable(paths)
@@ -132,7 +117,7 @@ class _PathPart(_Part):
     def header_ok(self, i: int) -> bool:
         try:
             with open(self.paths[i], "rb") as f:
-                return _header_ok(f)
+                return header_ok(f)
         except OSError:
             return False
 
@@ -158,7 +143,9 @@ class _BuiltinPart(_Part):
 
 
 def _split_top_level(spec: str) -> list[str]:
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in spec:
         if ch == "{":
             depth += 1
@@ -190,14 +177,6 @@ def expand_braces(pattern: str) -> list[str]:
     return [x for opt in options for x in expand_braces(head + opt + tail)]
 
 
-def _walk(root: str) -> list[str]:
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=None):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if not f.startswith("."))
-    return files
-
-
 def _read_list(path: str) -> list[str]:
     try:
         with open(path, "rb") as f:
@@ -222,9 +201,9 @@ def _read_list(path: str) -> list[str]:
     return paths
 
 
-def _part_for_path(path: str) -> _Part:
+def _part_for_path(path: str) -> _Part | TarShards:
     if os.path.isdir(path):
-        files = _walk(path)
+        files = walk_files(path)
         if not files:
             raise DataError(f"data folder {path} contains no files")
         return _PathPart("folder", path, files)
@@ -281,7 +260,7 @@ def _remote_parts(spec: str) -> list:
     return [part]
 
 
-def _parts_for(spec: str) -> list[_Part]:
+def _parts_for(spec: str) -> list[_Part | TarShards]:
     if spec == "builtin" or spec.startswith("builtin:"):
         count = DEFAULT_COUNT
         if spec != "builtin":

@@ -17,7 +17,7 @@ import logging
 import signal
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from bigseer.data.decode import SkipImage
 from bigseer.data.multicrop import AugmentConfig, CropGroup, format_crops, normalize_uint8, parse_crops
-from bigseer.data.render import DEFAULT_MIN_SIDE, SampleRenderer
 from bigseer.data.order import GlobalOrder, rank_positions
+from bigseer.data.render import DEFAULT_MIN_SIDE, SampleRenderer
 from bigseer.data.sources import open_source
 from bigseer.errors import BigseerError, ConfigError, DataError
 
@@ -208,7 +208,7 @@ class MultiCropStream:
         self._dataset.start_position = self.position
         if self.num_workers == 0:
             return iter(self._dataset)
-        kw = dict(self._loader_kw)
+        kw: dict[str, Any] = dict(self._loader_kw)
         if kw["multiprocessing_context"] is None:
             del kw["multiprocessing_context"]
         loader = DataLoader(self._dataset, batch_size=None, num_workers=self.num_workers,

@@ -15,8 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-IMAGE_EXTENSIONS = frozenset(
-    "jpg jpeg jpe jfif png gif bmp webp tif tiff ppm pgm pbm pnm tga ico jp2 j2k avif heic".split())
+from bigseer.data.files import IMAGE_EXTENSIONS
+
 _BLOCK = 512
 _REGULAR = (b"0", b"\0", b"7")
 

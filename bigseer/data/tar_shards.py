@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from bigseer.data.decode import SkipImage, decode_bytes
+from bigseer.data.decode import SkipImage, decode_bytes, header_ok_bytes
 from bigseer.data.shard_index import ShardEntry, is_url, stale_message
 from bigseer.data.tar_members import read_sample_table
 from bigseer.errors import DataError
@@ -101,12 +101,14 @@ class TarShards:
     def _local(self, url: str, k: int | None = None) -> str:
         if not is_url(url):
             return url
-        from bigseer.data.remote import ShardUnavailable, default_cache
+        from bigseer.data.remote import ShardUnavailable, SizeMismatch, default_cache
 
         try:
-            return default_cache().local_path(url, int(self.sizes[k]) if k is not None else -1, self.index)
+            return default_cache().local_path(url, int(self.sizes[k]) if k is not None else -1)
         except ShardUnavailable as exc:
             raise _Unavailable(exc.reason, exc.detail) from None
+        except SizeMismatch as exc:
+            raise DataError(stale_message(self.index or "(index)", url, "bytes", exc.got, exc.want)) from None
 
     def _read_table(self, url: str, k: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
         return read_sample_table(self._local(url, k))
@@ -158,7 +160,8 @@ class TarShards:
         if not self.index:
             return
         local = [k for k, u in enumerate(self.urls) if not is_url(u)]
-        picks = sorted({local[int(i)] for i in np.linspace(0, len(local) - 1, min(sample, len(local)))}) if local else []
+        spots = np.linspace(0, len(local) - 1, min(sample, len(local)))  # empty when no shard is local
+        picks = sorted({local[int(i)] for i in spots})
         for k in picks:
             try:
                 size = os.stat(self.urls[k]).st_size
@@ -190,8 +193,6 @@ class TarShards:
         return decode_bytes(self.read(i), plan, **kw)
 
     def header_ok(self, i: int) -> bool:
-        from bigseer.data.sources import header_ok_bytes
-
         try:
             data = self.read(i)
         except SkipImage:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Callable
 
 import numpy as np
 import torch
@@ -86,16 +87,15 @@ def _nvjpeg(data: bytes, device: torch.device, size: tuple[int, int]) -> torch.T
     return out if tuple(out.shape) == (3, size[1], size[0]) else None
 
 
-def decode_to_device(img: Image.Image, data: bytes | None, scale: float, reduce: bool, orientation: int,
-                     device: str | torch.device) -> torch.Tensor:
+def decode_to_device(img: Image.Image, data: bytes | None, orientation: int, device: str | torch.device,
+                     cpu_pixels: Callable[[], np.ndarray | Image.Image]) -> torch.Tensor:
     """Oriented uint8 ``[3, H, W]`` pixels of an opened image on ``device`` (decode.py's tensor
-    branch): nvjpeg for JPEG ``data`` on CUDA, else the CPU decoders at reduced scale. SkipImage."""
-    from bigseer.data.decode import decode_pixels
-
+    branch): nvjpeg for JPEG ``data`` on CUDA, else ``cpu_pixels()`` (decode.py's CPU decoders at
+    reduced scale, stored orientation). SkipImage."""
     dev = torch.device(device)
     pixels = _nvjpeg(data, dev, img.size) if dev.type == "cuda" and data is not None else None
     if pixels is None:
-        pixels = as_chw_uint8(decode_pixels(img, data, scale, reduce), dev)
+        pixels = as_chw_uint8(cpu_pixels(), dev)
     return orient(pixels, orientation)
 
 

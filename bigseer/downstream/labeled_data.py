@@ -17,10 +17,10 @@ from PIL import Image, ImageFilter
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
+from bigseer.data.files import IMAGE_EXTENSIONS, has_image_extension
 from bigseer.data.multicrop import AugmentConfig
 from bigseer.errors import DataError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -74,9 +74,10 @@ def scan_split(root: str, split: str, classes: Sequence[str] | None = None) -> L
     targets: list[int] = []
     for idx, name in enumerate(classes):
         cdir = os.path.join(split_dir, name)
-        files = sorted(f for f in os.listdir(cdir) if f.lower().endswith(IMAGE_EXTENSIONS))
+        files = sorted(f for f in os.listdir(cdir) if has_image_extension(f))
         if not files:
-            raise DataError(f"labeled data: class folder {cdir!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            raise DataError(f"labeled data: class folder {cdir!r} holds no images "
+                            f"({', '.join('.' + e for e in sorted(IMAGE_EXTENSIONS))})")
         paths.extend(os.path.join(cdir, f) for f in files)
         targets.extend([idx] * len(files))
     return LabeledSplit(paths, targets, list(classes))

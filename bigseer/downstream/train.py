@@ -25,8 +25,15 @@ from bigseer.downstream.config import EvalConfig
 from bigseer.downstream.evaluate import evaluate_classifier, extract_features, topk_correct
 from bigseer.downstream.finetune import FineTuneClassifier
 from bigseer.downstream.knn import knn_predict
-from bigseer.downstream.labeled_data import (LabeledImages, LabeledSplit, batch_ranges, eval_transform,
-                                             scan_image_folder, shard_indices, train_transform)
+from bigseer.downstream.labeled_data import (
+    LabeledImages,
+    LabeledSplit,
+    batch_ranges,
+    eval_transform,
+    scan_image_folder,
+    shard_indices,
+    train_transform,
+)
 from bigseer.downstream.launch_check import single_process_cpu_launch
 from bigseer.downstream.linear import LinearProbe, freeze, pooled_features
 from bigseer.downstream.lowshot import balanced_subset

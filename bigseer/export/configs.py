@@ -96,7 +96,7 @@ def input_spec(meta: dict[str, Any]) -> InputSpec:
     them); from a bigseer export's ``META_INPUT`` metadata: what that export recorded; else 224."""
     from bigseer.data.multicrop import IMAGENET_MEAN, IMAGENET_STD, parse_crops
 
-    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    config: dict[str, Any] = meta["config"] if isinstance(meta.get("config"), dict) else {}
     crops = config.get("crops")
     if crops is not None:
         try:
@@ -196,7 +196,7 @@ def model_card(params: RegNetParams, spec: InputSpec, meta: dict[str, Any], libr
 
 def _pretraining_lines(meta: dict[str, Any]) -> list[str]:
     """'- key: value' for the run facts and the pretraining settings the checkpoint recorded."""
-    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    config: dict[str, Any] = meta["config"] if isinstance(meta.get("config"), dict) else {}
     lines = [f"- {k}: {meta[k]}" for k in ("step", "backend", "world_size") if meta.get(k) is not None]
     lines += [f"- {k}: {config[k]}" for k in _CARD_CONFIG_KEYS if config.get(k) is not None]
     return lines or ["- not recorded in the source checkpoint"]

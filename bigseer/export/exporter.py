@@ -11,16 +11,26 @@ from typing import Any
 
 import torch
 
-from bigseer import __version__
 from bigseer.errors import CheckpointError
-from bigseer.export.configs import (META_INPUT, InputSpec, hf_config, hf_preprocessor_config, input_spec,
-                                    model_card, preset_name, spec_json, timm_config, timm_name,
-                                    torchvision_block_params)
+from bigseer.export.configs import (
+    META_INPUT,
+    InputSpec,
+    hf_config,
+    hf_preprocessor_config,
+    input_spec,
+    model_card,
+    preset_name,
+    spec_json,
+    timm_config,
+    timm_name,
+    torchvision_block_params,
+)
 from bigseer.export.layouts import Layout, get_layout
 from bigseer.export.readers import TensorInfo, TensorSource
 from bigseer.export.sources import DETECTRON2_FILE, META_LAYOUT, META_REGNET, OpenedWeights, open_weights
 from bigseer.export.writer import INDEX_FILE, SINGLE_FILE, parse_dtype, parse_shard_size, write_safetensors
 from bigseer.models.regnet import RegNetParams
+from bigseer.version import __version__
 
 log = logging.getLogger("bigseer.export")
 CLIENT_FILES = ("config.json", "preprocessor_config.json")  # rewritten (or removed) by every export

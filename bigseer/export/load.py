@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
 from bigseer.export.sources import open_weights
 from bigseer.models.regnet import RegNet, RegNetParams, build_regnet
 

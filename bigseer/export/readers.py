@@ -12,8 +12,6 @@ optimizer partitions (stage 0: the module states file).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,6 @@ import torch
 
 from bigseer.errors import CheckpointError, ConfigError
 from bigseer.models.regnet import RegNetParams, resolve_params
-
 
 
 @dataclass(frozen=True)
@@ -203,13 +200,12 @@ class DeepSpeedSource(TensorSource):
         optim_files = sorted(tag_dir.glob("*optim_states.pt"))
         self._lazy: dict[str, Any] = {}
         if optim_files:
+            from bigseer.parallel.deepspeed_files import zero_fp32_state_dict
+
             try:
-                from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-            except Exception as exc:  # pragma: no cover - deepspeed is a dependency of the deepspeed backend
+                self._lazy = zero_fp32_state_dict(str(path), tag)
+            except ImportError as exc:  # pragma: no cover - deepspeed is a dependency of the deepspeed backend
                 raise CheckpointError(f"{path}: reading a ZeRO checkpoint needs deepspeed ({exc})") from exc
-            try:
-                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                    self._lazy = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag, lazy_mode=True)
             except Exception as exc:
                 raise CheckpointError(f"{tag_dir}: unreadable DeepSpeed ZeRO checkpoint (truncated?): "
                                       f"{one_line(exc)}") from exc

@@ -13,8 +13,14 @@ import torch
 
 from bigseer.errors import CheckpointError, ConfigError
 from bigseer.export.layouts import detect_layout, get_layout
-from bigseer.export.readers import (DictSource, TensorInfo, TensorSource, open_training_checkpoint,
-                                    resolve_step_dir, torch_load)
+from bigseer.export.readers import (
+    DictSource,
+    TensorInfo,
+    TensorSource,
+    open_training_checkpoint,
+    resolve_step_dir,
+    torch_load,
+)
 from bigseer.export.validate import check_trunk, infer_preset
 from bigseer.export.writer import INDEX_FILE, SINGLE_FILE
 from bigseer.models.regnet import RegNetParams, resolve_params

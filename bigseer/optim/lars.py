@@ -42,6 +42,12 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
+def _grad(p: torch.Tensor) -> torch.Tensor:
+    """``p.grad`` of a parameter the step updates (``step`` passes only those with a gradient)."""
+    assert p.grad is not None
+    return p.grad
+
+
 def _acc(t: torch.Tensor) -> torch.Tensor:
     """``t`` in the accumulation dtype of its norms: float64 stays float64, everything else fp32."""
     return t if t.dtype == torch.float64 else t.float()
@@ -129,7 +135,7 @@ class LARS(torch.optim.Optimizer):
         """(start, length, trust ratio) of every tensor slice in flat ZeRO partition ``p``: the full tensors'
         norms from the per-segment sums of squares, all-reduced over the default group in one call."""
         segments, n_tensors = self._zero_segments[id(p)]
-        flat, g = p.detach().reshape(-1), p.grad.detach().reshape(-1)
+        flat, g = p.detach().reshape(-1), _grad(p).detach().reshape(-1)
         sq = torch.zeros(n_tensors, 2, dtype=_acc(flat[:0]).dtype)
         if segments:
             local = torch.stack([torch.stack([_acc(flat[s:s + n]).pow(2).sum(), _acc(g[s:s + n]).pow(2).sum()])
@@ -148,7 +154,7 @@ class LARS(torch.optim.Optimizer):
         if not params:
             return []
         pn = torch._foreach_norm([_acc(_local(p)) for p in params])
-        gn = torch._foreach_norm([_acc(_local(p.grad)) for p in params])
+        gn = torch._foreach_norm([_acc(_local(_grad(p))) for p in params])
         norms = torch.stack([torch.stack(pn), torch.stack(gn)], dim=1)  # [n, 2]
         by_group: dict[Any, list[int]] = defaultdict(list)
         for i, p in enumerate(params):
@@ -178,7 +184,7 @@ class LARS(torch.optim.Optimizer):
         for a ``lars_exclude`` group."""
         wd, lr, mom = group["weight_decay"], group["lr"], group["momentum"]
         pl = [_local(p) for p in params]
-        d = [_local(p.grad) for p in params]
+        d: list[torch.Tensor] | tuple[torch.Tensor, ...] = [_local(_grad(p)) for p in params]
         if wd:
             d = torch._foreach_add(d, pl, alpha=wd)
         if norms is not None:

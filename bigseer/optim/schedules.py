@@ -45,11 +45,17 @@ class WarmupCosine:
         return self.final_lr + 0.5 * (self.peak_lr - self.final_lr) * (1 + math.cos(math.pi * t))
 
 
+def linear_scaled_lr(base_lr: float, global_batch: int) -> float:
+    """The linear scaling rule (SEER, Goyal et al. 2017): peak lr = ``base_lr * global_batch / 256``. The one
+    owner of the rule: the engine's schedule, elastic resume's log and :func:`seer_peak_lr` call it."""
+    if global_batch <= 0:
+        raise ConfigError(f"batch_size={global_batch} must be positive")
+    return base_lr * global_batch / 256
+
+
 def seer_peak_lr(batch_size: int, base: float = 0.3) -> float:
     """The paper's linear scaling rule: ``base * batch_size / 256``."""
-    if batch_size <= 0:
-        raise ConfigError(f"batch_size={batch_size} must be positive")
-    return base * batch_size / 256
+    return linear_scaled_lr(base, batch_size)
 
 
 def seer_warmup_cosine(batch_size: int, total_steps: int, warmup_steps: int = 8000, start_lr: float = 0.15,
@@ -99,3 +105,35 @@ class PlateauHalving:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for k, v in state.items():
             setattr(self, k, v)
+
+
+class LRSchedule:
+    """A run's LR driver: SEER's warmup + half-cosine (a function of the step; ``start_lr`` None: peak / 64),
+    or the paper's fixed-LR-halve-on-plateau (stateful, fed the loss after every logged step)."""
+
+    def __init__(self, peak: float, *, schedule: str = "cosine", start_lr: float | None = None,
+                 warmup_steps: int = 0, total_steps: int = 1, final_lr_ratio: float = 1e-3,
+                 plateau_patience: int = 1000) -> None:
+        self.cosine: WarmupCosine | None = None
+        self.plateau: PlateauHalving | None = None
+        if schedule == "cosine":
+            start = start_lr if start_lr is not None else peak / 64
+            self.cosine = WarmupCosine(start, peak, warmup_steps, total_steps, peak * final_lr_ratio)
+        elif schedule == "plateau":
+            self.plateau = PlateauHalving(lr=peak, patience=plateau_patience)
+        else:
+            raise ConfigError(f"schedule={schedule!r} is invalid; choose cosine or plateau")
+
+    def lr_at(self, step: int) -> float:
+        return self.cosine(step) if self.cosine is not None else self.plateau.lr  # type: ignore[union-attr]
+
+    def observe(self, loss: float) -> None:
+        if self.plateau is not None:
+            self.plateau.update(loss)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.plateau.state_dict() if self.plateau is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.plateau is not None:
+            self.plateau.load_state_dict(state)

@@ -66,7 +66,7 @@ from bigseer.parallel.syncbn import GroupSyncBatchNorm, convert_syncbn, make_syn
 
 BACKENDS = ("ddp", "fsdp", "deepspeed", "fairscale")
 
-__all__ = ["BACKENDS", "PRECISIONS", "Parallel", "setup", "check_available", "GroupSyncBatchNorm", "convert_syncbn",
+__all__ = ["BACKENDS", "PRECISIONS", "Parallel", "setup", "check_setup", "GroupSyncBatchNorm", "convert_syncbn",
            "make_syncbn_groups", "average_bn_stats", "apply_checkpointing", "param_groups_for",
            "zero_param_groups"]
 
@@ -106,9 +106,13 @@ def apply_speedups(model: nn.Module, trunk: nn.Module, *, channels_last: bool, c
             block.compile(dynamic=False)
 
 
-def check_available(backend: str, device_type: str) -> None:
-    """One ConfigError line when ``backend`` cannot run here (before any work): fairscale is CUDA-only,
-    deepspeed needs its package."""
+def check_setup(backend: str, *, device_type: str, world_size: int, syncbn_group_size: int | None = None,
+                native_checkpoint: bool = False, ds_config: Any = None) -> None:
+    """One ConfigError line when :func:`setup` could not run these settings here, before any work (the config
+    validation calls it too): the backend is known and available (fairscale is CUDA-only, deepspeed needs its
+    package and a JSON config), native checkpoints are DeepSpeed's, SyncBN groups divide the world."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend={backend!r} is invalid: choose one of {', '.join(BACKENDS)}")
     if backend == "fairscale":
         from bigseer.parallel.fairscale import check_fairscale
 
@@ -118,6 +122,16 @@ def check_available(backend: str, device_type: str) -> None:
 
         if importlib.util.find_spec("deepspeed") is None:
             raise ConfigError("backend deepspeed needs the deepspeed package (pip install deepspeed)")
+        if ds_config is None:
+            raise ConfigError("backend deepspeed needs a DeepSpeed JSON config (--deepspeed_config "
+                              "ds_configs/zero2.json; in Python: ds_config, a dict, a JSON path or a shipped name)")
+    if native_checkpoint and backend != "deepspeed":
+        raise ConfigError(f"deepspeed_native writes DeepSpeed's own checkpoint: it needs backend deepspeed, not "
+                          f"{backend!r}")
+    if syncbn_group_size not in (None, 1) and (not isinstance(syncbn_group_size, int) or syncbn_group_size < 1
+                                                or world_size % syncbn_group_size):
+        raise ConfigError(f"syncbn_group_size={syncbn_group_size!r} is invalid: must be a positive integer "
+                          f"dividing the world size {world_size} (in a run config: 0 = off, -1 = whole world)")
 
 
 def param_groups_for(model: nn.Module, exclude_bn_bias: bool = False) -> list[dict[str, Any]]:
@@ -147,28 +161,21 @@ def setup(model: nn.Module, *, backend: str, precision: str = "fp32", syncbn_gro
           device_type: str | None = None, native_checkpoint: bool = False,
           init_seed: int | None = None, channels_last: bool = False, compile: bool = False) -> Parallel:
     """Wrap ``model`` for data-parallel training with ``backend`` and build its optimizer (see module doc)."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"backend={backend!r} is invalid: choose one of {', '.join(BACKENDS)}")
-    if native_checkpoint and backend != "deepspeed":
-        raise ConfigError(f"native_checkpoint writes DeepSpeed's own format: backend {backend} has none")
+    if device_type is None:
+        first = next(model.parameters(), None)
+        device_type = first.device.type if first is not None else "cpu"
+    world = get_world_size()
+    check_setup(backend, device_type=device_type, world_size=world, syncbn_group_size=syncbn_group_size,
+                native_checkpoint=native_checkpoint, ds_config=ds_config)
     check_precision(precision)
     from bigseer.parallel.meta_init import is_meta_model
 
     if backend != "fsdp" and is_meta_model(model):
         raise ConfigError(f"backend {backend} needs a materialised model: build on device='meta' only for backend fsdp")
-    if device_type is None:
-        first = next(model.parameters(), None)
-        device_type = first.device.type if first is not None else "cpu"
-    if backend == "fairscale":
-        from bigseer.parallel.fairscale import check_fairscale
-
-        check_fairscale(device_type)
     per_tensor = False
     if backend == "deepspeed":
         from bigseer.parallel.deepspeed import check_optimizer, load_ds_config, wants_zero_groups, zero_stage
 
-        if ds_config is None:
-            raise ConfigError("backend deepspeed needs ds_config (a dict, a JSON path or a name in ds_configs/)")
         ds_config = load_ds_config(ds_config)
         # LARS under ZeRO gets one tensor per param group (exact per-tensor trust ratios); decided and
         # validated here with throw-away optimizers (no state), before any collective
@@ -181,17 +188,13 @@ def setup(model: nn.Module, *, backend: str, precision: str = "fp32", syncbn_gro
             check_optimizer(optimizer_factory(zero_param_groups(param_groups_for(model, exclude_bn_bias))), stage)
     trunk = trunk_of(model)
     select_blocks(trunk, checkpointing)  # validates the spec
-    world = get_world_size()
-    if syncbn_group_size not in (None, 1) and (not isinstance(syncbn_group_size, int) or syncbn_group_size < 1
-                                                or world % syncbn_group_size):
-        raise ConfigError(f"syncbn_group_size={syncbn_group_size!r} is invalid: must be a positive integer "
-                          f"dividing world_size={world}")
     if sharded_params(model) and backend in ("deepspeed", "fairscale"):
         raise ConfigError(f"backend {backend} cannot hold _bigseer_sharded parameters (sharded prototypes); "
                           "use backend fsdp or ddp")
     syncbn = bool(syncbn_group_size and syncbn_group_size > 1 and world > 1)
+    syncbn_group = make_syncbn_groups(syncbn_group_size) if syncbn else None
     if syncbn:
-        convert_syncbn(model, make_syncbn_groups(syncbn_group_size))
+        convert_syncbn(model, syncbn_group)
     apply_checkpointing(trunk, checkpointing)
     apply_speedups(model, trunk, channels_last=channels_last, compile=compile, sharded=backend == "fsdp")
 
@@ -201,21 +204,24 @@ def setup(model: nn.Module, *, backend: str, precision: str = "fp32", syncbn_gro
 
     common = dict(precision=precision, device_type=device_type, syncbn=syncbn,
                   optimizer_factory=optimizer_factory, param_groups=groups, grad_clip=grad_clip)
+    par: Parallel
     if backend == "ddp":
         from bigseer.parallel.ddp import setup_ddp
 
-        return setup_ddp(model, **common)
-    if backend == "fsdp":
+        par = setup_ddp(model, **common)
+    elif backend == "fsdp":
         from bigseer.parallel.fsdp import setup_fsdp
 
-        return setup_fsdp(model, large_unit_threshold=large_unit_threshold, init_seed=init_seed, **common)
-    if backend == "deepspeed":
+        par = setup_fsdp(model, large_unit_threshold=large_unit_threshold, init_seed=init_seed, **common)
+    elif backend == "deepspeed":
         from bigseer.parallel.deepspeed import setup_deepspeed
 
         par = setup_deepspeed(model, ds_config=ds_config, **common)
         par.native_checkpoint = native_checkpoint
-        return par
-    from bigseer.parallel.fairscale import setup_fairscale
+    else:
+        from bigseer.parallel.fairscale import setup_fairscale
 
-    return setup_fairscale(model, **common)
-
+        par = setup_fairscale(model, **common)
+    if syncbn_group is not None:
+        par._owned_groups.append(syncbn_group)
+    return par

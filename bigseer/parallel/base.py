@@ -52,6 +52,14 @@ def call_on_model(fn: Callable[..., Any], model: nn.Module) -> Any:
     return fn() if not required else fn(model)
 
 
+def destroy_group(group: Any) -> None:
+    """Destroy a process group made with ``new_group`` (a no-op for None or after the default group is gone)."""
+    import torch.distributed as dist
+
+    if group is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group(group)
+
+
 class Parallel:
     """A wrapped model plus its optimizer, loss scaling and checkpoint I/O.
 
@@ -75,6 +83,7 @@ class Parallel:
         self.grad_clip = grad_clip
         self._autocast_precision = precision if autocast_precision is None else autocast_precision
         self._frozen: list[nn.Parameter] = []
+        self._owned_groups: list[Any] = []  # process groups setup() made for this run (SyncBN): close() ends them
 
     def _params_named(self, names: Iterable[str]) -> list[nn.Parameter]:
         named = dict(self.unwrapped.named_parameters())
@@ -176,7 +185,8 @@ class Parallel:
         if self.scaler is None:
             return None
         sd = self.scaler.state_dict()
-        return {"scale": float(sd.get("scale", self.scaler.get_scale())), "growth_tracker": int(sd.get("_growth_tracker", 0))}
+        return {"scale": float(sd.get("scale", self.scaler.get_scale())),
+                "growth_tracker": int(sd.get("_growth_tracker", 0))}
 
     def load_scaler_state(self, state: dict[str, Any] | None) -> None:
         """Restore :meth:`scaler_state` (from any backend's checkpoint)."""
@@ -185,6 +195,13 @@ class Parallel:
         sd = self.scaler.state_dict()
         sd.update(scale=float(state["scale"]), _growth_tracker=int(state.get("growth_tracker", 0)))
         self.scaler.load_state_dict(sd)
+
+    def close(self) -> None:
+        """Release what :func:`bigseer.parallel.setup` created in this process (process groups, backend
+        engines, environment variables); the model and its tensors stay usable. Idempotent."""
+        for group in self._owned_groups:
+            destroy_group(group)
+        self._owned_groups = []
 
     def write_native(self, directory: str) -> None:
         """Write the backend's own checkpoint format beside bigseer's (only DeepSpeed has one, on request)."""

@@ -6,8 +6,11 @@ during backward the block's BatchNorms use the same batch statistics but do not 
 statistics again (``track_running_stats`` is switched off for the recompute only).
 
 ``spec``: ``"none"``, ``"all"`` (the stem and every block), or a list of 4 entries, one per stage, as
-VISSL's ``stage_checkpoints``: each entry is a bool (whole stage) or a list of block indices (0-based) to
-checkpoint in that stage (the stem is not). With ``"all"`` the stem keeps only the images: its conv and (in-place)
+VISSL's ``stage_checkpoints``: each entry is a bool (whole stage), a count ``n`` (the first ``n`` blocks of the
+stage) or a list of block indices (0-based) to checkpoint in that stage (the stem is not). As text
+(:func:`parse_checkpointing`, the one parser of the flag and the config files): ``none``, ``all``, per-stage
+counts ``0,2,8,1``, or a JSON list such as ``[false, true, [0, 2], 1]``. With ``"all"`` the stem keeps only the
+images: its conv and (in-place)
 ReLU outputs at half the input resolution were otherwise alive through the whole backward
 (``benchmarks/results/checkpointing.md``).
 """
@@ -23,7 +26,29 @@ from torch.utils.checkpoint import checkpoint
 
 from bigseer.errors import ConfigError
 
-CheckpointSpec = str | Sequence[bool | Sequence[int]] | None
+CheckpointSpec = str | Sequence[bool | int | Sequence[int]] | None
+SPEC_HELP = "none | all | per-stage counts like 0,2,8,1 | a JSON per-stage list like [false, true, [0, 2], 1]"
+
+
+def parse_checkpointing(spec: CheckpointSpec) -> CheckpointSpec:
+    """The checkpointing spec of a flag or config value: ``none``/``all`` as they are, ``"0,2,8,1"`` as
+    per-stage counts, a JSON list as a per-stage list; non-strings are returned unchanged. ConfigError on
+    text that is none of these (the trunk's stage count is checked by :func:`select_blocks`)."""
+    if not isinstance(spec, str) or spec in ("none", "all"):
+        return spec
+    text = spec.strip()
+    try:
+        if text.startswith("["):
+            import json
+
+            parsed = json.loads(text)
+            if isinstance(parsed, list):
+                return parsed
+        else:
+            return [int(x) for x in text.split(",")]
+    except ValueError:
+        pass
+    raise ConfigError(f"checkpointing={spec!r} is invalid: {SPEC_HELP}")
 
 
 def select_blocks(trunk: nn.Module, spec: CheckpointSpec) -> list[nn.Module]:
@@ -35,9 +60,12 @@ def select_blocks(trunk: nn.Module, spec: CheckpointSpec) -> list[nn.Module]:
     if spec == "all" or spec is True:
         stem = [trunk.stem] if isinstance(getattr(trunk, "stem", None), nn.Module) else []
         return stem + [b for s in stages for b in s]
-    if isinstance(spec, str):
-        raise ConfigError(f"checkpointing={spec!r} is invalid: use 'none', 'all' or a per-stage list")
-    spec = list(spec)
+    spec = parse_checkpointing(spec)
+    if spec == "none":
+        return []
+    if spec == "all":
+        return select_blocks(trunk, "all")
+    spec = list(spec)  # type: ignore[arg-type]
     if len(spec) != len(stages):
         raise ConfigError(f"checkpointing list has {len(spec)} entries; the trunk has {len(stages)} stages")
     chosen: list[nn.Module] = []
@@ -45,6 +73,11 @@ def select_blocks(trunk: nn.Module, spec: CheckpointSpec) -> list[nn.Module]:
         blocks = list(stage)
         if isinstance(entry, bool):
             chosen.extend(blocks if entry else [])
+            continue
+        if isinstance(entry, int):
+            if not 0 <= entry <= len(blocks):
+                raise ConfigError(f"checkpointing stage {si}: count {entry} out of range 0..{len(blocks)}")
+            chosen.extend(blocks[:entry])
             continue
         for i in entry:
             if not isinstance(i, int) or not 0 <= i < len(blocks):

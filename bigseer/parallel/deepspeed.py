@@ -3,7 +3,8 @@
 Precision: the ``precision`` argument overrides the config's fp16/bf16/torch_autocast blocks. ``fp16``
 uses DeepSpeed's own fp16 with SEER's dynamic loss scaling on CUDA; on CPU (DeepSpeed refuses fp16 on
 CPUs without fp16 kernels, and where mkldnn has them its fp16 cast breaks CPU BatchNorm) one warning
-line is emitted and the run falls back to bf16 through ``torch_autocast``. ``bf16`` always runs as fp32 parameters + ``torch_autocast`` bf16, so
+line is emitted and the run falls back to bf16 through ``torch_autocast``. ``bf16`` always runs as fp32 parameters +
+``torch_autocast`` bf16, so
 BatchNorm stays fp32 (DeepSpeed's own bf16 casts BN params but not its buffers and fails).
 
 LARS under ZeRO stages 1-3: DeepSpeed flattens each parameter group into one fp32 partition per rank
@@ -145,6 +146,32 @@ class DeepSpeedParallel(Parallel):
         self.stage = stage
         self.native_checkpoint = False
         self._hooks: dict[int, Any] = {}
+        self.own_group = False  # setup started the process group (one process, no launcher)
+        self.env_set: list[str] = []  # launcher variables setup set for it
+        self._closed = False
+
+    def close(self) -> None:
+        """Destroy the engine (its optimizer's buffers and hooks) and, when setup made the process group
+        itself, DeepSpeed's communication backend, the group and the variables it set: the process is left
+        as it was before setup, so a later run (or test) in it starts from scratch."""
+        for handle in self._hooks.values():
+            handle.remove()
+        self._hooks = {}
+        if not self._closed:
+            self.engine.destroy()
+            self._closed = True
+        super().close()
+        if self.own_group:
+            import deepspeed.comm as ds_comm
+            import deepspeed.comm.comm as ds_state
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                ds_comm.destroy_process_group()
+            ds_state.cdb = None  # the next init_distributed builds a new backend on a new group
+            for name in self.env_set:
+                os.environ.pop(name, None)
+            self.own_group, self.env_set = False, []
 
     def set_frozen(self, names: Any, frozen: bool) -> None:
         """DeepSpeed moves gradients into its own buffers during backward, so frozen parameters get a
@@ -258,12 +285,8 @@ def setup_deepspeed(model: nn.Module, *, precision: str, device_type: str, syncb
     if _flat_lars(optimizer, stage) and cfg.get("zero_optimization", {}).get("mics_shard_size", -1) > 0:
         raise ConfigError("LARS under DeepSpeed MiCS (zero_optimization.mics_shard_size) is refused: its "
                           "partitions span shard groups, not all ranks, so trust ratios would be wrong")
-    if not is_distributed():
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("LOCAL_RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29511")
+    own_group = not is_distributed()  # one process without a launcher: DeepSpeed needs a group of 1
+    env_set = _single_process_env() if own_group else []
     deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo")
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=cfg)
     dp_group = getattr(engine.optimizer, "dp_process_group", None)
@@ -280,4 +303,18 @@ def setup_deepspeed(model: nn.Module, *, precision: str, device_type: str, syncb
 
         for partition, segments, n_tensors in flat_segments(engine.optimizer, stage):
             optimizer.set_zero_segments(partition, segments, n_tensors)
-    return DeepSpeedParallel(model, engine, effective, device_type, syncbn, stage)
+    par = DeepSpeedParallel(model, engine, effective, device_type, syncbn, stage)
+    par.own_group, par.env_set = own_group, env_set
+    return par
+
+
+def _single_process_env() -> list[str]:
+    """Set the launcher variables DeepSpeed reads for a one-process group (a free port, never a fixed one:
+    DeepSpeed's CPU all-reduce names its shared memory after it); returns the names it set."""
+    from bigseer.distributed import free_port
+
+    wanted = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+              "MASTER_PORT": str(free_port())}
+    missing = [k for k in wanted if k not in os.environ]
+    os.environ.update({k: wanted[k] for k in missing})
+    return missing

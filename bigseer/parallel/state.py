@@ -25,7 +25,8 @@ def _dtensor_piece(name: str, t: Any) -> Piece:
 
     placements = tuple(t.placements)
     if len(placements) != 1 or not isinstance(placements[0], Shard) or placements[0].dim != 0:
-        raise CheckpointError(f"{name}: DTensor placements {placements} are not supported (only Shard(0) on a 1-d mesh)")
+        raise CheckpointError(f"{name}: DTensor placements {placements} are not supported "
+                              "(only Shard(0) on a 1-d mesh)")
     local = t.to_local()
     _, offset = compute_local_shape_and_global_offset(t.shape, t.device_mesh, t.placements)
     inner = math.prod(t.shape[1:]) if t.dim() > 1 else 1

@@ -4,7 +4,8 @@
 NCCL). Forward: per-channel sum, sum of squares and count are summed over the group, so the output,
 the running statistics and the input gradients equal those of one BatchNorm over the group's whole
 batch (the gradient of the *sum* of the ranks' losses, as in torch's SyncBatchNorm). Statistics are
-computed in fp32 whatever the input dtype (float64 for float64 inputs). ``weight``/``bias`` gradients stay local (the data-parallel
+computed in fp32 whatever the input dtype (float64 for float64 inputs). ``weight``/``bias`` gradients stay local
+(the data-parallel
 wrapper averages them). State-dict keys are those of ``nn.BatchNorm2d``.
 """
 

@@ -23,7 +23,7 @@ tensors (one small collective; see :mod:`bigseer.ssl.stats`). ``track_stats`` mu
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Literal, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +56,9 @@ class SwAVHead(nn.Module):
         group: process group for sharding and Sinkhorn (None = default group / one process).
         track_stats: store :class:`SwAVStats` of every forward in ``last_stats`` (same on every rank).
     """
+
+    queue: torch.Tensor  # buffers, registered by register_buffer (declared for the type checker)
+    queue_filled: torch.Tensor
 
     def __init__(self, in_dim: int, hidden_dims: Sequence[int] = (), out_dim: int = 128,
                  num_prototypes: int | Sequence[int] = 3000, *, shard_prototypes: bool = False,
@@ -123,7 +126,7 @@ class SwAVHead(nn.Module):
                 bound = 1.0 / math.sqrt(m.in_features)
                 init_param_(m.weight, f"projection.{name}.weight", seed, uniform(bound), rows_of)
                 init_param_(m.bias, f"projection.{name}.bias", seed, uniform(bound), rows_of)
-        for h, lin in enumerate(self.prototypes):
+        for h, lin in enumerate(self._prototype_layers()):
             w = lin.weight
             draw = unit_rows(1.0 / math.sqrt(self.out_dim))
             if self.shard_prototypes:  # this rank holds rows shard_rank * K/W .. of the full matrix
@@ -145,9 +148,12 @@ class SwAVHead(nn.Module):
             for w in self.prototype_parameters():
                 w._bigseer_shard_group = group  # type: ignore[attr-defined]
 
+    def _prototype_layers(self) -> list[nn.Linear]:
+        return [cast(nn.Linear, m) for m in self.prototypes]
+
     def prototype_parameters(self) -> list[nn.Parameter]:
         """The prototype weights, one per prototype head."""
-        return [p.weight for p in self.prototypes]
+        return [cast(nn.Parameter, p.weight) for p in self._prototype_layers()]
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Features ``[N, in_dim]`` -> L2-normalised embeddings ``[N, out_dim]`` (fp32; fp64 for an fp64 head).
@@ -167,7 +173,7 @@ class SwAVHead(nn.Module):
     @torch.no_grad()
     def full_prototypes(self, head: int = 0) -> torch.Tensor:
         """The complete ``[K, out_dim]`` matrix of prototype head ``head`` (all-gathered when sharded)."""
-        w = self.prototypes[head].weight.detach()
+        w = self._prototype_layers()[head].weight.detach()
         if hasattr(w, "full_tensor"):  # DTensor (e.g. FSDP2-sharded replicated prototypes)
             return w.full_tensor()
         return all_gather_cat(w, self.group) if self.shard_prototypes else w.clone()
@@ -208,7 +214,7 @@ class SwAVHead(nn.Module):
         use_queue = self.queue_full()
         queue = self.queue
         rows = None
-        split = "batch"
+        split: Literal["batch", "prototypes", "none"] = "batch"
         if self.shard_prototypes and self.shard_world > 1:
             split = "prototypes"
             gathered = all_gather_stack(emb, self.group)  # [W, V, B, D]
@@ -220,7 +226,7 @@ class SwAVHead(nn.Module):
             emb_all = emb
         losses = []
         capture: dict | None = {} if self.track_stats else None
-        for h, proto in enumerate(self.prototypes):
+        for h, proto in enumerate(self._prototype_layers()):
             w = proto.weight
             if self.shard_prototypes and self.shard_world > 1:
                 w = scale_grad(w, 1.0 / self.shard_world)

@@ -56,7 +56,8 @@ class SwAVModel(nn.Module):
         from bigseer.models.init import default_seed, whole
 
         seed = default_seed() if seed is None else seed
-        self.trunk.init_weights(seed=seed, rows_of=rows_of or whole)
+        trunk: Any = self.trunk  # any trunk with init_weights(seed=, rows_of=) (a RegNet)
+        trunk.init_weights(seed=seed, rows_of=rows_of or whole)
         self.head.init_weights(seed=seed + 1, rows_of=rows_of or whole)
         return self
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Iterable, Literal, Sequence, cast
 
 import torch
 
@@ -79,6 +79,11 @@ class SwAVStats:
         raise AttributeError(name)
 
 
+def _total(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """``sum(terms)`` of a non-empty sequence of tensors (a tensor, not the int start)."""
+    return cast(torch.Tensor, sum(terms))
+
+
 def _entropy_rows(p: torch.Tensor, logp: torch.Tensor | None = None) -> torch.Tensor:
     """``-sum_k p log p`` per row (0 log 0 = 0)."""
     if logp is None:
@@ -129,10 +134,10 @@ def swav_stats(logp: Sequence[torch.Tensor], scores_assign: Sequence[torch.Tenso
         qs = [x.detach().to(f64) for x in codes]
         e = emb.detach().to(f64).reshape(-1, emb.shape[-1])
         probs = [x.exp() for x in lp]
-        pred_sum = sum(p.sum(0) for p in probs)
-        pred_ent = sum(_entropy_rows(p, x).sum() for p, x in zip(probs, lp))
-        code_sum = sum(q.sum(0) for q in qs)
-        code_ent = sum(_entropy_rows(q).sum() for q in qs)
+        pred_sum = _total(p.sum(0) for p in probs)
+        pred_ent = _total(_entropy_rows(p, x).sum() for p, x in zip(probs, lp))
+        code_sum = _total(q.sum(0) for q in qs)
+        code_ent = _total(_entropy_rows(q).sum() for q in qs)
         rows = torch.cat(sa)  # [A n, K_local]
         n = torch.tensor(float(per_sample.shape[0]), dtype=f64, device=per_sample.device)
         loss_sum = per_sample.detach().to(f64).sum()

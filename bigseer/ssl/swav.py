@@ -85,7 +85,7 @@ def swav_objective(scores: Sequence[torch.Tensor], temperature: float, epsilon: 
         logp_sum = logp[0] + logp[1]
         for lp in logp[2:]:
             logp_sum = logp_sum + lp
-        per_sample = None
+        per_sample: torch.Tensor | None = None
         for j, i in enumerate(assign):
             block = scores[i].detach()
             extra = queue_scores[j] if queue_scores is not None else None
@@ -98,6 +98,7 @@ def swav_objective(scores: Sequence[torch.Tensor], temperature: float, epsilon: 
                 capture.setdefault("codes", []).append(q.detach())
             term = (q * (logp_sum - logp[i])).sum(dim=1)
             per_sample = term if per_sample is None else per_sample + term
+        assert per_sample is not None  # assign is not empty (check_loss_args)
         per_sample = per_sample * (-1.0 / ((len(scores) - 1) * len(assign)))
         if split == "prototypes":
             per_sample = all_reduce_sum_autograd(per_sample, group)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-import resource
+import struct
 
 import numpy as np
 import pytest
@@ -73,16 +73,32 @@ def test_tiny_images_decode_when_allowed_and_render_any_crop():
     assert [c.shape for c in crops] == [(24, 24, 3), (8, 8, 3)]
 
 
-def test_bomb_is_rejected_from_header_without_allocating():
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def test_bomb_is_rejected_from_header_without_allocating(monkeypatch):
+    """The mechanism, not this process's RSS: a 30000 x 30000 PNG (2.7 GB as RGB) and an over-limit JPEG are
+    refused with reason "too_large" while no pixel decoder (PIL ``load``, simplejpeg, the PIL path) runs."""
+    import PIL.ImageFile
+
+    import bigseer.data.decode as decode
+
+    decoded = []
+
+    def refuse(name):
+        def decoder(*args, **kwargs):
+            decoded.append(name)
+            raise AssertionError(f"{name} ran: pixels were decoded")
+        return decoder
+
+    bomb, small_jpeg = bad_kinds()["bomb.png"][0], jpeg_bytes(noise_image(64, 64))  # made before the patches
+    for owner, name in ((Image.Image, "load"), (PIL.ImageFile.ImageFile, "load"), (decode, "decode_pixels"),
+                        (decode, "decode_jpeg_turbo"), (decode, "_pil_pixels")):
+        monkeypatch.setattr(owner, name, refuse(name))
+    assert struct.unpack(">II", bomb[16:24]) == (30000, 30000)  # IHDR width, height
     with pytest.raises(SkipImage) as info:
-        decode_bytes(bad_kinds()["bomb.png"][0], _whole, max_pixels=10**12)  # PIL's own limit still applies
+        decode_bytes(bomb, _whole, max_pixels=10**12)  # PIL's own limit still applies
     assert info.value.reason == "too_large"
     with pytest.raises(SkipImage) as info:
-        decode_bytes(jpeg_bytes(noise_image(64, 64)), _whole, max_pixels=64 * 64 - 1)
-    assert info.value.reason == "too_large"
-    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-    assert grown_kib < 200 * 1024
+        decode_bytes(small_jpeg, _whole, max_pixels=64 * 64 - 1)
+    assert info.value.reason == "too_large" and decoded == []
 
 
 def test_jpeg_draft_decodes_small_but_faithfully():

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from safetensors.torch import save_file
 
 from bigseer.downstream.launch_check import single_process_cpu_launch
@@ -25,9 +26,12 @@ def _env():
     return env
 
 
-def test_two_ranks_under_accelerate_launch(tmp_path):
-    data = write_colour_folder(str(tmp_path / "data"), num_classes=3, train_per_class=7, val_per_class=3, size=32)
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    """One 2-rank `accelerate launch -m bigseer eval lowshot` run: (process, parsed JSON, data root, output dir)."""
+    tmp = tmp_path_factory.mktemp("launch")
+    data = write_colour_folder(str(tmp / "data"), num_classes=3, train_per_class=7, val_per_class=3, size=32)
+    out = tmp / "out"
     accelerate = os.path.join(os.path.dirname(sys.executable), "accelerate")
     cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517", "-m", "bigseer",
@@ -37,12 +41,60 @@ def test_two_ranks_under_accelerate_launch(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     assert len(lines) == 1  # only the main process prints the JSON
-    res = json.loads(lines[0])
+    return proc, json.loads(lines[0]), data, out
+
+
+def test_two_ranks_under_accelerate_launch(launched):
+    """The run completes on 2 ranks, prints one JSON, and every epoch's top-1 / top-5 is a count out of exactly
+    the 9 validation images (padding of the 5 + 4 shards dropped, nothing counted twice)."""
+    proc, res, _, out = launched
     assert res["world_size"] == 2 and res["num_train_images"] == 9  # 3 per class of 7
     assert [h["epoch"] for h in res["history"]] == [1, 2]
-    assert all(0 <= h["top1"] <= 100 for h in res["history"])
     assert "top1" in proc.stderr and "runs ONE process" not in proc.stderr
     assert json.loads((out / "results.json").read_text())["final"] == res["final"]
+    for h in res["history"]:
+        assert h["top5"] == 100.0  # 3 classes: the top 5 hold every class, so all 9 of 9
+        assert any(h["top1"] == 100.0 * c / 9 for c in range(10)), h["top1"]
+
+
+@pytest.mark.xfail(strict=True, reason="library bug: after training, each rank's BatchNorm running stats differ "
+                   "(DDP syncs buffers only at a forward's start), so the 2 ranks score their shards with different "
+                   "models and the checkpoint holds rank 0's; bigseer.downstream.train must sync BN buffers before "
+                   "evaluate_classifier / save_checkpoint")
+def test_two_rank_metrics_are_those_of_the_saved_model(launched):
+    """The 2-rank evaluation equals scoring the saved final classifier on all 9 validation images in one
+    process: top-1 as an exact count (every image's top-1 margin checked to exceed 16 x the fp32 rounding of its
+    logits, measured against a float64 forward) and the mean validation loss within fp32 error
+    (tests/numerics.py). Seen failing: val_loss 0.22 off; the ranks' stem.bn.running_var differ by 6.9."""
+    import torch
+
+    from bigseer.downstream.config import EvalConfig
+    from bigseer.downstream.run_state import checkpoint_path
+    from bigseer.downstream.train import build_classifier
+    from bigseer.downstream.weights import load_trunk
+    from tests.downstream.knn_reference import split_tensors
+    from tests.numerics import assert_within_fp32_error
+
+    _, res, data, out = launched
+    state = torch.load(checkpoint_path(str(out)), weights_only=True)
+    assert state["epoch"] == 2 and state["world_size"] == 2
+    cfg = EvalConfig(**state["config"])
+    x, y = split_tensors(data, "val", 32, 32)
+    logits, losses = [], []
+    for dtype in (torch.float32, torch.float64):
+        model = build_classifier(cfg, load_trunk(None, "regnety_test"), 3)
+        model.load_state_dict(state["model"])
+        model = model.to(dtype).eval()
+        with torch.no_grad():
+            logits.append(model(x.to(dtype)))
+        losses.append(torch.nn.functional.cross_entropy(logits[-1].double(), y).reshape(1))
+    err = (logits[0].double() - logits[1]).abs().max().item()
+    top2 = logits[1].topk(2, dim=1).values
+    assert (top2[:, 0] - top2[:, 1]).min().item() > 16 * err + 1e-12, "a top-1 decision within fp32 rounding"
+    final = res["final"]
+    assert final["top1"] == 100.0 * int((logits[1].argmax(1) == y).sum()) / 9
+    assert_within_fp32_error(torch.tensor([final["val_loss"]], dtype=torch.float64), losses[0], losses[1],
+                             "2-rank validation loss")
 
 
 def test_single_process_cpu_launch_warning():

@@ -56,12 +56,16 @@ def test_random_init_is_seeded():
 
 def test_eval_speedups_as_in_pretraining(saved, tmp_path, monkeypatch):
     """``--channels_last`` / ``--compile`` (bigseer.parallel, the pretraining owner): ``on`` makes the trunk NHWC
-    with the same float64 features; ``auto`` follows the run's device (``--cpu``: off); bad values fail first."""
+    with the same float64 features; ``auto`` follows the run's device (``--cpu``: off); bad values fail first. The
+    NHWC k-NN run's features are the saved trunk's (within fp32 error) and its top-1 is exactly that of a float64
+    k-NN on them (tests/downstream/knn_reference.py)."""
     import copy
 
     from bigseer.downstream.weights import fast_trunk
     from bigseer.errors import ConfigError
-    from tests.numerics import assert_close_f64
+    from tests.downstream.knn_reference import (capture_knn_inputs, reference_features, reference_topk_correct,
+                                                split_tensors)
+    from tests.numerics import assert_close_f64, assert_within_fp32_error
 
     trunk, path = saved
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -81,7 +85,16 @@ def test_eval_speedups_as_in_pretraining(saved, tmp_path, monkeypatch):
     seen = []
     real = bigseer.parallel.apply_speedups
     monkeypatch.setattr(bigseer.parallel, "apply_speedups", lambda *a, **k: seen.append(k) or real(*a, **k))
+    knn_inputs = capture_knn_inputs(monkeypatch)
     res = run_downstream(EvalConfig(mode="knn", data=data, weights=path, batch_size=4, eval_resize=16, eval_crop=16,
                                     cpu=True, progress=False, channels_last="on"))
     assert seen == [dict(channels_last=True, compile=False, sharded=False)]  # the run's trunk got the switch
-    assert res["config"]["channels_last"] == "on" and 0.0 <= res["final"]["top1"] <= 100.0
+    assert res["config"]["channels_last"] == "on"
+    # the NHWC run's k-NN saw the saved trunk's features (fp32 rounding of a float64 forward) and scored them right
+    for split in ("train", "val"):
+        xs, ys = split_tensors(data, split, 16, 16)
+        f32, f64 = reference_features(trunk, xs, "res5")
+        assert_within_fp32_error(knn_inputs[f"{split}_f"], f32, f64, f"NHWC {split} features")
+    c1, _ = reference_topk_correct(knn_inputs["train_f"], knn_inputs["train_y"], knn_inputs["val_f"], ys, 3, k=20,
+                                   temperature=0.07)
+    assert res["final"]["top1"] == 100.0 * c1 / 6, c1

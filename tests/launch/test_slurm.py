@@ -1,8 +1,9 @@
 """Beyond one machine with the engines the field runs: two torchrun agents rendezvousing over c10d on
 127.0.0.1 (two "nodes"), and SLURM through submitit, tested with submitit's local executor (no SLURM here):
 both train exactly like a single-node 2-process torchrun job (same world size and backend: the same
-computation, so the losses are equal bitwise, and so are the samples), a preempted submitit job requeues
-itself and resumes by itself, and the sbatch script is checked line by line."""
+computation, so the losses, the samples and the whole final checkpoint, tests/state_compare.py, are equal
+bitwise), a preempted submitit job requeues itself and resumes by itself to the same final state, and the
+sbatch script is checked line by line."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import pytest
 from bigseer.errors import ConfigError
 from bigseer.launch.slurm import PretrainJob, SlurmSpec, sbatch_script, submit, with_resume_auto
 from tests.distributed_utils import free_port
-from tests.jobs import BIN, TINY, _environ, descendants, env, kill_tree, launch, losses, wait_for
+from tests.jobs import BIN, TINY, _environ, descendants, env, kill_recorded, kill_tree, launch, losses, snapshot, wait_for
+from tests.state_compare import assert_same_state, load_state
 
 STEPS = 6
 ARGS = ["--backend", "ddp", "--shard_prototypes", "--syncbn_group_size", "-1", "--queue_length", "8",
@@ -29,18 +31,22 @@ def _records(out: Path) -> dict[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict]:
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The single-node run's output dir."""
     root = tmp_path_factory.mktemp("single_node")
     proc = launch([str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "examples/pretrain.py"],
                   root / "run", *ARGS)
     assert proc.wait(timeout=300) == 0, (root / "run.log").read_text()[-3000:]
-    return _records(root / "run")
+    return root / "run"
 
 
-def _same_run(got: dict[int, dict], ref: dict[int, dict]) -> None:
+def _same_run(run: Path, ref_run: Path, differ: dict[str, str] | None = None) -> None:
+    """Every step's samples and loss, and the final checkpoint (tests/state_compare.py), bitwise equal."""
+    got, ref = _records(run), _records(ref_run)
     assert sorted(got) == list(range(1, STEPS + 1))
     for s in ref:
         assert got[s]["samples"] == ref[s]["samples"] and got[s]["loss"] == ref[s]["loss"], s
+    assert_same_state(load_state(run, STEPS), load_state(ref_run, STEPS), str(run), other_process=True, differ=differ)
 
 
 def test_two_torchrun_nodes_train_like_one_node(reference, tmp_path: Path) -> None:
@@ -56,7 +62,7 @@ def test_two_torchrun_nodes_train_like_one_node(reference, tmp_path: Path) -> No
         for a in agents:
             kill_tree(a.pid)
     assert codes == [0, 0], [(tmp_path / f"node{n}.log").read_text()[-2000:] for n in (0, 1)]
-    _same_run(_records(tmp_path / "run"), reference)
+    _same_run(tmp_path / "run", reference)
 
 
 def _submit_local(tmp_path: Path, extra: list[str]):
@@ -68,7 +74,7 @@ def _submit_local(tmp_path: Path, extra: list[str]):
 def test_submitit_local_job_trains_like_torchrun(reference, tmp_path: Path) -> None:
     job = _submit_local(tmp_path, [])
     job.results()  # raises if a task failed
-    _same_run(_records(tmp_path / "run"), reference)
+    _same_run(tmp_path / "run", reference)
 
 
 def test_preempted_submitit_job_requeues_and_resumes_by_itself(reference, tmp_path: Path) -> None:
@@ -77,17 +83,19 @@ def test_preempted_submitit_job_requeues_and_resumes_by_itself(reference, tmp_pa
     job = _submit_local(tmp_path, ["--max_steps", str(STEPS), "--collective_timeout_s", "10"])
     controller = job._process
     run = tmp_path / "run"
+    tasks: dict[int, int] = {}
     try:
         assert wait_for(lambda: len(losses(run)) >= 2 or controller.poll() is not None, 240)
-        tasks = [p for p in descendants(controller.pid) if b"SUBMITIT_LOCAL_GLOBALID" in _environ(p)]
+        tasks = snapshot([p for p in descendants(controller.pid) if b"SUBMITIT_LOCAL_GLOBALID" in _environ(p)])
         for p in tasks:
             os.kill(p, signal.SIGUSR2)
         job.results()
     finally:
         kill_tree(controller.pid)
+        kill_recorded(tasks)
     logs = "".join(p.read_text() for p in sorted((tmp_path / "submitit").glob("*_log.*")))
     assert "Requeued job" in logs and "resumed from" in logs, logs[-3000:]
-    _same_run(_records(run), reference)
+    _same_run(run, reference, differ={"meta/config/collective_timeout_s": "this job is started with a 10 s timeout"})
 
 
 def test_sbatch_script_line_by_line() -> None:

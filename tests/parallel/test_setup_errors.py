@@ -17,7 +17,7 @@ def _sgd(groups):
     (dict(backend="horovod"), "backend='horovod' is invalid"),
     (dict(backend="ddp", precision="fp8"), "precision='fp8' is invalid"),
     (dict(backend="fairscale"), "fairscale is CUDA-only"),
-    (dict(backend="deepspeed"), "needs ds_config"),
+    (dict(backend="deepspeed"), "needs a DeepSpeed JSON config"),
     (dict(backend="deepspeed", ds_config="zero9"), "not found"),
     (dict(backend="deepspeed", ds_config={"zero_optimization": {"stage": 5}}), "stage=5"),
     (dict(backend="fsdp", checkpointing="sometimes"), "checkpointing"),

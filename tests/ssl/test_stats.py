@@ -30,22 +30,27 @@ def _head(shard: bool = False, **kw) -> SwAVHead:
     return SwAVHead(IN, HID, D, K, shard_prototypes=shard, **kw).double()
 
 
-def reference_stats(head: SwAVHead, feats: torch.Tensor, assign=(0, 1), tau: float = 0.1) -> dict[str, float]:
-    """Textbook float64 computation of every field on one process (no bigseer.ssl.stats code)."""
+def reference_stats(head: SwAVHead, feats: torch.Tensor, assign=(0, 1), tau: float = 0.1,
+                    queue: torch.Tensor | None = None) -> dict[str, float]:
+    """Textbook float64 computation of every field on one process (no bigseer.ssl.stats code). ``queue``
+    ``[len(assign), L, D]``: past embeddings whose scores join the Sinkhorn input of each assignment crop
+    (SwAV's queue); the codes of the batch rows are kept, every statistic stays on the batch rows."""
     v, b, _ = feats.shape
     with torch.no_grad():
         emb = head.embed(feats.reshape(-1, IN)).reshape(v, b, -1)
         w = head.full_prototypes(0).double()
         scores = [e @ w.t() for e in emb]
         probs = torch.cat([torch.softmax(s / tau, dim=1) for s in scores])
-        codes = torch.cat([ref_sinkhorn(scores[i], KW["epsilon"], KW["sinkhorn_iters"]) for i in assign])
+        queue_scores = None if queue is None else [q.double() @ w.t() for q in queue]
+        codes = torch.cat([ref_sinkhorn(scores[i] if queue is None else torch.cat([scores[i], queue_scores[j]]),
+                                        KW["epsilon"], KW["sinkhorn_iters"])[:b] for j, i in enumerate(assign)])
         hard = torch.cat([scores[i].argmax(dim=1) for i in assign])
 
         def ent(p):
             return float(-(p[p > 0] * p[p > 0].log()).sum())
 
         k = w.shape[0]
-        loss = float(ref_loss(scores, tau, KW["epsilon"], KW["sinkhorn_iters"], assign))
+        loss = float(ref_loss(scores, tau, KW["epsilon"], KW["sinkhorn_iters"], assign, queue_scores))
         flat = emb.reshape(-1, emb.shape[-1])
         std = float(flat.std(dim=0, unbiased=False).mean())
         used = torch.bincount(hard, minlength=k)
@@ -113,19 +118,23 @@ def test_stats_off_and_autograd_untouched():
 
 
 def test_multiple_heads_stats_of_head_zero_and_queue_rows_excluded():
+    """Every step against the reference, including the one whose Sinkhorn input has queue rows (step 2): the
+    reference gets the queue the head held before that step."""
     torch.manual_seed(0)
     head = SwAVHead(IN, HID, D, [K, 5], queue_length=4).double()
+    used = []
     for step in range(3):  # the queue fills (4 rows) after two steps of 3; stats stay on batch rows
         f = _feats(V, 3, seed=step)
         before = {k: v.clone() for k, v in head.state_dict().items()}
-        queue_full = head.queue_full()
+        queue = head.queue.clone() if head.queue_full() else None
+        used.append(queue is not None)
         head(f, **KW)
         got = head.last_stats.as_dict()
         assert got["batch"] == 3 and got["num_prototypes"] == K
-        if not queue_full:
-            ref = SwAVHead(IN, HID, D, K).double()
-            ref.load_state_dict({k: v for k, v in before.items() if not k.startswith("prototypes.1")})
-            _assert_stats(got, reference_stats(ref, f), f"step {step}")
+        ref = SwAVHead(IN, HID, D, K).double()
+        ref.load_state_dict({k: v for k, v in before.items() if not k.startswith("prototypes.1")})
+        _assert_stats(got, reference_stats(ref, f, queue=queue), f"step {step}")
+    assert used == [False, False, True]
 
 
 def _worker(rank: int, world: int, state: dict, feats: torch.Tensor) -> dict:
