@@ -1,12 +1,14 @@
 """Activation checkpointing: memory cut and step-time cost of ``checkpointing="all"`` vs ``"none"`` (baseline).
 
-One process, a real SwAV step (``build_swav_model`` -> ``bigseer.parallel.setup`` (one process: the plain
-model) with SGD + momentum -> forward, backward, optimizer step) on random multi-crop batches, on a model
-and input where activations dominate. The goal is judged on the **step's peak memory**; measured per mode,
+One process, a real SwAV step (``bigseer.trainer``: ``build_swav_model`` -> ``bigseer.parallel.setup`` (one
+process: the plain model) with the engine's LARS (``lars_factory``) -> ``swav_step``: forward, backward, optimizer
+step, prototype normalisation, zero_grad) on random multi-crop batches, on a model and input where activations
+dominate. The goal is judged on the **step's peak memory**; measured per mode,
 each mode in a fresh spawned process (neither inherits the other's allocator state), after one warm-up
 step (so the momentum buffers exist and one-time allocations are done):
 
-- peak RSS growth of one full step (forward, backward, optimizer step, zero_grad): VmHWM minus the RSS
+- peak RSS growth of one full step (``swav_step``), and of its forward + backward alone (VmHWM read when
+  the backward returns, through ``swav_step``'s ``measure``): VmHWM minus the RSS
   just before the step, with ``MALLOC_MMAP_THRESHOLD_`` (``--mmap-threshold``) so RSS follows the live
   tensors. Includes everything the step allocates: saved activations, the block being recomputed,
   activation gradients, parameter gradients, oneDNN scratch;
@@ -15,7 +17,8 @@ step (so the momentum buffers exist and one-time allocations are done):
   i.e. the allocator's view of the same peak growth without glibc / oneDNN scratch, and its split by the
   profiler's categories at the peak;
 - saved for backward (secondary, what checkpointing targets directly): bytes of the unique storages
-  autograd saves in the forward, counted by a ``saved_tensors_hooks`` pack hook (parameters excluded);
+  autograd saves in the forward, counted by a ``saved_tensors_hooks`` pack hook (parameters excluded) that
+  counts from ``swav_step``'s forward call to its backward call (``benchmarks/phases.py``);
 - step time: median of ``--repeats`` steps per mode, modes interleaved (order alternating), after one
   warm-up step each, in this process; the ratio is the median of per-repeat ratios;
 - the planner's figures (``bigseer.plan.plan_memory``) for the same run: its activations, and its step
@@ -29,6 +32,7 @@ step (so the momentum buffers exist and one-time allocations are done):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
 import statistics
@@ -50,13 +54,13 @@ def build(model: str, mode: str, head: list[int], prototypes: int, threads: int)
     """A ``Parallel`` (one process) holding the SwAV model with checkpointing ``mode``."""
     from bigseer import parallel
     from bigseer.config import PretrainConfig
-    from bigseer.engine import build_swav_model
+    from bigseer.trainer import build_swav_model, lars_factory
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     cfg = PretrainConfig(model=model, head_dims=tuple(head[:-1]), embed_dim=head[-1], num_prototypes=prototypes)
     return parallel.setup(build_swav_model(cfg), backend="ddp", checkpointing=mode,
-                          optimizer_factory=lambda g: torch.optim.SGD(g, lr=0.01, momentum=0.9))
+                          optimizer_factory=lars_factory(cfg, lr=0.01))
 
 
 def make_crops(crops: list[tuple[int, int]], batch: int, seed: int) -> list[torch.Tensor]:
@@ -64,33 +68,45 @@ def make_crops(crops: list[tuple[int, int]], batch: int, seed: int) -> list[torc
     return [torch.randn(n, batch, 3, s, s, generator=g) for n, s in crops]
 
 
-def step(p: object, x: list[torch.Tensor]) -> float:
+def step(p: object, x: list[torch.Tensor], measure: object = None) -> float:
+    """One engine step (``swav_step``); its wall time."""
+    from bigseer.trainer import swav_step
+
     t0 = time.perf_counter()
-    loss = p.forward(x)  # type: ignore[attr-defined]
-    p.backward(loss)  # type: ignore[attr-defined]
-    p.step()  # type: ignore[attr-defined]
-    p.zero_grad()  # type: ignore[attr-defined]
+    swav_step(p, x, measure=measure)
     return time.perf_counter() - t0
 
 
 def saved_bytes(p: object, x: list[torch.Tensor]) -> int:
-    """Unique storage bytes autograd saves for backward in one forward (parameters excluded)."""
+    """Unique storage bytes autograd saves for backward in the forward of one full step (parameters excluded;
+    tensors the backward's recomputation saves are not counted)."""
+    from phases import probed_step  # benchmarks/phases.py
+
     model = p.unwrapped  # type: ignore[attr-defined]
     params = {q.untyped_storage().data_ptr() for q in model.parameters()}
     seen: dict[int, int] = {}
+    counting = [False]
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         s = t.untyped_storage()
-        if s.data_ptr() not in params and s.nbytes():
+        if counting[0] and s.data_ptr() not in params and s.nbytes():
             seen[s.data_ptr()] = s.nbytes()
         return t
 
+    def on(call: str | None) -> None:  # count from the forward call to the backward call
+        if call in ("forward", "backward"):
+            counting[0] = call == "forward"
+
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = p.forward(x)  # type: ignore[attr-defined]
-    total = sum(seen.values())
-    p.backward(loss)  # type: ignore[attr-defined]
-    p.zero_grad()  # type: ignore[attr-defined]
-    return total
+        probed_step(p, x, on)
+    return sum(seen.values())
+
+
+@contextlib.contextmanager
+def hwm_growth(base_kib: int, out: dict, key: str):  # type: ignore[no-untyped-def]
+    """``out[key]`` = peak RSS growth (bytes) over ``base_kib`` when the block exits."""
+    yield
+    out[key] = (status_kib("VmHWM") - base_kib) * 1024
 
 
 def _mem_child(args: tuple) -> dict:
@@ -110,12 +126,8 @@ def _mem_child(args: tuple) -> dict:
         base = status_kib("VmRSS")
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # VmHWM := current RSS
-        if key == "rss_fwd_bwd":
-            loss = p.forward(x)  # type: ignore[attr-defined]
-            p.backward(loss)  # type: ignore[attr-defined]
-            del loss
-            out[key] = (status_kib("VmHWM") - base) * 1024
-            p.zero_grad()  # type: ignore[attr-defined]
+        if key == "rss_fwd_bwd":  # read when swav_step's backward returns (its measure block exits)
+            step(p, x, measure=hwm_growth(base, out, key))
         else:
             step(p, x)
             out[key] = (status_kib("VmHWM") - base) * 1024
@@ -188,8 +200,8 @@ def main() -> None:
     med = {m: statistics.median(times[m]) for m in MODES}
     ratio = {m: statistics.median(a / b for a, b in zip(times[m], times["none"])) for m in MODES}
     print(f"\n{args.model} SwAV (head {args.head}, {args.prototypes} prototypes), 1 process, {args.threads} threads, "
-          f"batch {args.batch}, crops {args.crops}, fp32; step = forward + backward + SGD-momentum step; "
-          f"median of {args.repeats} interleaved steps; ratios vs none")
+          f"batch {args.batch}, crops {args.crops}, fp32; step = swav_step (forward, backward, LARS step, prototype "
+          f"normalisation, zero_grad); median of {args.repeats} interleaved steps; ratios vs none")
     print("| checkpointing | peak RSS growth, full step (MiB) | cut vs none | profiler: peak tensor growth, full step "
           "(MiB) | cut vs none | plan step growth (MiB) | plan err vs profiler | saved for backward (MiB) | cut vs none "
           "| plan activations (MiB) | step time (s, median) | vs none (median of per-repeat ratios) | all steps (s) |")

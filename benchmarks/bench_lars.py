@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 def build_params(model: str, hidden: int, embed: int, prototypes: int) -> list[torch.nn.Parameter]:
     from bigseer.config import PretrainConfig
-    from bigseer.engine import build_swav_model
+    from bigseer.trainer import build_swav_model
 
     torch.manual_seed(0)
     cfg = PretrainConfig(model=model, head_dims=(hidden,), embed_dim=embed, num_prototypes=prototypes)

@@ -2,8 +2,10 @@
 
 Each backend runs in its own pair of spawned processes: ``build_swav_model`` (RegNetY trunk + SwAV head;
 on meta for fsdp, materialised shard by shard by ``parallel.setup``) -> ``bigseer.parallel.setup`` with
-LARS (SGD + momentum if a backend refuses LARS; the table says which) -> ``--steps`` full SwAV steps
-(forward, backward, optimizer step, prototype renormalisation) on random crops. Measured per rank:
+the engine's LARS (``bigseer.trainer.lars_factory``: under ZeRO, DeepSpeed's flat groups with per-tensor
+trust ratios; SGD + momentum if a backend refuses LARS; the table says which) -> ``--steps`` full SwAV steps
+(``bigseer.trainer.swav_step``: forward, backward, optimizer step, prototype renormalisation, zero_grad) on
+random crops. Measured per rank:
 
 - model state: unique storages of every parameter, gradient and optimizer-state tensor this rank holds
   (DTensors by their local shard; for DeepSpeed also every tensor reachable from its ZeRO optimizer:
@@ -169,12 +171,12 @@ def _rank(rank: int, world: int, backend: str, cfg_kw: dict, crops: list[tuple[i
     import deepspeed  # noqa: F401  (imported before the baseline by every backend: code pages not counted)
     import torch.distributed.checkpoint  # noqa: F401
     import torch.distributed.fsdp  # noqa: F401
+    from phases import probed_step  # benchmarks/phases.py: swav_step with its phase boundaries
 
     from bigseer import parallel
     from bigseer.config import PretrainConfig
-    from bigseer.engine import build_swav_model
     from bigseer.errors import ConfigError
-    from bigseer.optim import LARS
+    from bigseer.trainer import build_swav_model, lars_factory
 
     cfg = PretrainConfig(**cfg_kw)
     setup_kw = dict(setup_kw or {})
@@ -197,7 +199,7 @@ def _rank(rank: int, world: int, backend: str, cfg_kw: dict, crops: list[tuple[i
         kw = dict(backend="deepspeed", ds_config=f"ds_configs/{backend}_fp32.json", **setup_kw)
     optimizer = "LARS"
     try:
-        p = parallel.setup(model, optimizer_factory=lambda g: LARS(g, lr=0.1, momentum=0.9, weight_decay=1e-5), **kw)
+        p = parallel.setup(model, optimizer_factory=lars_factory(cfg, lr=0.1), **kw)
     except ConfigError as e:
         if "LARS" not in str(e) and "optimizer" not in str(e):
             raise
@@ -222,21 +224,22 @@ def _rank(rank: int, world: int, backend: str, cfg_kw: dict, crops: list[tuple[i
         phase.current = name  # type: ignore[attr-defined]
 
     phase.current = None  # type: ignore[attr-defined]
-    for step in range(steps):
+
+    def on(call: str | None) -> None:  # swav_step's boundaries: forward | backward | step (+ renorm, zero_grad)
+        if call in ("forward", "backward"):
+            phase(call)
+        elif call == "step":
+            phase(None)
+            if step == steps - 1:
+                held.update(model_state_bytes(p))  # after the backward, before its optimizer step
+            phase("step")
+        elif call is None:
+            phase(None)
+
+    for step in range(steps):  # noqa: B007  (read by phase() and on())
         x = [torch.randn(n, batch, 3, s, s, generator=g) for n, s in crops]
         t0 = time.perf_counter()
-        phase("forward")
-        loss = p.forward(x)
-        phase("backward")
-        p.backward(loss)
-        phase(None)
-        if step == steps - 1:
-            held = model_state_bytes(p)
-        phase("step")
-        p.step()
-        p.run_on_full_params(p.unwrapped.normalize_prototypes)
-        p.zero_grad()
-        phase(None)
+        loss, _ = probed_step(p, x, on)
         times.append(time.perf_counter() - t0)
         assert torch.isfinite(loss.detach()), f"{backend}: loss {float(loss)}"
     peak[0] = max(peak[0], status_kib("VmHWM"))

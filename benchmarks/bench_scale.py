@@ -3,8 +3,9 @@
 
 ``--part step``: 2 gloo ranks; each builds ``build_swav_model`` on meta (trunk ``--model``, head
 ``--head`` hidden dims + embedding, ``--prototypes``), ``bigseer.parallel.setup(backend="fsdp",
-checkpointing="all")`` with LARS (each rank allocates and initialises only its shards), then one full step:
-forward, backward, LARS step, prototype renormalisation. Measured per rank: RSS after setup, peak RSS
+checkpointing="all")`` with the engine's LARS (``bigseer.trainer.lars_factory``; each rank allocates and
+initialises only its shards), then one full step (``bigseer.trainer.swav_step``): forward, backward, LARS step,
+prototype renormalisation, zero_grad. Measured per rank: RSS after setup, peak RSS
 (VmHWM) and its growth over the pre-build RSS, model-state bytes held (local param + grad + optimizer
 storages), time per phase. The baseline is the planner's prediction for the same run
 (``bigseer.plan.plan_memory``), printed side by side with the ratio.
@@ -59,10 +60,10 @@ def _local_bytes(tensors: object) -> int:
 def _step_rank(rank: int, world: int, model_name: str, head: list[int], prototypes: int,
                crops: list[tuple[int, int]], batch: int, precision: str) -> dict:
     import torch.distributed.fsdp  # noqa: F401  (code pages loaded before the baseline RSS)
+    from phases import timed_step  # benchmarks/phases.py: swav_step, timed per Parallel call
 
     from bigseer import parallel
-    from bigseer.engine import build_swav_model
-    from bigseer.optim import LARS
+    from bigseer.trainer import build_swav_model, lars_factory
 
     cfg = _cfg(model_name, head, prototypes, crops, batch)
     torch.manual_seed(0)
@@ -75,25 +76,23 @@ def _step_rank(rank: int, world: int, model_name: str, head: list[int], prototyp
         model = build_swav_model(cfg, device="meta")
     out["params"] = sum(p.numel() for p in model.parameters()) * (world if cfg.shard_prototypes else 1)
     p = parallel.setup(model, backend="fsdp", precision=precision, checkpointing="all",
-                       optimizer_factory=lambda g: LARS(g, lr=0.1, momentum=0.9, weight_decay=1e-5))
+                       optimizer_factory=lars_factory(cfg, lr=0.1))
     out["setup_s"] = time.perf_counter() - t0
     out["after_setup_gib"] = (status_kib("VmRSS") - base) / 2 ** 20
     g = torch.Generator().manual_seed(rank)
     x = [torch.randn(n, batch, 3, s, s, generator=g) for n, s in crops]
-    t = time.perf_counter()
-    loss = p.forward(x)
-    out["forward_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    p.backward(loss)
-    out["backward_s"] = time.perf_counter() - t
-    out["grads_gib"] = _local_bytes(q.grad for q in model.parameters() if q.grad is not None) / GIB
-    t = time.perf_counter()
-    p.step()
-    p.run_on_full_params(p.unwrapped.normalize_prototypes)
-    out["optim_s"] = time.perf_counter() - t
+    grads: list[int] = []  # gradient bytes held after the backward (read untimed, before the optimizer step)
+
+    def on(call: str | None) -> None:
+        if call == "step":
+            grads.append(_local_bytes(q.grad for q in model.parameters() if q.grad is not None))
+
+    loss, _, t = timed_step(p, x, on=on)
+    out["forward_s"], out["backward_s"] = t["forward"], t["backward"]
+    out["grads_gib"] = grads[0] / GIB
+    out["optim_s"] = t["step"] + t["run_on_full_params"]
     out["params_gib"] = _local_bytes(model.parameters()) / GIB
     out["optimizer_gib"] = _local_bytes(v for st in p.optimizer.state.values() for v in st.values()) / GIB
-    p.zero_grad()
     out["step_s"] = out["forward_s"] + out["backward_s"] + out["optim_s"]
     out["loss"] = float(loss.detach())
     out["finite"] = bool(torch.isfinite(loss.detach()))
@@ -143,7 +142,7 @@ def part_step(args: argparse.Namespace) -> None:
 
 
 def part_plan(args: argparse.Namespace) -> None:
-    from bigseer.engine import build_swav_model
+    from bigseer.trainer import build_swav_model
 
     crops = parse_crops(args.plan_crops)
     head = [int(d) for d in args.head.split(",")]

@@ -1,5 +1,6 @@
 """Training-step time of a SwAV step through bigseer.parallel: eager vs --channels_last vs --compile (and both),
 same model, weights, crops and batch, interleaved repeats; medians of per-repeat ratios against eager.
+The step is the engine's (``bigseer.trainer.swav_step`` with ``lars_factory``'s LARS).
 
     .venv/bin/python benchmarks/bench_speedups.py --model regnety_800mf --crops 2x96+4x48 --batch 8 --repeats 5
 """
@@ -18,22 +19,18 @@ def _variant(name: str, model_name: str, crops: str, batch: int, channels_last: 
     from bigseer import parallel
     from bigseer.config import PretrainConfig
     from bigseer.data.multicrop import parse_crops
-    from bigseer.engine import build_swav_model
-    from bigseer.optim import LARS
+    from bigseer.trainer import build_swav_model, lars_factory, swav_step
 
     cfg = PretrainConfig(model=model_name, crops=crops, head_dims=(2048,), embed_dim=128, num_prototypes=3000, seed=0)
     model = build_swav_model(cfg)
-    par = parallel.setup(model, backend="ddp", optimizer_factory=lambda g: LARS(g, lr=0.1),
+    par = parallel.setup(model, backend="ddp", optimizer_factory=lars_factory(cfg, lr=0.1),
                          channels_last=channels_last, compile=compile)
     g = torch.Generator().manual_seed(0)
     data = [torch.randn(grp.count, batch, 3, grp.size, grp.size, generator=g) for grp in parse_crops(crops)]
 
     def step() -> float:
         t0 = time.perf_counter()
-        loss = par.forward(data)
-        par.backward(loss)
-        par.step()
-        par.zero_grad()
+        swav_step(par, data)
         return time.perf_counter() - t0
 
     return name, step

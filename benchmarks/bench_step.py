@@ -6,11 +6,13 @@ Sinkhorn settings (temperature 0.1, epsilon 0.05, 3 iterations, crops 0 and 1 as
 global batch) and optimizer (LARS, momentum 0.9, trust 0.001), fp32, DDP on gloo, on the same folder of
 generated camera-like JPEGs:
 
-  bigseer   what ``bigseer.engine.pretrain`` runs: ``build_swav_model`` -> ``bigseer.parallel.setup`` (ddp, LARS)
-            -> ``MultiCropStream`` (reduced-size JPEG decode, uint8 augmentations); per step: ``set_lr``,
-            ``par.forward`` (one trunk call per resolution, Sinkhorn + loss inside), ``par.backward``,
-            ``par.step``, ``normalize_prototypes``, ``zero_grad`` and the engine's per-step stats all-gather.
-  baseline  the loop from lightly's SwAV example: ``timm.create_model(name, num_classes=0)`` +
+  bigseer   what ``bigseer.engine.pretrain`` runs, from ``bigseer.trainer``: ``build_swav_model`` ->
+            ``bigseer.parallel.setup`` (ddp, ``lars_factory``, ``build_schedule``) -> ``build_stream``
+            (``MultiCropStream``: reduced-size JPEG decode, uint8 augmentations); per step: ``swav_step`` (set_lr,
+            forward: one trunk call per resolution, Sinkhorn + loss inside; backward, step, prototype
+            normalisation, zero_grad) and the engine's per-step stats all-gather (``train_log.step_stats``).
+  baseline  (``benchmarks/step_baseline.py``) the loop from lightly's SwAV example:
+            ``timm.create_model(name, num_classes=0)`` +
             ``lightly`` ``SwaVProjectionHead`` / ``SwaVPrototypes`` / ``SwaVLoss(sinkhorn_gather_distributed=True)``
             / ``lightly.utils.lars.LARS``, ``torch.nn.parallel.DistributedDataParallel`` (defaults), and
             torchvision ``ImageFolder`` + one ``transforms.v2.Compose`` per crop (SwAV's augmentations) through a
@@ -48,32 +50,25 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
 from report import emit, uptime  # noqa: E402  (benchmarks/report.py)
+from step_baseline import PHASES, BaselineVariant  # noqa: E402  (benchmarks/step_baseline.py)
 
 VARIANTS = ("bigseer", "baseline", "baseline-grouped")
-PHASES = ("data", "forward", "backward", "optimizer", "other")
-LABELS = {"bigseer": "bigseer (MultiCropStream + build_swav_model + parallel.setup ddp + LARS)",
+LABELS = {"bigseer": "bigseer (MultiCropStream + build_swav_model + parallel.setup ddp + LARS + swav_step)",
           "baseline": "timm + lightly SwaV head/prototypes/loss/LARS + torch DDP + torchvision v2 DataLoader",
           "baseline-grouped": "the same baseline, crops of one resolution concatenated into one model call"}
 
 
 # ---------------------------------------------------------------------------------------------- variants
-def crop_groups(spec: str):
-    from bigseer.data import parse_crops
-
-    return parse_crops(spec)
-
-
 class BigseerVariant:
-    """The engine's pieces, wired the way ``bigseer.engine.pretrain`` wires them (DDP, fp32, no SyncBN)."""
+    """The engine's pieces, wired the way ``bigseer.engine.pretrain`` wires them (DDP, fp32, no SyncBN):
+    ``bigseer.trainer``'s model, schedule, LARS factory, stream and ``swav_step``."""
 
     def __init__(self, args: argparse.Namespace, rank: int, world: int) -> None:
         import torch
 
         from bigseer import parallel
         from bigseer.config import PretrainConfig, validate
-        from bigseer.data import AugmentConfig, MultiCropStream
-        from bigseer.engine import LRSchedule, build_swav_model
-        from bigseer.optim import LARS
+        from bigseer.trainer import build_schedule, build_stream, build_swav_model, lars_factory
 
         cfg = PretrainConfig(model=args.model, data=args.folder, crops=args.crops, batch_size=args.batch,
                              num_workers=args.workers, head_dims=(args.hidden,), embed_dim=args.embed,
@@ -82,18 +77,12 @@ class BigseerVariant:
         cfg = validate(cfg, world)
         self.cfg = cfg
         torch.manual_seed(cfg.seed)
-        model = build_swav_model(cfg)
-        self.schedule = LRSchedule(cfg, world)
+        self.schedule = build_schedule(cfg, world)
         self.par = parallel.setup(
-            model, backend="ddp", precision="fp32", syncbn_group_size=None, checkpointing="none",
+            build_swav_model(cfg), backend="ddp", precision="fp32", syncbn_group_size=None, checkpointing="none",
             exclude_bn_bias=cfg.lars_exclude_bn_bias, init_seed=cfg.seed,
-            optimizer_factory=lambda groups: LARS(groups, lr=self.schedule.lr_at(0), momentum=cfg.momentum,
-                                                  weight_decay=cfg.weight_decay, trust_coefficient=cfg.lars_trust))
-        self.swav = self.par.unwrapped
-        augment = AugmentConfig(flip_p=cfg.flip_p, jitter_strength=cfg.jitter_strength, grayscale_p=cfg.grayscale_p,
-                                blur_p=cfg.blur_p, ratio=(float(cfg.crop_ratio[0]), float(cfg.crop_ratio[1])))
-        self.stream = MultiCropStream(cfg.data, cfg.crops, cfg.batch_size, rank=rank, world_size=world,
-                                      seed=cfg.seed, num_workers=cfg.num_workers, augment=augment)
+            optimizer_factory=lars_factory(cfg, self.schedule.lr_at(0)))
+        self.stream = build_stream(cfg, rank, world, 0, cfg.batch_size * world)
         self.it = None
         self.step_no = 0
 
@@ -109,134 +98,23 @@ class BigseerVariant:
             self.it = None
 
     def step(self) -> tuple[dict[str, float], float]:
-        # the engine's per-step loss/memory/skip all-gather
-        from bigseer.engine import _step_stats
+        from phases import timed_step  # benchmarks/phases.py: swav_step, timed per Parallel call
+
+        from bigseer.train_log import step_stats  # the engine's per-step loss/memory/skip all-gather
 
         t0 = time.perf_counter()
         batch = next(self.it)
         t1 = time.perf_counter()
-        self.par.set_lr(self.schedule.lr_at(self.step_no))
-        loss = self.par.forward(batch.crops)
+        loss, _, t = timed_step(self.par, batch.crops, lr=self.schedule.lr_at(self.step_no))
         t2 = time.perf_counter()
-        self.par.backward(loss)
+        loss_value, _, _ = step_stats(loss.detach(), batch.skipped)
         t3 = time.perf_counter()
-        self.par.step()
-        self.par.run_on_full_params(self.swav.normalize_prototypes)
-        self.par.zero_grad()
-        t4 = time.perf_counter()
-        loss_value, _, _ = _step_stats(loss.detach(), batch.skipped)
-        t5 = time.perf_counter()
         self.step_no += 1
-        return dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4))), loss_value
+        optimizer = t2 - t1 - t["forward"] - t["backward"]  # set_lr, step, prototype normalisation, zero_grad
+        return dict(zip(PHASES, (t1 - t0, t["forward"], t["backward"], optimizer, t3 - t2))), loss_value
 
     def close(self) -> None:
         self.stream.close()
-
-
-def baseline_transforms(groups):
-    """SwAV multi-crop as torchvision transforms.v2 (one Compose per crop; blur kernel ~10% of the crop)."""
-    from bench_data import swav_v2_crop  # benchmarks/bench_data.py: the same per-crop Compose
-
-    crops = [swav_v2_crop(g.size, g.scale) for g in groups for _ in range(g.count)]
-
-    def multi(img):
-        return [t(img) for t in crops]
-
-    return multi
-
-
-class BaselineVariant:
-    """The loop a user writes from timm + lightly + torch DDP + torchvision (lightly's SwAV example, on DDP)."""
-
-    def __init__(self, args: argparse.Namespace, rank: int, world: int, grouped: bool = False) -> None:
-        import timm
-        import torch
-        import torch.nn.functional as F
-        from lightly.loss import SwaVLoss
-        from lightly.models.modules import SwaVProjectionHead, SwaVPrototypes
-        from lightly.utils.lars import LARS
-        from torch import nn
-        from torch.nn.parallel import DistributedDataParallel
-        from torch.utils.data import DataLoader, DistributedSampler
-        from torchvision import datasets
-
-        from bigseer.models import TIMM_NAMES
-
-        class SwaV(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.backbone = timm.create_model(TIMM_NAMES[args.model], num_classes=0)
-                self.projection_head = SwaVProjectionHead(self.backbone.num_features, args.hidden, args.embed)
-                self.prototypes = SwaVPrototypes(args.embed, n_prototypes=args.prototypes)
-
-            def forward(self, x):
-                x = self.projection_head(self.backbone(x))
-                return self.prototypes(F.normalize(x, dim=1, p=2))
-
-        torch.manual_seed(0)
-        self.groups = crop_groups(args.crops)
-        self.n_high = self.groups[0].count
-        self.model = DistributedDataParallel(SwaV())
-        self.criterion = SwaVLoss(temperature=0.1, sinkhorn_iterations=3, sinkhorn_epsilon=0.05,
-                                  sinkhorn_gather_distributed=True)
-        lr = 0.3 * args.batch * world / 256  # the same peak LR rule as bigseer's default (base 0.3)
-        self.optimizer = LARS(self.model.parameters(), lr=lr, momentum=0.9, weight_decay=1e-5,
-                              trust_coefficient=0.001)
-        dataset = datasets.ImageFolder(args.imagefolder_root, transform=baseline_transforms(self.groups))
-        self.sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=0,
-                                          drop_last=True)
-        self.loader = DataLoader(dataset, batch_size=args.batch, sampler=self.sampler, num_workers=args.workers,
-                                 drop_last=True, persistent_workers=False)
-        self.workers = args.workers
-        self.grouped = grouped
-        self.epoch = 0
-        self.it = None
-
-    def start(self) -> None:
-        if self.it is None or self.workers:
-            self.it = iter(self.loader)
-
-    def stop(self) -> None:
-        if self.workers:
-            self.it = None  # drops the loader iterator: its workers exit
-
-    def _next(self):
-        try:
-            return next(self.it)
-        except StopIteration:
-            self.epoch += 1
-            self.sampler.set_epoch(self.epoch)
-            self.it = iter(self.loader)
-            return next(self.it)
-
-    def step(self) -> tuple[dict[str, float], float]:
-        import torch
-
-        t0 = time.perf_counter()
-        views, _ = self._next()
-        t1 = time.perf_counter()
-        self.model.module.prototypes.normalize()
-        if self.grouped:  # one call per resolution (SwAV's reference does this; BN then sees all crops of a size)
-            outputs, i = [], 0
-            for g in self.groups:
-                outputs += list(self.model(torch.cat(views[i:i + g.count])).chunk(g.count))
-                i += g.count
-        else:  # lightly's example: one call per crop
-            outputs = [self.model(v) for v in views]
-        loss = self.criterion(outputs[:self.n_high], outputs[self.n_high:])
-        t2 = time.perf_counter()
-        loss.backward()
-        t3 = time.perf_counter()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        t4 = time.perf_counter()
-        loss_value = loss.item()
-        t5 = time.perf_counter()
-        # prototype normalisation is done at the start of the step, as in lightly's example; count it there:
-        return dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4))), loss_value
-
-    def close(self) -> None:
-        self.it = None
 
 
 # ------------------------------------------------------------------------------------------------ worker

@@ -1,14 +1,14 @@
 """Cost of LARS's one-param-group-per-tensor under DeepSpeed ZeRO-2 / ZeRO-3 vs DeepSpeed's flat groups.
 
-``bigseer.parallel.setup`` hands LARS one tensor per param group under ZeRO >= 1
+``bigseer.parallel.setup`` hands a plain ``LARS`` one tensor per param group under ZeRO >= 1
 (``bigseer.parallel.zero_param_groups``), so DeepSpeed builds one flat partition per tensor and steps
 them one at a time (exact per-tensor trust ratios, see ``bigseer.optim.lars``). This measures what that
 costs against the same step with DeepSpeed's usual flat groups (all tensors in one group):
 
-- ``lars-per-tensor``: ``LARS`` through ``bigseer.parallel.setup`` (bigseer's default under ZeRO);
-- ``lars-zero-flat``: ``LARS(zero_flat=True)``: DeepSpeed's flat groups, the same exact per-tensor trust
-  ratios from the partition boundaries (``bigseer.parallel.zero_pieces.flat_segments``, one all-reduce
-  per flat group);
+- ``lars-per-tensor``: ``LARS`` (``zero_flat=False``, ``bigseer.optim.build_lars``) through ``bigseer.parallel.setup``;
+- ``lars-zero-flat``: the engine's LARS (``bigseer.trainer.lars_factory``: ``LARS(zero_flat=True)``):
+  DeepSpeed's flat groups, the same exact per-tensor trust ratios from the partition boundaries
+  (``bigseer.parallel.zero_pieces.flat_segments``, one all-reduce per flat group);
 - ``lars-flat``: the same LARS maths (``LARS.step``) in an optimizer class that is not ``LARS``, so setup
   passes the ordinary single group and DeepSpeed flattens it into one partition per rank. Its trust ratio
   is then that of the whole partition, i.e. WRONG: this is a cost baseline only;
@@ -17,8 +17,9 @@ costs against the same step with DeepSpeed's usual flat groups (all tensors in o
 All three engines live in the same 2 gloo ranks (one process pair per ZeRO stage, 1 thread per rank),
 each on its own copy of the same SwAV model (``build_swav_model``, eager init, fp32, the repo's
 ``ds_configs/zero{2,3}_fp32.json``); steps are interleaved (A B C, then C B A, ...) on the same random
-crops, after ``--warmup`` untimed steps each. Each phase is timed between barriers (so a phase's time is
-the slowest rank's): forward, backward, ``engine.step()`` (DeepSpeed's whole optimizer step: gradient
+crops, after ``--warmup`` untimed steps each. Each step is the engine's (``bigseer.trainer.swav_step``), timed
+per call between barriers (``benchmarks/phases.py``; so a phase's time is the slowest rank's): forward, backward,
+``engine.step()`` (DeepSpeed's whole optimizer step: gradient
 partitions, norms, the per-group optimizer calls, parameter all-gather / re-partition), and inside it
 the time spent in the wrapped optimizer's own ``step`` calls (the LARS / SGD maths, incl. LARS's
 all-reduce of the sums of squares). Ratios are medians of per-step ratios against ``lars-flat`` measured
@@ -56,6 +57,8 @@ class FlatLARS(torch.optim.Optimizer):
 
     _norms = LARS._norms
     _flat_ratios = LARS._flat_ratios
+    _ratios = LARS.__dict__["_ratios"]  # a staticmethod
+    _foreach_update = LARS._foreach_update
     step = LARS.step
 
     def __init__(self, params: object, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 1e-5,
@@ -64,13 +67,17 @@ class FlatLARS(torch.optim.Optimizer):
                                       trust_coefficient=trust_coefficient, eps=eps, clip=False,
                                       lars_exclude=False))
         self._zero_segments: dict = {}  # none: LARS.step then takes each flat partition as one tensor
+        self.foreach = None  # LARS.step's default: multi-tensor ops on accelerators, the per-tensor loop on CPU
 
 
-def _factory(variant: str):  # type: ignore[no-untyped-def]
+def _factory(variant: str, cfg: object):  # type: ignore[no-untyped-def]
+    from bigseer.optim import build_lars
+    from bigseer.trainer import lars_factory
+
     if variant == "lars-per-tensor":
-        return lambda g: LARS(g, lr=0.1, momentum=0.9, weight_decay=1e-5)
+        return lambda g: build_lars(g, lr=0.1, momentum=0.9, weight_decay=1e-5)
     if variant == "lars-zero-flat":
-        return lambda g: LARS(g, lr=0.1, momentum=0.9, weight_decay=1e-5, zero_flat=True)
+        return lars_factory(cfg, lr=0.1)  # type: ignore[arg-type]
     if variant == "lars-flat":
         return lambda g: FlatLARS(g, lr=0.1, momentum=0.9, weight_decay=1e-5)
     return lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.9, weight_decay=1e-5)
@@ -79,17 +86,18 @@ def _factory(variant: str):  # type: ignore[no-untyped-def]
 def _rank(rank: int, world: int, stage: int, cfg_kw: dict, crops: list[tuple[int, int]], batch: int,
           steps: int, warmup: int) -> dict:
     import torch.distributed as dist
+    from phases import timed_step  # benchmarks/phases.py: swav_step, timed per Parallel call
 
     from bigseer import parallel
     from bigseer.config import PretrainConfig
-    from bigseer.engine import build_swav_model
+    from bigseer.trainer import build_swav_model
 
     cfg = PretrainConfig(**cfg_kw)
     runs = {}
     for v in VARIANTS:
         torch.manual_seed(0)
         p = parallel.setup(build_swav_model(cfg), backend="deepspeed", ds_config=f"ds_configs/zero{stage}_fp32.json",
-                           optimizer_factory=_factory(v))
+                           optimizer_factory=_factory(v, cfg))
         inner = p.engine.optimizer.optimizer  # the torch optimizer DeepSpeed calls once per group / sub-group
         spent = [0.0, 0]
         orig = inner.step
@@ -112,13 +120,6 @@ def _rank(rank: int, world: int, stage: int, cfg_kw: dict, crops: list[tuple[int
     calls: dict[str, int] = {}
     losses: dict[str, list[float]] = {v: [] for v in VARIANTS}
 
-    def timed_phase(fn):  # type: ignore[no-untyped-def]
-        dist.barrier()
-        t0 = time.perf_counter()
-        out = fn()
-        dist.barrier()
-        return out, time.perf_counter() - t0
-
     g = torch.Generator().manual_seed(1000 + rank)
     for it in range(warmup + steps):
         x = [torch.randn(n, batch, 3, s, s, generator=g) for n, s in crops]
@@ -126,10 +127,8 @@ def _rank(rank: int, world: int, stage: int, cfg_kw: dict, crops: list[tuple[int
             r = runs[v]
             p = r["p"]
             r["spent"][0], r["spent"][1] = 0.0, 0
-            loss, t_f = timed_phase(lambda p=p, x=x: p.forward(x))
-            _, t_b = timed_phase(lambda p=p, loss=loss: p.backward(loss))
-            _, t_s = timed_phase(p.step)
-            p.zero_grad()
+            loss, _, spans = timed_step(p, x, sync=dist.barrier)
+            t_f, t_b, t_s = spans["forward"], spans["backward"], spans["step"]
             losses[v].append(float(loss.detach()))
             calls[v] = r["spent"][1]
             if it >= warmup:

@@ -102,13 +102,21 @@ def sectioned(cfg: PretrainConfig) -> dict[str, dict[str, Any]]:
 
 
 def dump_config(cfg: PretrainConfig, path: str | os.PathLike[str]) -> Path:
-    """Write the resolved ``cfg`` as YAML (atomically); ``--config`` of it runs the same."""
+    """Write the resolved ``cfg`` as YAML (atomically), each key commented with its field's description;
+    ``--config`` of it runs the same."""
+    import re
+
     import yaml
 
     from bigseer.atomic import write_text_atomic
 
+    helps = {f.name: f.metadata.get("help", "") for f in fields(PretrainConfig)}
+    lines = []
+    for line in yaml.safe_dump(sectioned(cfg), sort_keys=False, width=1000).splitlines():
+        key = re.match(r"^  (\w+):", line)
+        lines.append(f"{line}  # {helps[key.group(1)]}" if key and helps.get(key.group(1)) else line)
     header = "# resolved bigseer pretrain config: `bigseer pretrain --config THIS_FILE` runs it again\n"
-    return write_text_atomic(path, header + yaml.safe_dump(sectioned(cfg), sort_keys=False))
+    return write_text_atomic(path, header + "\n".join(lines) + "\n")
 
 
 def check_sections_cover_config() -> None:

@@ -90,24 +90,29 @@ class Job:
 
 
 def build_parallel(run: ResolvedRun, schedule: LRSchedule) -> Any:
-    """The SwAV model built (on meta for FSDP: each rank then allocates its shards only) and wrapped."""
+    """The SwAV model built (on meta for FSDP: each rank then allocates its shards only; on this rank's GPU
+    otherwise when there is one) and wrapped, with channels_last / compile chosen by measurement for ``auto``."""
     from bigseer import parallel
+    from bigseer.parallel.autotune import choose_speedups, regnet_factory
 
     cfg = run.cfg
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    speedups = choose_speedups(regnet_factory(cfg.model, device, cfg.zero_init_last), cfg.crops, cfg.batch_size,
+                               run.precision, device, channels_last=cfg.channels_last, compile=cfg.compile,
+                               model=cfg.model, cache_dir=cfg.output_dir, sharded=run.backend == "fsdp",
+                               checkpointing=cfg.checkpointing)
     torch.manual_seed(cfg.seed)
     if run.backend == "fsdp":
         with torch.device("meta"):
             model = build_swav_model(cfg, device="meta")
     else:
-        model = build_swav_model(cfg)
+        model = build_swav_model(cfg).to(device)
     return parallel.setup(
         model, backend="ddp" if run.backend == "none" else run.backend, precision=run.precision,
         syncbn_group_size=run.world_size if cfg.syncbn_group_size == -1 else (cfg.syncbn_group_size or None),
         checkpointing=cfg.checkpointing, ds_config=cfg.ds_config, exclude_bn_bias=cfg.lars_exclude_bn_bias,
-        native_checkpoint=cfg.deepspeed_native, init_seed=cfg.seed,
-        channels_last=parallel.speedup_switch(cfg.channels_last, cuda_default=True),
-        compile=parallel.speedup_switch(cfg.compile, cuda_default=False),
-        optimizer_factory=lars_factory(cfg, schedule.lr_at(0)))
+        native_checkpoint=cfg.deepspeed_native, init_seed=cfg.seed, channels_last=speedups.channels_last,
+        compile=speedups.compile, optimizer_factory=lars_factory(cfg, schedule.lr_at(0)))
 
 
 def build_job(run: ResolvedRun) -> Job:
@@ -171,10 +176,6 @@ def pretrain(cfg: PretrainConfig, explicit: Iterable[str] | None = None) -> Pret
     init_distributed(timeout_s=cfg.collective_timeout_s if isinstance(cfg.collective_timeout_s, int) else 1800)
     rank, world = get_rank(), get_world_size()
     setup_logging(rank)
-    if cfg.shard_cache:
-        import os
-
-        os.environ["BIGSEER_SHARD_CACHE"] = cfg.shard_cache  # inherited by DataLoader workers
     run = resolve_run(cfg, world, explicit)
     out = Path(run.cfg.output_dir)
     if rank == 0:

@@ -55,7 +55,7 @@ def build_stream(cfg: PretrainConfig, rank: int, world_size: int, position: int,
                             blur_p=cfg.blur_p, ratio=(float(cfg.crop_ratio[0]), float(cfg.crop_ratio[1])))
     return MultiCropStream(cfg.data, cfg.crops, cfg.batch_size, rank=rank, world_size=world_size, seed=cfg.seed,
                            num_workers=cfg.num_workers, start_position=position, lanes=lanes, augment=augment,
-                           device=device)
+                           device=device, shard_cache=cfg.shard_cache)
 
 
 def checkpoint_meta(cfg: PretrainConfig, backend: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 import tempfile
 import time
 from datetime import timedelta
@@ -43,6 +44,19 @@ def _worker(rank: int, fn: Callable[..., Any], world_size: int, init_file: str, 
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.barrier()
     finally:
+        _teardown()
+
+
+def _teardown() -> None:
+    """End every process group of this rank before the interpreter's finalisation: DeepSpeed's communication
+    backend (which keeps references to its groups) when the rank used DeepSpeed, else torch's groups."""
+    ds_state = sys.modules.get("deepspeed.comm.comm")
+    if ds_state is not None and getattr(ds_state, "cdb", None) is not None and dist.is_initialized():
+        import deepspeed.comm as ds_comm
+
+        ds_comm.destroy_process_group()
+        ds_state.cdb = None
+    elif dist.is_initialized():
         dist.destroy_process_group()
 
 

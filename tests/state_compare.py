@@ -61,7 +61,8 @@ OTHER_LAYOUT = {
     "meta/config/ds_config": "the DeepSpeed config of the resumed run's backend (None for ddp/fsdp)",
     "meta/config/batch_size": "per-rank batch = global batch / world size (trainer/global_batch is compared)",
     "meta/config/queue_length": "per-rank queue rows = 2 steps x per-rank batch (the queue.* tensors are compared)",
-    "meta/config/shard_prototypes": "a layout choice (DeepSpeed cannot shard prototypes); the logical tensor is the same",
+    "meta/config/shard_prototypes": "a layout choice (DeepSpeed cannot shard prototypes); the logical tensor is "
+                                    "the same",
     "meta/head/shard_prototypes": "the same layout choice, as recorded for export",
     "rng/*": "one RNG file per rank: another world size has other files (and training draws nothing from them)",
 }

@@ -130,7 +130,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     second: dict[int, list] = {1: [], 2: [], 4: []}
     for (name, world), out in source.items():
         first[world].append((name, str(out), STEPS, "no"))
-    for key, (a, wa, b, wb, _) in PLAN.items():
+    for key, (_, _, b, wb, _) in PLAN.items():
         d[key] = root / key
         second[wb].append((b, str(d[key]), STEPS, "latest"))
     for world in (1, 2, 4):

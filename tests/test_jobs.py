@@ -23,8 +23,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.jobs import (BIN, alive, deepspeed, descendants, kill_recorded, kill_tree, launch, losses, rank_of,
-                        snapshot, torchrun, wait_for, workers)
+from tests.jobs import (
+    BIN,
+    alive,
+    deepspeed,
+    descendants,
+    kill_recorded,
+    kill_tree,
+    launch,
+    losses,
+    rank_of,
+    snapshot,
+    torchrun,
+    wait_for,
+    workers,
+)
 from tests.state_compare import assert_same_state, load_state, step_dir
 
 STEPS = 8

@@ -12,13 +12,21 @@ import pytest
 import torch
 from torch import nn
 
-from tests.numerics import (REF32_RTOL, assert_states_within_fp32_error, assert_within_fp32_error, check_ref32,
-                            fp32_bound)
+from tests.numerics import (
+    REF32_RTOL,
+    assert_states_within_fp32_error,
+    assert_within_fp32_error,
+    check_ref32,
+    fp32_bound,
+)
+
+pytestmark = pytest.mark.numerics  # re-run by .ci/run under another kernel dispatch
 
 
 def _net(dtype: torch.dtype) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).to(dtype)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 4))
+    return net.to(dtype)
 
 
 def _train(dtype: torch.dtype, two_rank: bool) -> tuple[torch.Tensor, dict, dict]:

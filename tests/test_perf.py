@@ -1,6 +1,7 @@
 """Fast training steps and MFU: channels_last and torch.compile change only rounding (within this computation's
 fp32 error, derived from a float64 run: tests/numerics.py), and the logged MFU is the counted FLOPs of a
-step over its time and the measured peak."""
+step over its time and the measured peak, checked exactly with an injected clock and peak (no timing of this
+machine)."""
 
 from __future__ import annotations
 

@@ -12,8 +12,7 @@ import torch
 
 from bigseer.checkpoint import save_checkpoint
 from bigseer.checkpoint.pieces import Piece
-from tests.state_compare import (assert_same_state, assert_state_within_fp32_error, load_export, load_state,
-                                 step_dir)
+from tests.state_compare import assert_same_state, assert_state_within_fp32_error, load_export, load_state, step_dir
 
 
 def _tensors(scale: float = 1.0) -> dict[str, torch.Tensor]:

@@ -20,7 +20,8 @@ def _ints(text: str) -> list[int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("src", help="embeddings directory (`bigseer embed`), or a data source with --weights")
     parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--keep", default=None, help="dedup output directory (`bigseer dedup`): curate only kept images")
+    parser.add_argument("--keep", default=None,
+                        help="dedup output directory (`bigseer dedup`): curate only the kept images")
     parser.add_argument("--target", type=int, default=None, help="images to select (default: --fraction of them)")
     parser.add_argument("--fraction", type=float, default=0.5, help="fraction to select when --target is not given")
     parser.add_argument("--levels", type=_ints, default=None,
@@ -30,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resample_steps", type=int, default=1, help="resampling re-fits per level (0: plain k-means)")
     parser.add_argument("--kmeans", default="auto", choices=("auto", "faiss", "torch"),
                         help="level-1 k-means: faiss (one process) or torch (any number of ranks); auto picks")
-    parser.add_argument("--drop_clusters", type=_ints, default=[], help="level-1 cluster ids to exclude (from report.md)")
+    parser.add_argument("--drop_clusters", type=_ints, default=[],
+                        help="level-1 cluster ids to exclude (listed in report.md)")
     group = parser.add_argument_group("with --weights: embed and dedup a raw pile first")
     group.add_argument("--weights", default=None, help="trunk weights; makes SRC a data source")
     group.add_argument("--model", default=None)

@@ -18,22 +18,6 @@ from bigseer.recipe import SEER_FILE
 # The SEER RG256 recipe ships as bigseer/recipes/seer_rg256.yaml (``--seer`` = ``--config seer_rg256``).
 SEER = SEER_FILE
 
-_HELP = {
-    "model": "RegNetY preset (bigseer models lists them)",
-    "data": "image folder, file list, tar shards (glob/brace) or 'builtin'",
-    "crops": "multi-crop spec, e.g. 2x224+4x96",
-    "batch_size": "images per rank per step (default: the DeepSpeed config's micro batch, else 32)",
-    "warmup_steps": "linear warmup steps (default: 10%% of max_steps)",
-    "backend": "auto | none | ddp | fsdp | deepspeed | fairscale",
-    "precision": "fp32 | bf16 | fp16",
-    "ds_config": "DeepSpeed JSON config (implies --backend deepspeed)",
-    "syncbn_group_size": "0 = off, -1 = whole world, N = groups of N ranks",
-    "checkpointing": "activation checkpointing: none | all | per-stage counts like 0,2,8,1 | a JSON per-stage list",
-    "resume": "continue from OUTPUT_DIR/checkpoints/latest: --resume (or latest) fails without a checkpoint, "
-              "--resume auto starts fresh without one (for schedulers that restart jobs)",
-}
-
-
 # fields whose default is None: their flag's type
 _OPTIONAL_TYPES: dict[str, type] = {"start_lr": float, "batch_size": int, "warmup_steps": int, "ds_config": str}
 
@@ -56,11 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             continue
         if f.name == "resume":
             parser.add_argument("--resume", nargs="?", const="latest", default=None, choices=("no", "latest", "auto"),
-                                help=_HELP["resume"])
+                                help=f.metadata["help"] + " (--resume alone: latest)")
             continue
         default = getattr(defaults, f.name)
         flag = f"--{f.name}"
-        helptext = _HELP.get(f.name, "")
+        helptext = f.metadata["help"].replace("%", "%%")  # the field's one description (bigseer.config.doc)
         if isinstance(default, bool):
             if default:
                 parser.add_argument(f"--no_{f.name}", dest=f.name, action="store_false", default=None,

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from bigseer.atomic import write_text_atomic, write_with
-from bigseer.curate.groups import UnionFind, groups_of
 from bigseer.curate import import_faiss
+from bigseer.curate.groups import UnionFind, groups_of
 from bigseer.curate.rows import iter_blocks
 from bigseer.curate.store import EmbeddingStore
 from bigseer.errors import ConfigError
@@ -118,8 +118,11 @@ def near_pairs(rows: Any, threshold: float, method: str = "auto", k: int = 32,
         sel = a < b
         a_all.append(a[sel])
         b_all.append(b[sel])
-    cat = (lambda xs: np.concatenate(xs) if xs else np.zeros(0, dtype=np.int64))
-    return cat(a_all), cat(b_all), saturated, method
+    return _cat(a_all), _cat(b_all), saturated, method
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
 def representative(rows: np.ndarray, sizes: np.ndarray, ids: np.ndarray) -> int:
@@ -194,7 +197,8 @@ def _markdown(store: EmbeddingStore, result: DedupResult, examples: int) -> str:
     lines = ["# dedup report", "", f"- embeddings: {r['embeddings']} ({r['rows']} rows)",
              f"- kept {r['kept']}, removed {r['removed']}: {r['removed_exact_copies']} exact copies (same sha1), "
              f"{r['removed_near_copies']} near copies (cosine >= {r['threshold']}, {r['method']})",
-             f"- groups: {r['groups']} ({r['exact_groups']} exact, {r['near_groups']} near), largest {r['largest_group']}",
+             f"- groups: {r['groups']} ({r['exact_groups']} exact, {r['near_groups']} near), "
+             f"largest {r['largest_group']}",
              f"- time: {r['seconds']:.2f} s", "", "## largest groups (first path is kept)", ""]
     for n in sorted(range(len(result.groups)), key=lambda i: -len(result.groups[i]))[:examples]:
         g = result.groups[n]

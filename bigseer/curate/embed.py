@@ -26,8 +26,19 @@ from torch.utils.data import DataLoader, Dataset
 
 from bigseer.atomic import TMP_PREFIX, commit_dir, remove_stale, write_text_atomic
 from bigseer.curate.items import Item, load_item
-from bigseer.curate.store import (EMBEDDINGS_FILE, FORMAT, MANIFEST, PARTS, SAMPLES_FILE, VERSION, check_same_run,
-                                  committed_parts, num_parts, part_name, read_manifest)
+from bigseer.curate.store import (
+    EMBEDDINGS_FILE,
+    FORMAT,
+    MANIFEST,
+    PARTS,
+    SAMPLES_FILE,
+    VERSION,
+    check_same_run,
+    committed_parts,
+    num_parts,
+    part_name,
+    read_manifest,
+)
 from bigseer.data import SKIP_REASONS, format_skipped, open_source
 from bigseer.data.multicrop import AugmentConfig, normalize_uint8
 from bigseer.distributed import get_rank, get_world_size, is_distributed
@@ -135,7 +146,7 @@ def _manifest(cfg: EmbedConfig, catalog: Any, trunk: Any, dim: int) -> dict[str,
 
 
 @torch.no_grad()
-def _embed_batch(trunk: torch.nn.Module, pixels: list[np.ndarray], layer: str, device: torch.device) -> np.ndarray:
+def _embed_batch(trunk: Any, pixels: list[Any], layer: str, device: torch.device) -> np.ndarray:
     from bigseer.downstream.linear import pooled_features
 
     x = normalize_uint8(torch.from_numpy(np.stack(pixels)), AugmentConfig()).to(device)
@@ -220,15 +231,17 @@ def embed_source(cfg: EmbedConfig) -> EmbedResult:
             rows.append(_embed_batch(trunk, [g.pixels for g in good[-tail:]], cfg.layer, device))
         emb = np.concatenate(rows) if rows else np.zeros((0, dim), dtype=np.float16)
         meta = {"part": k, "start": part_ids[0], "stop": part_ids[-1] + 1, "ids": [g.id for g in good],
-                "paths": [g.origin for g in good], "sha1": [g.sha1 for g in good], "sizes": [list(g.size) for g in good],
+                "paths": [g.origin for g in good], "sha1": [g.sha1 for g in good],
+                "sizes": [list(g.size) for g in good],
                 "skipped": skipped, "skipped_items": skipped_items, "seconds": time.perf_counter() - t0, "rank": rank}
         _commit_part(root, k, emb, meta)
         result.parts_computed.append(k)
         result.embedded += len(good)
-        elapsed = time.perf_counter() - start
+        rate = result.embedded / max(time.perf_counter() - start, 1e-9)
         if bar is not None:
-            bar.set_postfix_str(f"{result.embedded / max(elapsed, 1e-9):.1f} img/s")
-        log.info("embed: %s committed on rank %d (%d rows, %s)", part_name(k), rank, len(good), format_skipped(skipped))
+            bar.set_postfix_str(f"{rate:.1f} img/s")
+        log.info("embed: %s committed on rank %d (%d rows, %s; %.1f images/s)", part_name(k), rank, len(good),
+                 format_skipped(skipped), rate)
     if bar is not None:
         bar.close()
     result.seconds = time.perf_counter() - start
@@ -246,7 +259,8 @@ def _skipped_totals(root: Path, total_parts: int) -> dict[str, int]:
             meta = json.loads((root / PARTS / part_name(k) / SAMPLES_FILE).read_text())
             for reason, count in meta["skipped"].items():
                 totals[reason] = totals.get(reason, 0) + int(count)
-    return {r: totals[r] for r in SKIP_REASONS if r in totals} | {r: c for r, c in totals.items() if r not in SKIP_REASONS}
+    known = {r: totals[r] for r in SKIP_REASONS if r in totals}
+    return known | {r: c for r, c in totals.items() if r not in SKIP_REASONS}
 
 
 def write_report(root: Path, manifest: dict[str, Any], result: EmbedResult, world: int) -> None:
@@ -258,7 +272,8 @@ def write_report(root: Path, manifest: dict[str, Any], result: EmbedResult, worl
     report = {"source": manifest["source_description"], "samples": manifest["samples"], "embedded": rows,
               "skipped": result.skipped, "parts": result.parts, "parts_committed_before": result.parts_before,
               "parts_committed": len(done), "ranks": world, "seconds_rank0": round(result.seconds, 3),
-              "images_per_s_rank0": round(result.images_per_s, 2), "dim": manifest["dim"], "weights": manifest["weights"]}
+              "images_per_s_rank0": round(result.images_per_s, 2), "dim": manifest["dim"],
+              "weights": manifest["weights"]}
     write_text_atomic(root / "report.json", json.dumps(report, indent=1) + "\n")
     lines = ["# embed report", "", f"- source: {report['source']}", f"- weights: {report['weights']}",
              f"- embedded: {rows} of {report['samples']} ({format_skipped(result.skipped)})",

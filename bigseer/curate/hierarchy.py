@@ -67,7 +67,9 @@ def resampled(labels: np.ndarray, dist: np.ndarray, k: int, r: int | None) -> np
 def _level(rows: Rows, k: int, backend: str, niter: int, seed: int, resample_steps: int, resample_size: int | None,
            sample_cap: int) -> Level:
     rng = np.random.default_rng([seed, 0x1E7E1, k])
-    train: Rows = rows if rows.n <= sample_cap else TakeRows(rows, np.sort(rng.choice(rows.n, sample_cap, replace=False)))
+    train: Rows = rows
+    if rows.n > sample_cap:
+        train = TakeRows(rows, np.sort(rng.choice(rows.n, sample_cap, replace=False)))
     centroids = kmeans.fit(train, k, backend, niter, seed)
     labels, dist = kmeans.assign(rows, centroids, backend)
     for step in range(resample_steps):

@@ -39,17 +39,19 @@ class Item:
     reason: str = ""
 
 
-def centre_plan(resize: int, crop: int):
+class CentrePlan:
     """A crop plan function: the centre square that becomes ``crop`` px after scaling the short side to
     ``resize``. Records the image's full oriented size in ``.size``."""
-    def plan(w: int, h: int) -> list[CropPlan]:
-        plan.size = (w, h)
-        side = min(w, h) * min(1.0, crop / resize)
-        x0, y0 = (w - side) / 2, (h - side) / 2
-        return [CropPlan((x0, y0, x0 + side, y0 + side), crop, False)]
 
-    plan.size = (0, 0)
-    return plan
+    def __init__(self, resize: int, crop: int) -> None:
+        self.resize, self.crop = resize, crop
+        self.size = (0, 0)
+
+    def __call__(self, w: int, h: int) -> list[CropPlan]:
+        self.size = (w, h)
+        side = min(w, h) * min(1.0, self.crop / self.resize)
+        x0, y0 = (w - side) / 2, (h - side) / 2
+        return [CropPlan((x0, y0, x0 + side, y0 + side), self.crop, False)]
 
 
 def _part_of(catalog: Catalog, i: int):
@@ -92,7 +94,7 @@ def load_item(catalog: Catalog, i: int, resize: int, crop: int, min_side: int = 
               max_pixels: int | None = None) -> Item:
     """Read, hash and decode item ``i``; a skipped item comes back with ``reason`` set (never raises SkipImage)."""
     item = Item(i, origin_of(catalog, i))
-    plan = centre_plan(resize, crop)
+    plan = CentrePlan(resize, crop)
     kw = {"min_side": min_side, "max_pixels": max_pixels}
     try:
         data = read_bytes(catalog, i)
@@ -103,7 +105,7 @@ def load_item(catalog: Catalog, i: int, resize: int, crop: int, min_side: int = 
             item.sha1 = hashlib.sha1(data).hexdigest()
             img, scale, plans = decode_bytes(data, plan, **kw)
         item.pixels = render_crop(img, scale, plans[0])
-        item.size = tuple(int(v) for v in plan.size)
+        item.size = (int(plan.size[0]), int(plan.size[1]))
     except SkipImage as exc:
         item.reason = exc.reason
     except Exception as exc:  # noqa: BLE001 - an image PIL decoded but cannot process: counted, not fatal
@@ -116,6 +118,7 @@ def example_image(source: str, origin: str, side: int = 96):
     """A small RGB PIL thumbnail of a sample for report grids (a grey square when it cannot be read)."""
     from PIL import Image
 
+    img: Image.Image
     try:
         if "#" in origin and not os.path.exists(origin):
             from bigseer.data.tar_shards import TarShards

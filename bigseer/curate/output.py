@@ -23,7 +23,7 @@ def _ext(data: bytes) -> str:
 
     try:
         with Image.open(io.BytesIO(data)) as img:
-            return {"JPEG": "jpg", "MPO": "jpg"}.get(img.format, (img.format or "img").lower())
+            return {"JPEG": "jpg", "MPO": "jpg"}.get(img.format or "", (img.format or "img").lower())
     except Exception:  # noqa: BLE001 - embedded images decoded once; keep the bytes whatever PIL says now
         return "img"
 

@@ -169,7 +169,8 @@ def _markdown(r: dict[str, Any]) -> str:
              "", "| level-1 clusters | images | used | max | median | entropy / log k |", "|---|---|---|---|---|---|",
              f"| before | {b['images']} | {b['clusters_used']} | {b['max']} | {b['median']:g} | {b['entropy_ratio']} |",
              f"| after | {a['images']} | {a['clusters_used']} | {a['max']} | {a['median']:g} | {a['entropy_ratio']} |",
-             "", f"`bigseer pretrain --data {r['data']}`", "", "## largest and smallest clusters (`--drop_clusters` ids)", ""]
+             "", f"`bigseer pretrain --data {r['data']}`", "",
+             "## largest and smallest clusters (`--drop_clusters` ids)", ""]
     for e in r["examples"]:
         lines.append(f"- cluster {e['cluster']} ({e['kind']}, {e['size_before']} -> {e['size_after']}): "
                      + ", ".join(f"`{p}`" for p in e["paths"]))

@@ -33,7 +33,8 @@ def image_grid(path: str | os.PathLike[str], source: str, rows: Sequence[tuple[s
 
 def group_grid(path: str | os.PathLike[str], store: Any, groups: Sequence[np.ndarray], kinds: Sequence[str]) -> Path:
     """Duplicate groups, one per row, the kept image first."""
-    rows = [(f"{kind} group of {len(g)} (first kept)", [store.paths[int(i)] for i in g]) for g, kind in zip(groups, kinds)]
+    rows = [(f"{kind} group of {len(g)} (first kept)", [store.paths[int(i)] for i in g])
+            for g, kind in zip(groups, kinds)]
     return image_grid(path, store.manifest["source"], rows or [("no duplicates", [])], cols=6)
 
 

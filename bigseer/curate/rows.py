@@ -96,8 +96,10 @@ class NpyRows(FileRows):
     def __init__(self, path: str | os.PathLike[str]) -> None:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read_header(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
             offset = f.tell()
         if len(shape) != 2 or fortran:
             raise ValueError(f"{path}: expected a C-ordered 2-D array, got shape {shape}")
@@ -118,7 +120,8 @@ class TakeRows:
         return self.base.take(self.idx[np.asarray(idx, dtype=np.int64)])
 
 
-def iter_blocks(rows: Rows, block: int = DEFAULT_BLOCK, blocks: range | None = None) -> Iterator[tuple[int, np.ndarray]]:
+def iter_blocks(rows: Rows, block: int = DEFAULT_BLOCK,
+                blocks: range | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """``(start, float32 block)`` over ``rows`` in blocks of ``block`` rows; ``blocks`` picks block numbers."""
     count = -(-rows.n // block)
     for b in (range(count) if blocks is None else blocks):

@@ -42,7 +42,7 @@ def balanced_sample(levels: list[Level], allowed: np.ndarray, target: int, seed:
         raise ConfigError(f"curate: the target size must be >= 1, got {target}")
     row_labels = levels[0].labels
     sizes = [np.bincount(row_labels[allowed], minlength=levels[0].k).astype(np.int64)]
-    for lv, up in zip(levels, levels[1:]):
+    for up in levels[1:]:
         sizes.append(np.bincount(up.labels, weights=sizes[-1], minlength=up.k).astype(np.int64))
     depth = len(levels)
     quotas = split_budget(sizes[-1], target, np.random.default_rng([seed, depth, 0]))

@@ -56,7 +56,8 @@ def read_manifest(root: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         manifest = json.loads((root / MANIFEST).read_text())
     except FileNotFoundError:
-        raise DataError(f"{root} is not an embeddings directory: no {MANIFEST} (write one with `bigseer embed`)") from None
+        raise DataError(f"{root} is not an embeddings directory: no {MANIFEST} "
+                        f"(write one with `bigseer embed`)") from None
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {root / MANIFEST}: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -68,8 +69,8 @@ def check_same_run(root: Path, old: dict[str, Any], new: dict[str, Any]) -> None
     """ConfigError when an existing directory was written with other settings than this run's."""
     for key in IDENTITY:
         if old.get(key) != new.get(key):
-            raise ConfigError(f"{root} holds embeddings of another run ({key}: {old.get(key)!r}, now {new.get(key)!r}); "
-                              f"use another --out or delete it")
+            raise ConfigError(f"{root} holds embeddings of another run ({key}: {old.get(key)!r}, "
+                              f"now {new.get(key)!r}); use another --out or delete it")
 
 
 def committed_parts(root: str | os.PathLike[str]) -> set[int]:

@@ -18,6 +18,7 @@ Settings come from the environment so that DataLoader workers inherit them: ``BI
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -25,7 +26,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from bigseer.errors import DataError
 
@@ -184,9 +185,26 @@ class ShardCache:
 _CACHE: ShardCache | None = None
 
 
-def default_cache() -> ShardCache:
-    """This process's cache (created on first use from the environment settings)."""
+_SCOPED_ROOT: str | None = None  # set by :func:`cache_root` while a catalog is opened
+
+
+@contextlib.contextmanager
+def cache_root(root: str | None) -> Iterator[None]:
+    """Within the block, :func:`default_cache` without a root uses ``root`` (opening a catalog of remote shards
+    without an index reads their headers through the cache before the catalog can carry the setting)."""
+    global _SCOPED_ROOT
+    saved, _SCOPED_ROOT = _SCOPED_ROOT, root or _SCOPED_ROOT
+    try:
+        yield
+    finally:
+        _SCOPED_ROOT = saved
+
+
+def default_cache(root: str | None = None) -> ShardCache:
+    """This process's cache in ``root`` (None: the :func:`cache_root` of the block, else ``BIGSEER_SHARD_CACHE``,
+    else under the temp dir), created on first use with the environment's other settings."""
     global _CACHE
-    if _CACHE is None or _CACHE.root != Path(os.environ.get("BIGSEER_SHARD_CACHE") or _CACHE.root):
-        _CACHE = ShardCache()
+    root = root or _SCOPED_ROOT or os.environ.get("BIGSEER_SHARD_CACHE")
+    if _CACHE is None or (root is not None and _CACHE.root != Path(root)):
+        _CACHE = ShardCache(root)
     return _CACHE

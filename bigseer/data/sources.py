@@ -297,6 +297,12 @@ class Catalog:
         self.spec, self.parts = spec, parts
         self._starts = np.cumsum([0] + [len(p) for p in parts])
 
+    def use_shard_cache(self, directory: str | None) -> None:
+        """Fetch this catalog's remote shards into ``directory`` (travels with the catalog into loader workers)."""
+        for part in self.parts:
+            if hasattr(part, "cache_dir"):
+                part.cache_dir = directory
+
     def shard_counts(self) -> np.ndarray:
         """Samples per shard over all parts, in item order (what the sample order is built on)."""
         return np.concatenate([p.shard_counts() for p in self.parts])
@@ -329,12 +335,17 @@ class Catalog:
                 raise DataError(f"data source {part.describe()}: not {what} file is a readable image")
 
 
-def open_source(spec: str, check: bool = True) -> Catalog:
-    """Resolve a ``--data`` string into a :class:`Catalog`; DataError if it cannot be used."""
+def open_source(spec: str, check: bool = True, shard_cache: str | None = None) -> Catalog:
+    """Resolve a ``--data`` string into a :class:`Catalog`; DataError if it cannot be used. ``shard_cache``:
+    the node-local directory for remote shards (None: ``BIGSEER_SHARD_CACHE``, else under the temp dir)."""
+    from bigseer.data.remote import cache_root
+
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"bad data source {spec!r}: expected a folder, .tar shards, a path list or 'builtin'")
-    parts = [p for item in _split_top_level(spec) for p in _parts_for(item)]
+    with cache_root(shard_cache):
+        parts = [p for item in _split_top_level(spec) for p in _parts_for(item)]
     catalog = Catalog(spec, parts)
+    catalog.use_shard_cache(shard_cache)
     if len(catalog) == 0:
         raise DataError(f"data source {spec!r} holds no samples")
     if check:

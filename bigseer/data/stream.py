@@ -153,7 +153,7 @@ class MultiCropStream:
                  max_pixels: int | None = None, max_tries: int = DEFAULT_MAX_TRIES,
                  reduced_decode: bool = True, prefetch_factor: int = 2, pin_memory: bool = False,
                  worker_timeout_s: float = 0.0, multiprocessing_context: str | None = None,
-                 device: str | torch.device | None = None) -> None:
+                 device: str | torch.device | None = None, shard_cache: str | None = None) -> None:
         for name, value, lo in (("batch_size", batch_size, 1), ("world_size", world_size, 1),
                                 ("num_workers", num_workers, 0), ("start_position", start_position, 0),
                                 ("rank", rank, 0), ("min_side", min_side, 1), ("max_tries", max_tries, 0),
@@ -172,7 +172,7 @@ class MultiCropStream:
             raise ConfigError(f"worker_timeout_s must be >= 0 (0 = wait forever), got {worker_timeout_s!r}")
         self.groups = parse_crops(crops)
         self.augment = augment or AugmentConfig()
-        self.catalog = open_source(source)
+        self.catalog = open_source(source, shard_cache=shard_cache)
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
         self.num_workers = num_workers
         self.global_batch = batch_size * world_size

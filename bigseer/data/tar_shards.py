@@ -38,6 +38,7 @@ class TarShards:
     def __init__(self, origin: str, urls: list[str], counts: list[int] | None = None,
                  sizes: list[int] | None = None, index: str = "") -> None:
         self.origin, self.urls, self.index = origin, list(urls), index
+        self.cache_dir: str | None = None  # node-local cache of remote shards (None: the default one)
         self.bad_shards: list[str] = []
         self._tables: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._dead: dict[int, tuple[str, str]] = {}  # shards this process could not fetch: never retried
@@ -104,7 +105,7 @@ class TarShards:
         from bigseer.data.remote import ShardUnavailable, SizeMismatch, default_cache
 
         try:
-            return default_cache().local_path(url, int(self.sizes[k]) if k is not None else -1)
+            return default_cache(self.cache_dir).local_path(url, int(self.sizes[k]) if k is not None else -1)
         except ShardUnavailable as exc:
             raise _Unavailable(exc.reason, exc.detail) from None
         except SizeMismatch as exc:

@@ -56,8 +56,8 @@ def test_curated_list_feeds_pretrain(pile, tmp_path):
 
 def test_one_command_pipeline_on_a_raw_pile_and_on_tar_shards(pile, tmp_path, capsys):
     src = pile["imgs"]
-    assert main(["curate", str(src), "--weights", str(pile["weights"]), "--out", str(tmp_path / "all"), "--resize", "32",
-                 "--crop", "32", "--part_size", "16", "--target", "10", "--levels", "6,2"]) == 0
+    assert main(["curate", str(src), "--weights", str(pile["weights"]), "--out", str(tmp_path / "all"),
+                 "--resize", "32", "--crop", "32", "--part_size", "16", "--target", "10", "--levels", "6,2"]) == 0
     assert "pretrain with: bigseer pretrain --data" in capsys.readouterr().out
     for name in ("embeddings/report.md", "dedup/report.md", "dedup/groups.png", "dedup/keep.npy", "report.md",
                  "cluster_sizes.png", "clusters.png", "list.txt"):
@@ -80,7 +80,8 @@ def test_curate_refusals_are_one_line(pile, tmp_path, capsys):
              (["curate", str(pile["emb"]), "--out", str(tmp_path / "o"), "--drop_clusters", "99", "--levels", "4"],
               "not level-1 clusters"),
              (["curate", str(pile["emb"]), "--out", str(tmp_path / "o"), "--levels", "8,9"], "decreasing"),
-             (["curate", str(pile["emb"]), "--out", str(tmp_path / "o"), "--keep", str(tmp_path)], "not a dedup output"),
+             (["curate", str(pile["emb"]), "--out", str(tmp_path / "o"), "--keep", str(tmp_path)],
+              "not a dedup output"),
              (["curate", str(pile["emb"]), "--out", str(tmp_path / "o"), "--kmeans", "torch", "--fraction", "0"],
               "--fraction 0.0 must be in (0, 1]")]
     for argv, message in cases:

@@ -15,7 +15,7 @@ from bigseer.cli import main
 from bigseer.curate.embed import EmbedConfig, embed_source
 from bigseer.curate.store import PARTS, EmbeddingStore, committed_parts
 from bigseer.errors import DataError
-from tests.curate.helpers import write_folder, write_weights
+from tests.curate.helpers import distinct_image, write_folder, write_weights
 from tests.data.zoo import write_zoo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +66,8 @@ def test_kill_mid_embed_then_resume_recomputes_no_committed_part(tmp_path, weigh
     write_folder(tmp_path / "imgs", 24)
     args = ["embed", str(tmp_path / "imgs"), "--weights", weights, "--out", str(tmp_path / "emb"), "--part_size", "4",
             *SMALL]
-    killed = subprocess.run([sys.executable, "-c", KILLER, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    killed = subprocess.run([sys.executable, "-c", KILLER, *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert committed_parts(tmp_path / "emb") == {0, 1}
     parts = tmp_path / "emb" / PARTS
@@ -102,3 +103,12 @@ def test_embed_refusals_are_one_line(tmp_path, weights, capsys):
     empty.mkdir()
     assert main(["embed", str(empty), "--weights", weights, "--out", str(tmp_path / "e2")]) == 2
     assert "contains no files" in capsys.readouterr().err
+    tiny = tmp_path / "tiny"  # images, but all below --min_side: embedded as skipped, then nothing to dedup
+    tiny.mkdir()
+    for i in range(3):
+        distinct_image(i, side=8).save(tiny / f"{i}.png")
+    assert main(["embed", str(tiny), "--weights", weights, "--out", str(tmp_path / "e3"), *SMALL]) == 0
+    assert "skipped 3 (too_small 3)" in capsys.readouterr().out
+    assert main(["dedup", str(tmp_path / "e3"), "--out", str(tmp_path / "k3")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no image of" in err and "could be embedded" in err

@@ -10,8 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from bigseer.data.decode import (SkipImage, decode_bytes, decode_jpeg_turbo, format_skipped, to_rgb,
-                                 turbo_eighths)
+from bigseer.data.decode import SkipImage, decode_bytes, decode_jpeg_turbo, format_skipped, to_rgb, turbo_eighths
 from bigseer.data.multicrop import AugmentConfig, CropPlan, parse_crops, plan_crops, render_crop
 from tests.data.zoo import bad_kinds, exif_rotated_jpeg, good_kinds, jpeg_bytes, noise_image, sixteen_bit_png
 

@@ -7,8 +7,7 @@ from bigseer.downstream.knn import knn_predict
 from bigseer.downstream.synthetic import write_colour_folder
 from bigseer.downstream.train import run_downstream
 from bigseer.downstream.weights import load_trunk
-from tests.downstream.knn_reference import (capture_knn_inputs, reference_features, reference_topk_correct,
-                                            split_tensors)
+from tests.downstream.knn_reference import capture_knn_inputs, reference_features, reference_topk_correct, split_tensors
 from tests.numerics import assert_within_fp32_error
 
 

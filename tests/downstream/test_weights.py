@@ -63,8 +63,12 @@ def test_eval_speedups_as_in_pretraining(saved, tmp_path, monkeypatch):
 
     from bigseer.downstream.weights import fast_trunk
     from bigseer.errors import ConfigError
-    from tests.downstream.knn_reference import (capture_knn_inputs, reference_features, reference_topk_correct,
-                                                split_tensors)
+    from tests.downstream.knn_reference import (
+        capture_knn_inputs,
+        reference_features,
+        reference_topk_correct,
+        split_tensors,
+    )
     from tests.numerics import assert_close_f64, assert_within_fp32_error
 
     trunk, path = saved
@@ -95,6 +99,8 @@ def test_eval_speedups_as_in_pretraining(saved, tmp_path, monkeypatch):
         xs, ys = split_tensors(data, split, 16, 16)
         f32, f64 = reference_features(trunk, xs, "res5")
         assert_within_fp32_error(knn_inputs[f"{split}_f"], f32, f64, f"NHWC {split} features")
+        if split == "train":
+            assert torch.equal(knn_inputs["train_y"], ys)
     c1, _ = reference_topk_correct(knn_inputs["train_f"], knn_inputs["train_y"], knn_inputs["val_f"], ys, 3, k=20,
                                    temperature=0.07)
     assert res["final"]["top1"] == 100.0 * c1 / 6, c1

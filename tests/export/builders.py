@@ -77,3 +77,4 @@ def distributed_checkpoints(rank: int, world_size: int, ref_path: str, root: str
                                       config=config)
     engine.save_checkpoint(os.path.join(root, "deepspeed", "checkpoints", "step_00000005", "deepspeed"),
                            tag="state")
+    engine.destroy()  # DeepSpeed's buffers and hooks end here, not in the interpreter's finalisation

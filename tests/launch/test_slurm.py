@@ -16,7 +16,19 @@ import pytest
 from bigseer.errors import ConfigError
 from bigseer.launch.slurm import PretrainJob, SlurmSpec, sbatch_script, submit, with_resume_auto
 from tests.distributed_utils import free_port
-from tests.jobs import BIN, TINY, _environ, descendants, env, kill_recorded, kill_tree, launch, losses, snapshot, wait_for
+from tests.jobs import (
+    BIN,
+    TINY,
+    _environ,
+    descendants,
+    env,
+    kill_recorded,
+    kill_tree,
+    launch,
+    losses,
+    snapshot,
+    wait_for,
+)
 from tests.state_compare import assert_same_state, load_state
 
 STEPS = 6
