@@ -55,32 +55,44 @@ def plant(folder: Path, originals: int, every: int = 4) -> set[str]:
     return copies
 
 
-def sweep(emb: Path, copies: set[str], thresholds: list[float]) -> tuple[list[dict], dict]:
+def sweep(emb: Path, copies: set[str], thresholds: list[float], verifies: list[float]) -> tuple[list[dict], dict]:
+    """Per (threshold, verify): images removed, precision, recall; and the similarity distributions."""
     from bigseer.curate.dedup import DedupConfig, find_duplicates
     from bigseer.curate.store import EmbeddingStore
 
     store = EmbeddingStore(emb)
-    x = store.rows().read(0, store.n).astype(np.float32)
     names = [os.path.basename(store.paths[i]) for i in range(store.n)]
     base = np.array([int(n[:5]) for n in names])
-    sim = x @ x.T
-    iu = np.triu_indices(len(x), 1)
+    iu = np.triu_indices(store.n, 1)
     same = base[iu[0]] == base[iu[1]]
-    kinds = {}
-    for kind in ("resized", "q60", "crop"):
-        sel = same & np.array([kind in names[i] or kind in names[j] for i, j in zip(*iu)])
-        kinds[kind] = float(np.percentile(sim[iu][sel], 5))
-    dist = {"copy_min": float(sim[iu][same].min()), "copy_p5": float(np.percentile(sim[iu][same], 5)),
-            "distinct_max": float(sim[iu][~same].max()), "distinct_p999": float(np.percentile(sim[iu][~same], 99.9)),
-            "distinct_median": float(np.median(sim[iu][~same])), "copy_p5_by_kind": kinds}
+    dist = {}
+    for tensor in ("embeddings", "thumbs"):
+        x = store.rows(tensor).read(0, store.n).astype(np.float32)
+        sim = (x @ x.T)[iu]
+        kinds = {}
+        for kind in ("resized", "q60", "crop"):
+            sel = same & np.array([kind in names[i] or kind in names[j] for i, j in zip(*iu)])
+            kinds[kind] = float(np.percentile(sim[sel], 5))
+        dist[tensor] = {"copy_min": float(sim[same].min()), "copy_p5": float(np.percentile(sim[same], 5)),
+                        "distinct_max": float(sim[~same].max()),
+                        "distinct_p999": float(np.percentile(sim[~same], 99.9)),
+                        "distinct_median": float(np.median(sim[~same])), "copy_p5_by_kind": kinds}
     rows = []
     for t in thresholds:
-        r = find_duplicates(store, DedupConfig(str(emb), "", threshold=t))
-        removed = {names[int(i)] for g in r.groups for i in g[1:]}
-        hit = len(removed & copies)
-        rows.append({"threshold": t, "removed": len(removed), "precision": hit / max(1, len(removed)),
-                     "recall": hit / len(copies)})
+        for v in verifies:
+            r = find_duplicates(store, DedupConfig(str(emb), "", threshold=t, verify=v))
+            removed = {names[int(i)] for g in r.groups for i in g[1:]}
+            hit = len(removed & copies)
+            rows.append({"threshold": t, "verify": v, "removed": len(removed),
+                         "precision": hit / max(1, len(removed)), "recall": hit / len(copies)})
     return rows, dist
+
+
+def _dist_line(name: str, d: dict) -> str:
+    return (f"{name}: copy pairs min {d['copy_min']:.3f}, 5th pct {d['copy_p5']:.3f} (by kind, 5th pct: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in d["copy_p5_by_kind"].items())
+            + f"); distinct pairs median {d['distinct_median']:.3f}, 99.9th pct {d['distinct_p999']:.3f}, "
+            f"max {d['distinct_max']:.3f}")
 
 
 def run_threshold(args: argparse.Namespace) -> str:
@@ -91,25 +103,28 @@ def run_threshold(args: argparse.Namespace) -> str:
     lines = ["## Near-duplicate threshold", "", f"`{' '.join(sys.argv)}`", "",
              f"{args.originals} builtin images (64-256 px, 10 scene classes) + {len(copies)} planted copies of them: "
              "half size, JPEG q=60 and 90% centre crop of every 4th, byte-identical copies of every 8th. "
-             f"Embedded at {args.crop} px (short side {args.resize}). Machine: {uptime()}", ""]
-    for w in args.weights:
+             f"Embedded at {args.crop} px (short side {args.resize}). Cells: precision / recall of the removed "
+             f"images (`bigseer dedup --threshold T --verify V`; V = -1: trunk cosine only). Machine: {uptime()}", ""]
+    for n, w in enumerate(args.weights):
         weights = w
         if w == "random":
             from tests.curate.helpers import write_weights
 
             weights = write_weights(out / "random.safetensors")
-        emb = out / f"emb-{len(lines)}"
+        emb = out / f"emb-{n}"
         t0 = time.perf_counter()
-        embed_source(EmbedConfig(str(out / "imgs"), weights, str(emb), part_size=256, resize=args.resize,
-                                 crop=args.crop))
-        rows, dist = sweep(emb, copies, args.thresholds)
-        lines += [f"### trunk: {w} (embed {time.perf_counter() - t0:.0f} s)", "",
-                  f"cosine of copy pairs: min {dist['copy_min']:.3f}, 5th pct {dist['copy_p5']:.3f} (by kind, 5th pct: "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in dist["copy_p5_by_kind"].items())
-                  + f"); distinct pairs: median {dist['distinct_median']:.3f}, 99.9th pct {dist['distinct_p999']:.3f}, "
-                  f"max {dist['distinct_max']:.3f}", "", "| threshold | removed | precision | recall |",
-                  "|---|---|---|---|"]
-        lines += [f"| {r['threshold']:.3f} | {r['removed']} | {r['precision']:.3f} | {r['recall']:.3f} |" for r in rows]
+        if not emb.exists():
+            embed_source(EmbedConfig(str(out / "imgs"), weights, str(emb), part_size=256, resize=args.resize,
+                                     crop=args.crop))
+        rows, dist = sweep(emb, copies, args.thresholds, args.verifies)
+        lines += [f"### trunk: {w} ({time.perf_counter() - t0:.0f} s)", "",
+                  "- " + _dist_line("trunk cosine", dist["embeddings"]),
+                  "- " + _dist_line("thumbnail correlation", dist["thumbs"]), "",
+                  "| threshold | " + " | ".join(f"verify {v:g}" for v in args.verifies) + " |",
+                  "|---" * (len(args.verifies) + 1) + "|"]
+        for t in args.thresholds:
+            cells = [f"{r['precision']:.2f} / {r['recall']:.2f}" for r in rows if r["threshold"] == t]
+            lines.append(f"| {t:g} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -290,7 +305,8 @@ def run_pile(args: argparse.Namespace) -> str:
     emb = root / "emb"
     embed_source(EmbedConfig(str(root / "pile"), raw_export, str(emb), part_size=256, resize=args.size, crop=args.size))
     store = EmbeddingStore(emb)
-    dedup = find_duplicates(store, DedupConfig(str(emb), str(root / "dedup"), threshold=args.threshold))
+    dedup = find_duplicates(store, DedupConfig(str(emb), str(root / "dedup"), threshold=args.threshold,
+                                               verify=args.verify))
     write_dedup(store, dedup, root / "dedup")
     removed = {Path(store.paths[int(r)]).name for g in dedup.groups for r in g[1:]}
     planted = {n for n, f in facts.items() if f["copy_of"] is not None}
@@ -314,8 +330,9 @@ def run_pile(args: argparse.Namespace) -> str:
              f"{len(facts)} files, {store.n} embedded ({store.skipped}). Both runs: regnety_tiny, `--recipe auto`, "
              f"{args.steps} steps, batch 64. The curated run starts from scratch on the curated list; its embeddings "
              f"come from the raw run's trunk.", "",
-             f"Dedup (threshold {args.threshold}, raw-run trunk): removed {len(removed)}, of them planted copies "
-             f"{hit}: precision {hit / max(1, len(removed)):.3f}, recall {hit / len(planted):.3f} "
+             f"Dedup (threshold {args.threshold}, verify {args.verify}, raw-run trunk): removed {len(removed)}, "
+             f"of them planted copies {hit}: precision {hit / max(1, len(removed)):.3f}, "
+             f"recall {hit / len(planted):.3f} "
              f"({dedup.report['removed_exact_copies']} exact, {dedup.report['removed_near_copies']} near).", "",
              "| pretraining set | images | per class 0..9 | junk | copies | class entropy / ln 10 | max/min class |",
              "|---|---|---|---|---|---|---|"]
@@ -339,8 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     thr.add_argument("--originals", type=int, default=200)
     thr.add_argument("--resize", type=int, default=64)
     thr.add_argument("--crop", type=int, default=64)
-    thr.add_argument("--thresholds", type=float, nargs="+",
-                     default=[0.8, 0.85, 0.9, 0.925, 0.95, 0.96, 0.97, 0.98, 0.99, 0.995])
+    thr.add_argument("--thresholds", type=float, nargs="+", default=[0.7, 0.8, 0.85, 0.9, 0.95, 0.99])
+    thr.add_argument("--verifies", type=float, nargs="+", default=[-1, 0.6, 0.7, 0.8, 0.9])
     thr.add_argument("--markdown", default=None)
     sc = sub.add_parser("scale")
     sc.add_argument("--rows", type=int, default=10_000_000)
@@ -355,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("--dir", required=True)
     pl.add_argument("--size", type=int, default=32)
     pl.add_argument("--steps", type=int, default=1500)
-    pl.add_argument("--threshold", type=float, default=0.95)
+    pl.add_argument("--threshold", type=float, default=0.8)
+    pl.add_argument("--verify", type=float, default=0.8)
     pl.add_argument("--fraction", type=float, default=0.6)
     pl.add_argument("--seed", type=int, default=0)
     pl.add_argument("--markdown", default=None)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from bigseer.curate.dedup import DEFAULT_THRESHOLD
+from bigseer.curate.dedup import DEFAULT_THRESHOLD, DEFAULT_VERIFY
 
 
 def _ints(text: str) -> list[int]:
@@ -42,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--crop", type=int, default=224)
     group.add_argument("--workers", type=int, default=0)
     group.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="near-duplicate cosine threshold")
+    group.add_argument("--verify", type=float, default=DEFAULT_VERIFY, help="near-duplicate thumbnail correlation")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         embed_kwargs = dict(model=args.model, part_size=args.part_size, batch_size=args.batch_size,
                             resize=args.resize, crop=args.crop, workers=args.workers)
         result = curate_pile(args.src, args.weights, args.out, embed_kwargs=embed_kwargs, threshold=args.threshold,
-                             curate_kwargs=kwargs)
+                             verify=args.verify, curate_kwargs=kwargs)
     elif is_embeddings_dir(args.src):
         result = curate_embeddings(CurateConfig(args.src, args.out, keep=args.keep, **kwargs))
     else:

@@ -4,12 +4,16 @@ Exact: rows whose encoded bytes have the same sha1 (recorded by ``bigseer embed`
 L2-normalised embeddings with cosine similarity >= ``threshold``, found with faiss on an exact inner-product
 index (``IndexFlatIP``), queried in blocks so memory is the index plus one block of results: ``range``
 (``range_search``, every pair; CPU) or ``knn`` (the ``k`` nearest per row, then the threshold; what GPU
-indexes support, used when faiss sees a GPU). Pairs are merged with union-find into groups; each group keeps
-its largest image (width x height), ties to the smallest catalog id; everything else is removed and listed
-in ``groups.jsonl`` with its paths (nothing is dropped silently).
+indexes support, used when faiss sees a GPU); then verified: the pair's thumbnails (16x16 grey, zero-mean,
+:func:`bigseer.curate.items.thumbnail`) must correlate >= ``verify``. A trunk trained for invariance maps
+distinct images of one concept close together; the thumbnail check keeps only pairs that also share their
+layout (``verify=-1`` turns it off). Byte copies form one group each; near pairs are not chained
+(:func:`assign_duplicates`): images are visited largest first (width x height, ties to the smallest catalog
+id) and one is removed only when it is a verified near pair of an image already kept, so each removed image
+is listed in ``groups.jsonl`` with the kept image it duplicates (nothing is dropped silently).
 
-Default threshold: :data:`DEFAULT_THRESHOLD`, chosen from planted duplicates (resized, JPEG q=60, 90%
-centre crops) in ``benchmarks/results/curate.md``.
+Defaults :data:`DEFAULT_THRESHOLD` and :data:`DEFAULT_VERIFY`: measured on planted duplicates (half size,
+JPEG q=60, 90% centre crops) in ``benchmarks/results/curate.md``.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from bigseer.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_THRESHOLD = 0.95
+DEFAULT_THRESHOLD = 0.8
+DEFAULT_VERIFY = 0.8
 KEEP_FILE = "keep.npy"
 GROUPS_FILE = "groups.jsonl"
 LIST_FILE = "list.txt"
@@ -46,14 +51,16 @@ class DedupConfig:
     embeddings: str
     out: str
     threshold: float = DEFAULT_THRESHOLD
+    verify: float = DEFAULT_VERIFY
     method: str = "auto"
     knn: int = 32
     block: int = 4096
     examples: int = 8
 
     def validate(self) -> None:
-        if not -1.0 <= self.threshold <= 1.0:
-            raise ConfigError(f"dedup: --threshold {self.threshold} must be a cosine similarity in [-1, 1]")
+        for name in ("threshold", "verify"):
+            if not -1.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"dedup: --{name} {getattr(self, name)} must be a cosine similarity in [-1, 1]")
         if self.method not in ("auto", "range", "knn"):
             raise ConfigError(f"dedup: --method {self.method!r} must be auto, range or knn")
         if self.knn < 2 or self.block < 1:
@@ -125,34 +132,81 @@ def _cat(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
-def representative(rows: np.ndarray, sizes: np.ndarray, ids: np.ndarray) -> int:
-    """The row a group keeps: most pixels, then the smallest catalog id."""
-    pixels = sizes[rows, 0] * sizes[rows, 1]
-    return int(rows[np.lexsort((ids[rows], -pixels))[0]])
+def verified(thumbs: Any, a: np.ndarray, b: np.ndarray, verify: float, chunk: int = 65536) -> np.ndarray:
+    """Mask of the pairs ``(a, b)`` whose thumbnails correlate >= ``verify``."""
+    keep = np.ones(len(a), dtype=bool)
+    if verify <= -1.0:
+        return keep
+    for lo in range(0, len(a), chunk):
+        ta = thumbs.take(a[lo:lo + chunk]).astype(np.float32)
+        tb = thumbs.take(b[lo:lo + chunk]).astype(np.float32)
+        keep[lo:lo + chunk] = (ta * tb).sum(1) >= verify - 1e-3
+    return keep
+
+
+def priority(sizes: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Rows in keeping order: most pixels first, then the smallest catalog id."""
+    return np.lexsort((ids, -(sizes[:, 0] * sizes[:, 1])))
+
+
+def assign_duplicates(n: int, order: np.ndarray, exact_a: np.ndarray, exact_b: np.ndarray, near_a: np.ndarray,
+                      near_b: np.ndarray) -> np.ndarray:
+    """``keeper[r]``: the kept row that row ``r`` duplicates (``r`` itself when kept).
+
+    Byte copies are one group each (union-find: equality is transitive). Near pairs are not chained: rows
+    are visited in ``order`` and a row is removed only when it is a near pair of a row already kept (the
+    first such in ``order``), so every removed image is within the thresholds of the image kept for it,
+    and a chain of look-alikes (a ~ b ~ c, a !~ c) keeps a and c.
+    """
+    uf = UnionFind(n)
+    uf.union_pairs(exact_a, exact_b)
+    label = uf.labels()
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    head = np.full(n, -1, dtype=np.int64)  # per exact group: its first row in order
+    for r in order.tolist():
+        if head[label[r]] < 0:
+            head[label[r]] = r
+    group_head = head[label]
+    a, b = group_head[near_a], group_head[near_b]
+    sel = a != b
+    src = np.concatenate([a[sel], b[sel]])
+    dst = np.concatenate([b[sel], a[sel]])
+    by_src = np.argsort(src, kind="stable")
+    src, dst = src[by_src], dst[by_src]
+    starts = np.searchsorted(src, np.arange(n + 1))
+    keeper = np.full(n, -1, dtype=np.int64)
+    for r in order.tolist():
+        if group_head[r] != r:
+            continue  # byte copies follow their group's head below
+        nbrs = dst[starts[r]:starts[r + 1]]
+        kept = nbrs[keeper[nbrs] == nbrs] if len(nbrs) else nbrs
+        keeper[r] = int(kept[np.argmin(rank[kept])]) if len(kept) else r
+    return keeper[group_head]
 
 
 def find_duplicates(store: EmbeddingStore, cfg: DedupConfig) -> DedupResult:
     """Exact + near duplicate groups of ``store`` and the ids to keep (no files written)."""
     cfg.validate()
     t0 = time.perf_counter()
-    uf = UnionFind(store.n)
     ea, eb = exact_pairs(store.sha1)
-    uf.union_pairs(ea, eb)
     na, nb, saturated, method = near_pairs(store.rows(), cfg.threshold, cfg.method, cfg.knn, cfg.block)
-    uf.union_pairs(na, nb)
+    candidates = len(na)
+    ok = verified(store.rows("thumbs"), na, nb, cfg.verify)
+    na, nb = na[ok], nb[ok]
+    order = priority(store.sizes, store.ids)
+    keeper = assign_duplicates(store.n, order, ea, eb, na, nb)
+    removed = keeper != np.arange(store.n)
     groups, kinds = [], []
-    removed = np.zeros(store.n, dtype=bool)
     removed_exact = removed_near = 0
-    for g in groups_of(uf.labels()):
-        rep = representative(g, store.sizes, store.ids)
+    for g in groups_of(keeper):
+        rep = int(keeper[g[0]])
         g = np.concatenate([[rep], np.sort(g[g != rep])])
-        exact = bool((store.sha1[g] == store.sha1[rep]).all())
+        distinct = len(np.unique(store.sha1[g]))
         groups.append(g)
-        kinds.append("exact" if exact else "near")
-        removed[g[1:]] = True
-        same = int((store.sha1[g[1:]] == store.sha1[rep]).sum())
-        removed_exact += same
-        removed_near += len(g) - 1 - same
+        kinds.append("exact" if distinct == 1 else "near")
+        removed_exact += len(g) - distinct  # byte copies of a member that stays or of another copy
+        removed_near += distinct - 1
     if saturated:
         log.warning("dedup: %d rows have >= %d neighbours above %.3f; their groups may be incomplete "
                     "(raise --knn or use --method range)", saturated, cfg.knn, cfg.threshold)
@@ -163,7 +217,8 @@ def find_duplicates(store: EmbeddingStore, cfg: DedupConfig) -> DedupResult:
                      "removed_exact_copies": removed_exact, "removed_near_copies": removed_near,
                      "groups": len(groups), "exact_groups": kinds.count("exact"), "near_groups": kinds.count("near"),
                      "largest_group": max((len(g) for g in groups), default=1), "threshold": cfg.threshold,
-                     "method": method, "near_pairs": int(len(na)), "exact_pairs": int(len(ea)),
+                     "verify": cfg.verify, "method": method, "candidate_pairs": candidates,
+                     "near_pairs": int(len(na)), "exact_pairs": int(len(ea)),
                      "knn_saturated_rows": saturated, "seconds": round(result.seconds, 3)}
     return result
 
@@ -196,7 +251,8 @@ def _markdown(store: EmbeddingStore, result: DedupResult, examples: int) -> str:
     r = result.report
     lines = ["# dedup report", "", f"- embeddings: {r['embeddings']} ({r['rows']} rows)",
              f"- kept {r['kept']}, removed {r['removed']}: {r['removed_exact_copies']} exact copies (same sha1), "
-             f"{r['removed_near_copies']} near copies (cosine >= {r['threshold']}, {r['method']})",
+             f"{r['removed_near_copies']} near copies (cosine >= {r['threshold']}, {r['method']}; thumbnail "
+             f"correlation >= {r['verify']}: {r['near_pairs']} of {r['candidate_pairs']} candidate pairs)",
              f"- groups: {r['groups']} ({r['exact_groups']} exact, {r['near_groups']} near), "
              f"largest {r['largest_group']}",
              f"- time: {r['seconds']:.2f} s", "", "## largest groups (first path is kept)", ""]

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from bigseer.atomic import TMP_PREFIX, commit_dir, remove_stale, write_text_atomic
-from bigseer.curate.items import Item, load_item
+from bigseer.curate.items import THUMB_SIDE, Item, load_item, thumbnail
 from bigseer.curate.store import (
     EMBEDDINGS_FILE,
     FORMAT,
@@ -154,13 +154,13 @@ def _embed_batch(trunk: Any, pixels: list[Any], layer: str, device: torch.device
     return torch.nn.functional.normalize(feats, dim=1).half().cpu().numpy()
 
 
-def _commit_part(root: Path, k: int, emb: np.ndarray, meta: dict[str, Any]) -> Path:
-    """Write part ``k`` under a temp name and rename it into place (all or nothing)."""
+def _commit_part(root: Path, k: int, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
+    """Write part ``k`` (``embeddings``, ``thumbs``, the ids) under a temp name and rename it into place."""
     from safetensors.numpy import save_file
 
     tmp = root / PARTS / f"{TMP_PREFIX}{part_name(k)}.{os.getpid()}"
     tmp.mkdir(parents=True)
-    save_file({"embeddings": emb, "ids": np.asarray(meta["ids"], dtype=np.int64)}, str(tmp / EMBEDDINGS_FILE))
+    save_file({**tensors, "ids": np.asarray(meta["ids"], dtype=np.int64)}, str(tmp / EMBEDDINGS_FILE))
     (tmp / SAMPLES_FILE).write_text(json.dumps(meta))
     return commit_dir(tmp, root / PARTS / part_name(k))
 
@@ -230,11 +230,13 @@ def embed_source(cfg: EmbedConfig) -> EmbedResult:
         if tail:
             rows.append(_embed_batch(trunk, [g.pixels for g in good[-tail:]], cfg.layer, device))
         emb = np.concatenate(rows) if rows else np.zeros((0, dim), dtype=np.float16)
+        thumbs = np.stack([thumbnail(g.pixels) for g in good if g.pixels is not None]) if good else \
+            np.zeros((0, THUMB_SIDE * THUMB_SIDE), dtype=np.float16)
         meta = {"part": k, "start": part_ids[0], "stop": part_ids[-1] + 1, "ids": [g.id for g in good],
                 "paths": [g.origin for g in good], "sha1": [g.sha1 for g in good],
                 "sizes": [list(g.size) for g in good],
                 "skipped": skipped, "skipped_items": skipped_items, "seconds": time.perf_counter() - t0, "rank": rank}
-        _commit_part(root, k, emb, meta)
+        _commit_part(root, k, {"embeddings": emb, "thumbs": thumbs}, meta)
         result.parts_computed.append(k)
         result.embedded += len(good)
         rate = result.embedded / max(time.perf_counter() - start, 1e-9)

@@ -6,6 +6,7 @@ as pretraining (:func:`bigseer.data.decode.decode_bytes`: reduced-size JPEG deco
 ``SkipImage`` with one of ``SKIP_REASONS``). The crop is the evaluation view: the short side scaled to
 ``resize``, the centre ``crop`` x ``crop`` (as ``bigseer eval``), rendered by
 :func:`bigseer.data.multicrop.render_crop`. The builtin source has no bytes: its hash is of the pixels.
+:func:`thumbnail` is the pixel-level copy descriptor ``bigseer dedup`` verifies trunk matches with.
 """
 
 from __future__ import annotations
@@ -52,6 +53,22 @@ class CentrePlan:
         side = min(w, h) * min(1.0, self.crop / self.resize)
         x0, y0 = (w - side) / 2, (h - side) / 2
         return [CropPlan((x0, y0, x0 + side, y0 + side), self.crop, False)]
+
+
+THUMB_SIDE = 16
+
+
+def thumbnail(pixels: np.ndarray, side: int = THUMB_SIDE) -> np.ndarray:
+    """Grey ``side`` x ``side`` box-filtered view of a crop, zero-mean and L2-normalised (float16
+    ``[side * side]``): the dot product of two is the normalised cross-correlation of the images' coarse
+    layouts, high for resized / re-encoded / slightly cropped copies. A flat image gives zeros."""
+    from PIL import Image
+
+    grey = Image.fromarray(pixels).convert("L").resize((side, side), Image.Resampling.BOX)
+    v = np.asarray(grey, dtype=np.float32).ravel()
+    v -= v.mean()
+    norm = float(np.linalg.norm(v))
+    return (v / norm if norm > 1e-3 else np.zeros_like(v)).astype(np.float16)
 
 
 def _part_of(catalog: Catalog, i: int):

@@ -178,7 +178,8 @@ def _markdown(r: dict[str, Any]) -> str:
 
 
 def curate_pile(source: str, weights: str, out: str, *, embed_kwargs: dict[str, Any] | None = None,
-                threshold: float | None = None, curate_kwargs: dict[str, Any] | None = None) -> CurateResult:
+                threshold: float | None = None, verify: float | None = None,
+                curate_kwargs: dict[str, Any] | None = None) -> CurateResult:
     """embed -> dedup -> curate for a small pile: ``out/embeddings``, ``out/dedup`` and the selection in ``out``."""
     from bigseer.curate.embed import EmbedConfig, embed_source
 
@@ -189,6 +190,8 @@ def curate_pile(source: str, weights: str, out: str, *, embed_kwargs: dict[str, 
         dcfg = DedupConfig(str(root / "embeddings"), str(root / "dedup"))
         if threshold is not None:
             dcfg.threshold = threshold
+        if verify is not None:
+            dcfg.verify = verify
         write_dedup(store, find_duplicates(store, dcfg), root / "dedup")
     _barrier()
     return curate_embeddings(CurateConfig(str(root / "embeddings"), str(root), keep=str(root / "dedup"),

@@ -2,7 +2,8 @@
 
     EMB/manifest.json                       what was embedded and how (source, weights, part size, dim, ...)
     EMB/parts/part-000007/                  one committed part (written as parts/.tmp-part-000007.<pid>, renamed)
-        embeddings.safetensors              "embeddings" [n, dim] float16 (pooled, L2-normalised), "ids" [n] int64
+        embeddings.safetensors              "embeddings" [n, dim] float16 (pooled, L2-normalised), "ids" [n] int64,
+                                            "thumbs" [n, 256] float16 (16x16 grey copy descriptor, items.thumbnail)
         samples.json                        ids, paths, sha1 (of the encoded bytes), sizes [w, h], skipped by
                                             reason, skipped_items [[id, reason, path]], seconds, rank
     EMB/report.json, EMB/report.md          totals of the last embed run
@@ -159,9 +160,9 @@ class EmbeddingStore:
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read {path}: {exc}") from None
 
-    def rows(self) -> "StoreRows":
-        """The embeddings as :class:`~bigseer.curate.rows.Rows` (memory-mapped, float16)."""
-        return StoreRows(self)
+    def rows(self, tensor: str = "embeddings") -> "StoreRows":
+        """The embeddings (or ``"thumbs"``) as :class:`~bigseer.curate.rows.Rows` (float16, read block by block)."""
+        return StoreRows(self, tensor)
 
     def row_of_id(self, ids: np.ndarray) -> np.ndarray:
         """Row numbers of catalog ids (ids are sorted ascending in the store)."""
@@ -175,9 +176,10 @@ class EmbeddingStore:
 class StoreRows:
     """Rows of an :class:`EmbeddingStore`, read from the parts' files with ``pread`` (a few open files)."""
 
-    def __init__(self, store: EmbeddingStore) -> None:
-        self.store = store
-        self.n, self.dim = store.n, store.dim
+    def __init__(self, store: EmbeddingStore, tensor: str = "embeddings") -> None:
+        self.store, self.tensor = store, tensor
+        self.n = store.n
+        self.dim = store.dim if tensor == "embeddings" else safetensors_tensor(store._part_file(0), tensor)[1][1]
         self._starts = np.asarray(store.part_rows, dtype=np.int64)
         self._files: dict[int, FileRows] = {}
 
@@ -187,10 +189,11 @@ class StoreRows:
             if len(self._files) >= 64:
                 self._files.pop(next(iter(self._files))).close()
             path = self.store._part_file(k)
-            offset, shape, dtype = safetensors_tensor(path, "embeddings")
+            offset, shape, dtype = safetensors_tensor(path, self.tensor)
             rows = int(self._starts[k + 1] - self._starts[k])
             if shape != (rows, self.dim) or dtype != np.float16:
-                raise DataError(f"{path}: embeddings are {dtype} {list(shape)}, expected float16 [{rows}, {self.dim}]")
+                raise DataError(f"{path}: {self.tensor} are {dtype} {list(shape)}, "
+                                f"expected float16 [{rows}, {self.dim}]")
             f = self._files[k] = FileRows(path, offset, rows, self.dim, dtype)
         return f
 

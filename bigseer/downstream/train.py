@@ -40,6 +40,7 @@ from bigseer.downstream.lowshot import balanced_subset
 from bigseer.downstream.run_state import check_fresh_output, load_checkpoint, save_checkpoint, save_results
 from bigseer.downstream.weights import fast_trunk, load_trunk
 from bigseer.errors import CheckpointError, ConfigError, DataError
+from bigseer.parallel.bn_stats import average_bn_stats
 
 
 def lr_at(cfg: EvalConfig, epoch: int) -> float:
@@ -205,6 +206,9 @@ def _run_training(cfg: EvalConfig, accelerator: Any, trunk: nn.Module, train: La
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.3g}")
         bar.close()
         loss_sum = all_reduce_sum(loss_sum)
+        # DDP syncs BN buffers only at a forward's start: make every rank's running statistics the mean over
+        # ranks (as pretraining does before each checkpoint) so all ranks evaluate, and save, the same model
+        average_bn_stats(accelerator.unwrap_model(model))
         metrics = evaluate_classifier(accelerator.unwrap_model(model), val_set, per_rank_batch, cfg.num_workers)
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum[0].item() / max(loss_sum[1].item(), 1.0),
                "top1": metrics["top1"], "top5": metrics["top5"], "val_loss": metrics["loss"],

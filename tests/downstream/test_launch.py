@@ -57,15 +57,12 @@ def test_two_ranks_under_accelerate_launch(launched):
         assert any(h["top1"] == 100.0 * c / 9 for c in range(10)), h["top1"]
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: after training, each rank's BatchNorm running stats differ "
-                   "(DDP syncs buffers only at a forward's start), so the 2 ranks score their shards with different "
-                   "models and the checkpoint holds rank 0's; bigseer.downstream.train must sync BN buffers before "
-                   "evaluate_classifier / save_checkpoint")
 def test_two_rank_metrics_are_those_of_the_saved_model(launched):
     """The 2-rank evaluation equals scoring the saved final classifier on all 9 validation images in one
     process: top-1 as an exact count (every image's top-1 margin checked to exceed 16 x the fp32 rounding of its
     logits, measured against a float64 forward) and the mean validation loss within fp32 error
-    (tests/numerics.py). Seen failing: val_loss 0.22 off; the ranks' stem.bn.running_var differ by 6.9."""
+    (tests/numerics.py). Seen failing before bigseer.downstream.train averaged the ranks' BN statistics after
+    each epoch: val_loss 0.22 off; the ranks' stem.bn.running_var differ by 6.9."""
     import torch
 
     from bigseer.downstream.config import EvalConfig
