@@ -25,11 +25,27 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is at each record (not the stream of the moment it was made:
+    a run started in a notebook cell or a captured test must not leave the logger writing to a closed file)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # set by StreamHandler.__init__; the property always reads sys.stderr
+        pass
+
+
 def setup_logging(rank: int) -> None:
-    """INFO on rank 0, WARNING elsewhere, one line per record."""
+    """INFO on rank 0, WARNING elsewhere, one line per record, to the current standard error."""
     level = logging.INFO if rank == 0 else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s bigseer %(levelname)s %(message)s", stream=sys.stderr,
-                        force=True)
+    logging.basicConfig(level=level, format="%(asctime)s bigseer %(levelname)s %(message)s",
+                        handlers=[_CurrentStderr()], force=True)
     # warnings (e.g. a precision fallback) as one line each, without the echoed source line
     warnings.formatwarning = lambda message, category, *_, **__: f"{category.__name__}: {message}\n"
 

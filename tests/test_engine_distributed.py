@@ -15,7 +15,7 @@ from bigseer.config import PretrainConfig
 from tests.distributed_utils import run_distributed
 from tests.numerics import assert_states_within_fp32_error, assert_within_fp32_error
 
-pytestmark = pytest.mark.numerics  # re-run by .ci/run under another kernel dispatch
+pytestmark = [pytest.mark.numerics, pytest.mark.slow]  # re-run by .ci/run under another kernel dispatch
 
 CFG = dict(model="regnety_test", head_dims=(32,), embed_dim=16, num_prototypes=32, sinkhorn_iters=3,
            epsilon=0.05, temperature=0.1)

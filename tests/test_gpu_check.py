@@ -25,6 +25,8 @@ import pytest
 
 from tests.gpu.devices import NOT_ON_DEVICE
 
+pytestmark = pytest.mark.slow  # an end-to-end job: not in the fast tier (-m 'not slow')
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
 SCRIPT = BENCH / "gpu_check.py"

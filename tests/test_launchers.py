@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import pytest
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow  # an end-to-end job: not in the fast tier (-m 'not slow')
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

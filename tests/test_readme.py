@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # an end-to-end job: not in the fast tier (-m 'not slow')
+
 REPO = Path(__file__).resolve().parents[1]
 
 

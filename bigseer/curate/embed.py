@@ -4,8 +4,9 @@ The catalog of ``bigseer.data.open_source(source)`` is cut into fixed parts of `
 function of the catalog only, never of the world size); the parts not yet committed are dealt round-robin
 over the ranks. Each part is decoded (centre crop, :mod:`bigseer.curate.items`), embedded in batches that
 restart at the part's first item (so a row's batch, and hence its kernels, do not depend on the world size)
-and committed atomically (:mod:`bigseer.curate.store`). A killed run, restarted with the same command on any
-number of ranks, computes only the parts that were not committed. Skipped images are counted by reason
+and committed atomically (:mod:`bigseer.curate.store`) with each image's sha1 and 16x16 grey thumbnail
+(the copy descriptor ``bigseer dedup`` verifies near pairs with). A killed run, restarted with the same
+command on any number of ranks, computes only the parts that were not committed. Skipped images are counted by reason
 per part and in the report.
 """
 

@@ -23,7 +23,7 @@ from bigseer.atomic import write_text_atomic, write_with
 from bigseer.curate.dedup import DedupConfig, find_duplicates, read_keep, write_dedup
 from bigseer.curate.hierarchy import auto_levels, hierarchical_kmeans
 from bigseer.curate.output import write_selection
-from bigseer.curate.report import cluster_sizes_png, image_grid
+from bigseer.curate.report import cluster_sizes_png, embed_png, image_grid
 from bigseer.curate.rows import TakeRows
 from bigseer.curate.sampling import balanced_sample
 from bigseer.curate.store import EmbeddingStore
@@ -180,13 +180,15 @@ def _markdown(r: dict[str, Any]) -> str:
 def curate_pile(source: str, weights: str, out: str, *, embed_kwargs: dict[str, Any] | None = None,
                 threshold: float | None = None, verify: float | None = None,
                 curate_kwargs: dict[str, Any] | None = None) -> CurateResult:
-    """embed -> dedup -> curate for a small pile: ``out/embeddings``, ``out/dedup`` and the selection in ``out``."""
+    """embed -> dedup -> curate for a small pile: ``out/embeddings`` (+ ``embed.png``: image sizes, skips by
+    reason), ``out/dedup`` and the selection in ``out``, each with its report."""
     from bigseer.curate.embed import EmbedConfig, embed_source
 
     root = Path(out)
     embed_source(EmbedConfig(source=source, weights=weights, out=str(root / "embeddings"), **(embed_kwargs or {})))
     if get_rank() == 0:
         store = EmbeddingStore(root / "embeddings")
+        embed_png(root / "embeddings" / "embed.png", store.sizes, store.skipped)
         dcfg = DedupConfig(str(root / "embeddings"), str(root / "dedup"))
         if threshold is not None:
             dcfg.threshold = threshold

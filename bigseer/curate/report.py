@@ -57,3 +57,23 @@ def cluster_sizes_png(path: str | os.PathLike[str], before: np.ndarray, after: n
     out = write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
     plt.close(fig)
     return out
+
+
+def embed_png(path: str | os.PathLike[str], sizes: np.ndarray, skipped: dict[str, int]) -> Path:
+    """Short sides of the embedded images (histogram) and the skipped images by reason."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(7, 2.8))
+    ax1.hist(sizes.min(axis=1), bins=30)
+    ax1.set_xlabel("short side (px)")
+    ax1.set_ylabel(f"embedded images ({len(sizes)})")
+    reasons = list(skipped) or ["none"]
+    ax2.barh(reasons, [skipped.get(r, 0) for r in reasons])
+    ax2.set_xlabel(f"skipped images ({sum(skipped.values())})")
+    fig.subplots_adjust(left=0.1, bottom=0.18, right=0.98, top=0.95, wspace=0.45)
+    out = write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=80))
+    plt.close(fig)
+    return out

@@ -4,6 +4,7 @@ are the ones bigseer exports."""
 
 from __future__ import annotations
 
+import pytest
 import json
 import os
 import subprocess
@@ -16,6 +17,8 @@ from safetensors.torch import load_file
 from bigseer.config import PretrainConfig
 from bigseer.engine import pretrain
 from tests.distributed_utils import run_distributed
+
+pytestmark = pytest.mark.slow  # an end-to-end job: not in the fast tier (-m 'not slow')
 
 
 def _train(rank: int, world: int, out: str, ds: str) -> None:

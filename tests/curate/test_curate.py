@@ -59,8 +59,8 @@ def test_one_command_pipeline_on_a_raw_pile_and_on_tar_shards(pile, tmp_path, ca
     assert main(["curate", str(src), "--weights", str(pile["weights"]), "--out", str(tmp_path / "all"),
                  "--resize", "32", "--crop", "32", "--part_size", "16", "--target", "10", "--levels", "6,2"]) == 0
     assert "pretrain with: bigseer pretrain --data" in capsys.readouterr().out
-    for name in ("embeddings/report.md", "dedup/report.md", "dedup/groups.png", "dedup/keep.npy", "report.md",
-                 "cluster_sizes.png", "clusters.png", "list.txt"):
+    for name in ("embeddings/report.md", "embeddings/embed.png", "dedup/report.md", "dedup/groups.png",
+                 "dedup/keep.npy", "report.md", "cluster_sizes.png", "clusters.png", "list.txt"):
         assert (tmp_path / "all" / name).is_file(), name
     assert len((tmp_path / "all" / "list.txt").read_text().splitlines()) == 10
     files = sorted(src.iterdir())[:12]

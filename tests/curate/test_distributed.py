@@ -3,6 +3,7 @@ curated selection. (One spawn of two ranks serves all three checks: spawning is 
 
 from __future__ import annotations
 
+import pytest
 import numpy as np
 
 from bigseer.curate.embed import EmbedConfig, embed_source
@@ -13,6 +14,8 @@ from bigseer.curate.store import EmbeddingStore
 from tests.curate.helpers import write_folder, write_weights
 from tests.curate.test_kmeans import blobs
 from tests.distributed_utils import run_distributed
+
+pytestmark = pytest.mark.slow  # an end-to-end job: not in the fast tier (-m 'not slow')
 
 
 def _work(rank: int, world: int, src: str, weights: str, out: str, x: np.ndarray) -> tuple:

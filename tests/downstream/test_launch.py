@@ -14,6 +14,8 @@ from bigseer.downstream.launch_check import single_process_cpu_launch
 from bigseer.downstream.synthetic import write_colour_folder
 from bigseer.models import build_regnet
 
+pytestmark = pytest.mark.slow  # an end-to-end job: not in the fast tier (-m 'not slow')
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLE = os.path.join(ROOT, "examples", "finetune.py")
 SMALL = ["--model", "regnety_test", "--train_crop", "32", "--eval_resize", "32", "--eval_crop", "32",

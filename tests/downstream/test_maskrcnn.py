@@ -13,6 +13,8 @@ from bigseer.errors import ConfigError
 from bigseer.export import export_checkpoint
 from tests.export.builders import TinySwAV, randomize, write_torch_checkpoint
 
+pytestmark = pytest.mark.slow  # an end-to-end job: not in the fast tier (-m 'not slow')
+
 
 def _targets() -> list[dict[str, torch.Tensor]]:
     out = []

@@ -23,6 +23,8 @@ from tests.gpu.devices import DEVICES, Missing, collect, result, run_one_rank
 from tests.gpu.roundtrip import roundtrip
 from tests.gpu.steps import SMALL, assert_steps_ok, build_model, lars, run_steps, small_crops, swav_config
 
+pytestmark = pytest.mark.slow  # an end-to-end job: not in the fast tier (-m 'not slow')
+
 ROOT = Path(__file__).resolve().parents[2]
 CARRY = "carry .whl/ (bash scripts/fetch_device_wheels.sh)"
 

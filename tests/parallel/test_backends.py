@@ -16,7 +16,7 @@ from tests.distributed_utils import run_distributed
 from tests.numerics import assert_close_f64, assert_states_within_fp32_error, assert_within_fp32_error
 from tests.parallel.standin import emulate_ranks, load_state, make_batch, make_model, run_steps, save_state
 
-pytestmark = pytest.mark.numerics  # re-run by .ci/run under another kernel dispatch
+pytestmark = [pytest.mark.numerics, pytest.mark.slow]  # re-run by .ci/run under another kernel dispatch
 
 LR = 0.4
 
@@ -266,4 +266,4 @@ def test_sharded_params_not_averaged_nor_resharded(results, backend):
 
 
 def test_syncbn_group_not_dividing_world_is_config_error(results):
-    assert "dividing world_size=2" in results[0]["syncbn_error"]
+    assert "dividing the world size 2" in results[0]["syncbn_error"]

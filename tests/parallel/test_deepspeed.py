@@ -22,7 +22,7 @@ from tests.parallel.standin import (
     save_state,
 )
 
-pytestmark = pytest.mark.numerics  # re-run by .ci/run under another kernel dispatch
+pytestmark = [pytest.mark.numerics, pytest.mark.slow]  # re-run by .ci/run under another kernel dispatch
 
 
 def _sgd(groups):

@@ -17,7 +17,7 @@ from tests.distributed_utils import run_distributed
 from tests.numerics import assert_states_within_fp32_error, assert_within_fp32_error
 from tests.parallel.standin import StandIn, load_state, make_batch, save_state
 
-pytestmark = pytest.mark.numerics  # re-run by .ci/run under another kernel dispatch
+pytestmark = [pytest.mark.numerics, pytest.mark.slow]  # re-run by .ci/run under another kernel dispatch
 
 
 class _WithScalar(StandIn):

@@ -20,7 +20,7 @@ from bigseer.ssl import SwAVHead, SwAVModel, sinkhorn, swav_loss
 from tests.distributed_utils import run_distributed
 from tests.ssl.reference import random_scores, ref_loss, ref_sinkhorn
 
-pytestmark = pytest.mark.numerics  # re-run by .ci/run under another kernel dispatch
+pytestmark = [pytest.mark.numerics, pytest.mark.slow]  # re-run by .ci/run under another kernel dispatch
 
 B_LOCAL, K, K_MODEL, STEPS = 3, 12, 8, 3
 KW = dict(temperature=0.1, epsilon=0.05, sinkhorn_iters=3)
