@@ -26,8 +26,9 @@ def measured_peak_flops(device: torch.device | str = "cpu", dtype: torch.dtype =
     key = (str(device), str(dtype), torch.get_num_threads())
     if key in _PEAKS:
         return _PEAKS[key]
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+    gen = torch.Generator(device=device).manual_seed(0)  # never the global generator a resume restored
+    a = torch.randn(n, n, device=device, generator=gen).to(dtype)
+    b = torch.randn(n, n, device=device, generator=gen).to(dtype)
     best = float("inf")
     for _ in range(repeats + 1):
         if device.type == "cuda":

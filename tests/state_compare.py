@@ -45,12 +45,6 @@ OTHER_PROCESS = {
     "rng/*/numpy/*": "bigseer never seeds NumPy's global generator nor draws from it (training draws from explicit "
                      "generators, bigseer/data), so it holds the start-up entropy of whichever process began the run",
     "rng/*/python/*": "the same for Python's `random`",
-    # A library defect, not a legitimate difference (remove this entry once fixed): the torch generator is
-    # seeded by --seed and training draws nothing from it, but bigseer.perf.measured_peak_flops draws two
-    # torch.randn(1024, 1024) from it once per process (cached), after a resume has restored it; so a run
-    # that went through more processes (kill + resume) saves a torch RNG state further along. Fix: draw the
-    # matmul inputs from a private torch.Generator. Within one process it is compared (test_engine).
-    "rng/*/torch": "bigseer.perf.measured_peak_flops draws from the restored global torch generator (see above)",
 }
 # Differ when the run continued on another world size or backend (test_elastic).
 OTHER_LAYOUT = {
