@@ -27,7 +27,7 @@ from bigseer.engine import pretrain
 from tests.distributed_utils import run_distributed
 from tests.state_compare import assert_state_within_fp32_error, initial_state, load_state
 
-pytestmark = pytest.mark.numerics
+pytestmark = [pytest.mark.numerics, pytest.mark.slow]
 
 G, STEPS, CUT = 8, 6, 3
 BASE = dict(model="regnety_test", crops="2x32+2x16", head_dims=(32,), embed_dim=16, num_prototypes=32,

@@ -93,6 +93,7 @@ def _cli_args(out: Path, *extra: str) -> list[str]:
     return args + list(extra)
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moment_then_resume_matches(reference_run: tuple[Path, list[float]],
                                                        tmp_path: Path) -> None:
     _, ref_losses = reference_run

@@ -40,6 +40,8 @@ from tests.jobs import (
 )
 from tests.state_compare import assert_same_state, load_state, step_dir
 
+pytestmark = pytest.mark.slow  # an end-to-end job: not in the fast tier (-m 'not slow')
+
 STEPS = 8
 COMMON = ["--max_steps", str(STEPS), "--checkpoint_every", "1", "--keep_last", "3", "--batch_size", "4"]
 

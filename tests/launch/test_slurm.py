@@ -31,6 +31,8 @@ from tests.jobs import (
 )
 from tests.state_compare import assert_same_state, load_state
 
+pytestmark = pytest.mark.slow  # an end-to-end job: not in the fast tier (-m 'not slow')
+
 STEPS = 6
 ARGS = ["--backend", "ddp", "--shard_prototypes", "--syncbn_group_size", "-1", "--queue_length", "8",
         "--batch_size", "4", "--max_steps", str(STEPS), "--checkpoint_every", "1", "--log_samples"]
