@@ -55,6 +55,22 @@ def reference_features(trunk: torch.nn.Module, x: torch.Tensor, layer: str,
     return out[0], out[1]
 
 
+def assert_knn_saw_trunk_features(seen: dict[str, torch.Tensor], trunk: torch.nn.Module, data: str, size: int,
+                                  layer: str, what: str = "") -> torch.Tensor:
+    """The k-NN of a run got ``trunk``'s ``layer`` features of both splits (within the fp32 rounding of a float64
+    forward) and the train labels of the folder; returns the validation labels."""
+    from tests.numerics import assert_within_fp32_error
+
+    y = torch.empty(0)
+    for split in ("train", "val"):
+        x, y = split_tensors(data, split, size, size)
+        f32, f64 = reference_features(trunk, x, layer)
+        assert_within_fp32_error(seen[f"{split}_f"], f32, f64, f"{what}{split} features")
+        if split == "train":
+            assert torch.equal(seen["train_y"], y)
+    return y
+
+
 def capture_knn_inputs(monkeypatch: Any) -> dict[str, torch.Tensor]:
     """Record the features and labels the run passes to ``knn_predict`` (which still runs unchanged)."""
     import bigseer.downstream.train as train

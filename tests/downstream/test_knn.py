@@ -7,8 +7,8 @@ from bigseer.downstream.knn import knn_predict
 from bigseer.downstream.synthetic import write_colour_folder
 from bigseer.downstream.train import run_downstream
 from bigseer.downstream.weights import load_trunk
-from tests.downstream.knn_reference import capture_knn_inputs, reference_features, reference_topk_correct, split_tensors
-from tests.numerics import assert_within_fp32_error
+from tests.downstream.knn_reference import (assert_knn_saw_trunk_features, capture_knn_inputs,
+                                           reference_topk_correct)
 
 
 def test_knn_predict_separates_clusters_and_weights_by_similarity():
@@ -37,12 +37,7 @@ def test_knn_mode_top1_top5_equal_a_float64_reference(tmp_path, monkeypatch):
     seen = capture_knn_inputs(monkeypatch)
     res = run_downstream(cfg)
     trunk = load_trunk(None, "regnety_test", seed=cfg.seed)
-    for split in ("train", "val"):
-        x, y = split_tensors(data, split, 24, 24)
-        f32, f64 = reference_features(trunk, x, "res4")
-        assert_within_fp32_error(seen[f"{split}_f"], f32, f64, f"{split} features")
-        if split == "train":
-            assert torch.equal(seen["train_y"], y)
+    y = assert_knn_saw_trunk_features(seen, trunk, data, 24, "res4")
     c1, c5 = reference_topk_correct(seen["train_f"], seen["train_y"], seen["val_f"], y, 10, k=20,
                                     temperature=cfg.knn_temperature)
     final = res["final"]

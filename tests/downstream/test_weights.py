@@ -64,12 +64,11 @@ def test_eval_speedups_as_in_pretraining(saved, tmp_path, monkeypatch):
     from bigseer.downstream.weights import fast_trunk
     from bigseer.errors import ConfigError
     from tests.downstream.knn_reference import (
+        assert_knn_saw_trunk_features,
         capture_knn_inputs,
-        reference_features,
         reference_topk_correct,
-        split_tensors,
     )
-    from tests.numerics import assert_close_f64, assert_within_fp32_error
+    from tests.numerics import assert_close_f64
 
     trunk, path = saved
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -95,12 +94,7 @@ def test_eval_speedups_as_in_pretraining(saved, tmp_path, monkeypatch):
     assert seen == [dict(channels_last=True, compile=False, sharded=False)]  # the run's trunk got the switch
     assert res["config"]["channels_last"] == "on"
     # the NHWC run's k-NN saw the saved trunk's features (fp32 rounding of a float64 forward) and scored them right
-    for split in ("train", "val"):
-        xs, ys = split_tensors(data, split, 16, 16)
-        f32, f64 = reference_features(trunk, xs, "res5")
-        assert_within_fp32_error(knn_inputs[f"{split}_f"], f32, f64, f"NHWC {split} features")
-        if split == "train":
-            assert torch.equal(knn_inputs["train_y"], ys)
+    ys = assert_knn_saw_trunk_features(knn_inputs, trunk, data, 16, "res5", "NHWC ")
     c1, _ = reference_topk_correct(knn_inputs["train_f"], knn_inputs["train_y"], knn_inputs["val_f"], ys, 3, k=20,
                                    temperature=0.07)
     assert res["final"]["top1"] == 100.0 * c1 / 6, c1
