@@ -27,6 +27,22 @@ torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(autouse=True)
+def _isolated_logging():
+    """A run configures the process's logging (``bigseer.train_log.setup_logging``); undo that after each test,
+    so what one test's in-process run set up does not print into a later test's captured output."""
+    import logging
+
+    from bigseer.train_log import _CurrentStderr
+
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in [h for h in root.handlers if isinstance(h, _CurrentStderr)]:
+        root.removeHandler(handler)
+    root.setLevel(level)
+
+
+@pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
     torch.set_num_threads(THREADS)
