@@ -49,8 +49,11 @@ def build_stream(cfg: PretrainConfig, rank: int, world_size: int, position: int,
     ``decode_device`` cuda (or its CPU twin ``cpu-tensor``) decoding and crops run in the training process."""
     from bigseer.data import AugmentConfig, MultiCropStream
 
-    device = {"cuda": lambda: torch.device("cuda", torch.cuda.current_device()),  # this rank's GPU
-              "cpu-tensor": lambda: torch.device("cpu")}.get(cfg.decode_device, lambda: None)()
+    device = None  # cpu: loader workers decode
+    if cfg.decode_device == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU
+    elif cfg.decode_device == "cpu-tensor":
+        device = torch.device("cpu")
     augment = AugmentConfig(flip_p=cfg.flip_p, jitter_strength=cfg.jitter_strength, grayscale_p=cfg.grayscale_p,
                             blur_p=cfg.blur_p, ratio=(float(cfg.crop_ratio[0]), float(cfg.crop_ratio[1])))
     return MultiCropStream(cfg.data, cfg.crops, cfg.batch_size, rank=rank, world_size=world_size, seed=cfg.seed,
