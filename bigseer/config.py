@@ -35,6 +35,14 @@ class PretrainConfig:
                               'none')
     model: str = doc("regnety_tiny", 'RegNetY preset (`bigseer models` lists them; SEER: regnety_256gf, seer_10b)')
     zero_init_last: bool = doc(True, "zero gamma of each block's last BN (pycls/timm default)")
+    init_from: str | None = doc(None, 'start from these trunk weights: a bigseer export or checkpoint, a converted '
+                                      'SEER/VISSL file, timm / torchvision / HF weights (what `bigseer convert` '
+                                      'reads); a run that has a checkpoint to --resume continues that instead')
+    init_head: bool = doc(False, 'also take the SwAV head from --init_from (a bigseer training checkpoint with the '
+                                 "run's head); no head warm-up then")
+    head_warmup_steps: int | None = doc(None, 'first steps in which the trunk stays frozen while a fresh SwAV head '
+                                              'learns on it; default: with --init_from and no --init_head, the lr '
+                                              'warm-up steps, else 0')
     data: str = doc("builtin", 'image folder, file list, tar shards (glob/brace), shard index (index.json), URL, or '
                                "'builtin'")
     crops: str = doc("2x64+4x32", 'multi-crop spec COUNTxSIZE[@MIN-MAX]+... (SEER: 2x224+4x96; 10B: 2x160+4x96)')
@@ -45,6 +53,10 @@ class PretrainConfig:
     crop_ratio: tuple[float, ...] = doc((3 / 4, 4 / 3), 'RandomResizedCrop aspect-ratio range')
     batch_size: int | None = doc(None, "images per rank per step; default: the DeepSpeed config's micro batch, else "
                                        '32 (SEER: 16)')
+    accumulate: int | None = doc(None, 'micro-batches per optimizer step (gradient accumulation) with the maths of N x '
+                                       'the ranks: SwAV codes over the whole effective batch, global batch = '
+                                       "batch_size x ranks x N; default: the DeepSpeed config's "
+                                       'gradient_accumulation_steps, else 1')
     num_workers: int = doc(0, 'DataLoader worker processes per rank (0: decode in the training process)')
     decode_device: str = doc("cpu", 'where JPEGs are decoded and cropped: cpu (loader workers, simplejpeg) | cuda '
                                     "(nvjpeg and the crops on the rank's GPU, in the training process) | cpu-tensor "
@@ -59,7 +71,8 @@ class PretrainConfig:
     crops_for_assign: tuple[int, ...] = doc((0, 1), 'crops whose Sinkhorn codes are the targets (SwAV: the two large '
                                                     'crops)')
     freeze_prototypes_iters: int = doc(0, 'steps during which the prototypes get no updates (SEER/VISSL: 313)')
-    queue_length: int = doc(0, 'SwAV queue rows per rank (a multiple of the per-rank batch; 0: none; SEER uses none)')
+    queue_length: int = doc(0, 'SwAV queue rows per rank and micro-batch (a multiple of the per-rank batch; 0: none; '
+                               'SEER uses none)')
     shard_prototypes: bool = doc(False, 'shard the prototype rows over ranks (fsdp/ddp) instead of replicating them')
     # optimisation
     max_steps: int = doc(40, 'optimizer steps of the whole run')
@@ -140,7 +153,25 @@ def finalize(cfg: PretrainConfig) -> PretrainConfig:
         micro = load_ds_config(cfg.ds_config).get("train_micro_batch_size_per_gpu") if cfg.ds_config else None
         batch = micro if isinstance(micro, int) else 32
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else min(8000, cfg.max_steps // 10)
-    return replace(cfg, batch_size=batch, warmup_steps=warmup)
+    head_warmup = cfg.head_warmup_steps
+    if head_warmup is None:
+        head_warmup = warmup if cfg.init_from and not cfg.init_head else 0
+    return replace(cfg, batch_size=batch, warmup_steps=warmup, accumulate=accumulate_of(cfg),
+                   head_warmup_steps=head_warmup)
+
+
+def accumulate_of(cfg: PretrainConfig) -> int:
+    """Micro-batches per step: ``--accumulate``, else the DeepSpeed JSON's ``gradient_accumulation_steps`` (the
+    same thing: bigseer gives DeepSpeed its own value), else 1. A JSON and a flag that differ are refused."""
+    gas = load_ds_config(cfg.ds_config).get("gradient_accumulation_steps", 1) if cfg.ds_config else 1
+    if isinstance(gas, bool) or not isinstance(gas, int) or gas < 1:
+        raise ConfigError(f"{cfg.ds_config}: gradient_accumulation_steps={gas!r} must be an integer >= 1")
+    if cfg.accumulate is None:
+        return gas
+    if gas != 1 and gas != cfg.accumulate:
+        raise ConfigError(f"{cfg.ds_config}: gradient_accumulation_steps={gas} contradicts --accumulate "
+                          f"{cfg.accumulate}; set one of them (they mean the same: micro-batches per step)")
+    return cfg.accumulate
 
 
 def _require(ok: bool, msg: str) -> None:
@@ -167,7 +198,8 @@ def validated(cfg: PretrainConfig, world_size: int = 1, ds_batch_superseded: boo
 
         cfg = replace(cfg, ds_config=ds_config_path(cfg.ds_config))  # one reader: a path or a shipped name
     cfg = finalize(cfg)
-    assert cfg.batch_size is not None and cfg.warmup_steps is not None
+    assert cfg.batch_size is not None and cfg.warmup_steps is not None and cfg.accumulate is not None
+    assert cfg.head_warmup_steps is not None
 
     resolve_params(cfg.model)
     _require(cfg.backend in BACKENDS, f"unknown backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -197,9 +229,11 @@ def validated(cfg: PretrainConfig, world_size: int = 1, ds_batch_superseded: boo
     _require(not cfg.queue_length or cfg.queue_length % cfg.batch_size == 0,
              f"queue_length={cfg.queue_length} must be a multiple of the per-rank batch {cfg.batch_size} (the queue "
              "holds whole steps, so it can be re-split when the run resumes on another number of ranks)")
-    for name in ("batch_size", "max_steps", "embed_dim", "num_prototypes", "sinkhorn_iters", "keep_last", "log_every"):
+    for name in ("batch_size", "accumulate", "max_steps", "embed_dim", "num_prototypes", "sinkhorn_iters", "keep_last",
+                 "log_every"):
         _require(getattr(cfg, name) > 0, f"{name}={getattr(cfg, name)} must be > 0")
-    for name in ("num_workers", "warmup_steps", "checkpoint_every", "freeze_prototypes_iters", "queue_length"):
+    for name in ("num_workers", "warmup_steps", "checkpoint_every", "freeze_prototypes_iters", "queue_length",
+                 "head_warmup_steps"):
         _require(getattr(cfg, name) >= 0, f"{name}={getattr(cfg, name)} must be >= 0")
     _require(all(h > 0 for h in cfg.head_dims), f"head_dims={list(cfg.head_dims)} must all be > 0")
     from bigseer.data.multicrop import parse_crops
@@ -217,6 +251,12 @@ def validated(cfg: PretrainConfig, world_size: int = 1, ds_batch_superseded: boo
              "base_lr, temperature and epsilon must be > 0")
     _require(cfg.warmup_steps < cfg.max_steps or cfg.warmup_steps == 0,
              f"warmup_steps={cfg.warmup_steps} must be < max_steps={cfg.max_steps}")
+    _require(cfg.head_warmup_steps < cfg.max_steps or cfg.head_warmup_steps == 0,
+             f"head_warmup_steps={cfg.head_warmup_steps} must be < max_steps={cfg.max_steps} (the trunk would never "
+             "train)")
+    _require(not cfg.init_head or bool(cfg.init_from), "--init_head takes the head from --init_from: give --init_from")
+    _require(cfg.init_from is None or os.path.exists(cfg.init_from),
+             f"--init_from {cfg.init_from}: no such file or directory")
     if cfg.shard_prototypes:
         _require(cfg.num_prototypes % world_size == 0,
                  f"num_prototypes={cfg.num_prototypes} must be divisible by the world size {world_size} "
@@ -260,10 +300,10 @@ def check_ds_config(cfg: PretrainConfig, world_size: int, ds_batch_superseded: b
         raise ConfigError(f"{cfg.ds_config}: train_micro_batch_size_per_gpu={micro} contradicts "
                           f"--batch_size {cfg.batch_size}; remove it from the JSON or make them equal")
     total = ds.get("train_batch_size")
-    gas = ds.get("gradient_accumulation_steps", 1)
-    if isinstance(total, int) and total != cfg.batch_size * world_size * (gas if isinstance(gas, int) else 1):
+    acc = cfg.accumulate or 1
+    if isinstance(total, int) and total != cfg.batch_size * world_size * acc:
         raise ConfigError(f"{cfg.ds_config}: train_batch_size={total} contradicts --batch_size {cfg.batch_size} "
-                          f"x world size {world_size} x gradient_accumulation_steps {gas}")
+                          f"x world size {world_size} x accumulate {acc}")
     ds_precision = ds_config_precision(ds)
     if cfg.precision != "auto" and cfg.precision != ds_precision:
         raise ConfigError(f"{cfg.ds_config} trains in {ds_precision} but --precision is {cfg.precision}; "

@@ -25,17 +25,20 @@ from bigseer.optim.schedules import LRSchedule
 from bigseer.run import ResolvedRun, resolve_run
 from bigseer.train_log import TrainLogger, all_samples, setup_logging, step_stats
 from bigseer.trainer import (
+    Freezer,
     Progress,
     QueuePart,
     ScalerPart,
     TrainState,
+    accumulated_swav_step,
     build_schedule,
     build_stream,
     build_swav_model,
     checkpoint_meta,
+    export_trunk,
     lars_factory,
     peak_lr,
-    swav_step,
+    warm_start,
 )
 from bigseer.watchdog import Heartbeat, explain_timeout, is_collective_timeout
 
@@ -67,8 +70,6 @@ class Job:
     par: Any  # bigseer.parallel.Parallel
     stream: Any  # bigseer.data.MultiCropStream
     writer: Any  # bigseer.checkpoint.CheckpointWriter
-    schedule: LRSchedule
-    detector: Any  # bigseer.health.CollapseDetector
     state: TrainState
     meta: dict[str, Any]
 
@@ -76,11 +77,20 @@ class Job:
     def progress(self) -> Progress:
         return self.state.progress
 
+    @property
+    def schedule(self) -> LRSchedule:
+        return self.state.parts["schedule"]  # type: ignore[return-value]
+
+    @property
+    def detector(self) -> Any:  # bigseer.health.CollapseDetector
+        return self.state.parts["health"]
+
     def pieces(self, with_queue: bool = True) -> list[Any]:
         """This rank's checkpoint tensors: model and optimizer through the wrapper, plus the SwAV queue."""
         from bigseer.checkpoint.queue import queue_pieces
 
-        queue = queue_pieces(self.par.unwrapped.head, self.run.cfg.batch_size, get_rank(), self.run.world_size)
+        queue = queue_pieces(self.par.unwrapped.head, self.run.cfg.batch_size, get_rank(), self.run.world_size,
+                             self.run.micro)
         return self.par.state_pieces() + (queue if with_queue else [])
 
     def save(self) -> Path:
@@ -112,7 +122,7 @@ def build_parallel(run: ResolvedRun, schedule: LRSchedule) -> Any:
         syncbn_group_size=run.world_size if cfg.syncbn_group_size == -1 else (cfg.syncbn_group_size or None),
         checkpointing=cfg.checkpointing, ds_config=cfg.ds_config, exclude_bn_bias=cfg.lars_exclude_bn_bias,
         native_checkpoint=cfg.deepspeed_native, init_seed=cfg.seed, channels_last=speedups.channels_last,
-        compile=speedups.compile, optimizer_factory=lars_factory(cfg, schedule.lr_at(0)))
+        compile=speedups.compile, optimizer_factory=lars_factory(cfg, schedule.lr_at(0)), accumulate=run.micro)
 
 
 def build_job(run: ResolvedRun) -> Job:
@@ -124,14 +134,14 @@ def build_job(run: ResolvedRun) -> Job:
     schedule = build_schedule(cfg, world)
     par = build_parallel(run, schedule)
     writer = CheckpointWriter(cfg.output_dir, cfg.keep_last, async_save=cfg.async_checkpoint)
-    detector = CollapseDetector.for_config(cfg.to_dict(), median_side=run.median_side, world_size=world,
+    detector = CollapseDetector.for_config(cfg.to_dict(), median_side=run.median_side, world_size=run.lanes,
                                            patience=max(1, math.ceil(cfg.collapse_patience / cfg.log_every)))
     saved = run.resume.trainer if run.resume is not None else {}
     saved_queue = int(run.resume.meta.get("config", {}).get("queue_length", 0) or 0) if run.resume else 0
     same_queue = saved_queue > 0 and int(saved.get("global_batch", -1)) == run.global_batch
     state = TrainState(Progress(run.global_batch, world), schedule=schedule, scaler=ScalerPart(par),
-                       queue=QueuePart(par.unwrapped.head, cfg.batch_size, restore=same_queue), health=detector)
-    job = Job(run, par, None, writer, schedule, detector, state, checkpoint_meta(run.cfg, run.backend))
+                       queue=QueuePart(par.unwrapped.head, cfg.batch_size * run.micro, same_queue), health=detector)
+    job = Job(run, par, None, writer, state, checkpoint_meta(run.cfg, run.backend))
     try:
         _restore_and_stream(job, saved, same_queue)
     except BaseException:
@@ -147,6 +157,8 @@ def _restore_and_stream(job: Job, saved: dict[str, Any], same_queue: bool) -> No
 
     run, par = job.run, job.par
     cfg, world, rank = run.cfg, run.world_size, get_rank()
+    if run.resume is None and cfg.init_from:
+        warm_start(cfg, par)
     if run.resume is not None:
         _, _, missing = load_checkpoint(run.resume.directory, job.pieces(with_queue=same_queue),
                                         group=job.writer.group, known=(run.resume.meta, saved))
@@ -195,7 +207,7 @@ def pretrain(cfg: PretrainConfig, explicit: Iterable[str] | None = None) -> Pret
             close()
     result.steps = job.progress.step
     if run.cfg.export:
-        result.export_path = _export(result.checkpoint, out)
+        result.export_path = export_trunk(result.checkpoint, out)
     return result
 
 
@@ -206,8 +218,7 @@ def _train(job: Job, result: PretrainResult) -> None:
     from bigseer.perf import FlopMeter, measured_peak_flops
 
     cfg, par, progress = job.run.cfg, job.par, job.progress
-    swav = par.unwrapped
-    proto_names = [n for n, p in swav.named_parameters() if id(p) in {id(q) for q in swav.head.prototype_parameters()}]
+    swav, freezer = par.unwrapped, Freezer(cfg, par)
     logger = TrainLogger(str(cfg.output_dir), cfg.max_steps, progress.step, get_rank(), cfg.log_every)
     device = next((p.device for p in swav.parameters() if p.device.type != "meta"), torch.device("cpu"))
     meter = FlopMeter(measured_peak_flops(device, DTYPES.get(getattr(par, "precision", job.run.precision),
@@ -217,18 +228,17 @@ def _train(job: Job, result: PretrainResult) -> None:
     try:
         while progress.step < cfg.max_steps:
             t0 = time.perf_counter()
-            batch = next(it)
+            micros = [next(it) for _ in range(job.run.micro)]  # the micro-batches of the step
             lr = job.schedule.lr_at(progress.step)
-            if cfg.freeze_prototypes_iters and progress.step in (start_step, cfg.freeze_prototypes_iters):
-                # SwAV: prototypes get no updates for the first iterations (works under every backend)
-                par.set_frozen(proto_names, progress.step < cfg.freeze_prototypes_iters)
-            loss, stepped = swav_step(par, batch.crops, lr, meter.count() if meter.step_flops is None else None)
+            freezer.update(progress.step, progress.step == start_step)  # prototypes / trunk frozen at first
+            loss, stepped = accumulated_swav_step(par, [b.crops for b in micros], lr,
+                                                  meter.count() if meter.step_flops is None else None)
             progress.advance()
-            for reason, n in batch.skipped.items():
+            for reason, n in ((r, n) for b in micros for r, n in b.skipped.items()):
                 pending_skips[reason] = pending_skips.get(reason, 0) + n
             heartbeat.beat(progress.step)
             if progress.step % cfg.log_every == 0 or progress.step == cfg.max_steps or job.schedule.plateau is not None:
-                _log_step(job, logger, meter, loss, lr, stepped, batch, pending_skips, time.perf_counter() - t0,
+                _log_step(job, logger, meter, loss, lr, stepped, micros, pending_skips, time.perf_counter() - t0,
                           result)
                 pending_skips = {}
             if cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0 and progress.step < cfg.max_steps:
@@ -255,8 +265,8 @@ def _train(job: Job, result: PretrainResult) -> None:
         result.skipped = dict(logger.skipped_total)
 
 
-def _log_step(job: Job, logger: TrainLogger, meter: Any, loss: torch.Tensor, lr: float, stepped: bool, batch: Any,
-              skips: dict[str, int], dt: float, result: PretrainResult) -> None:
+def _log_step(job: Job, logger: TrainLogger, meter: Any, loss: torch.Tensor, lr: float, stepped: bool,
+              micros: list[Any], skips: dict[str, int], dt: float, result: PretrainResult) -> None:
     """The only host sync of a step, on logged steps: loss, memory and skip counts of all ranks; then the
     schedule's and the health detector's update and one log record."""
     cfg, step = job.run.cfg, job.progress.step
@@ -272,28 +282,14 @@ def _log_step(job: Job, logger: TrainLogger, meter: Any, loss: torch.Tensor, lr:
     warning = job.detector.update(step, health) if health else None  # CollapseError with "stop"
     if warning:
         log.warning("%s", warning)
-    extra: dict[str, Any] = {"samples": all_samples(batch.samples)} if cfg.log_samples else {}
+    ids = [b.samples for b in micros if b.samples is not None]
+    extra: dict[str, Any] = {"samples": all_samples(torch.cat(ids) if ids else None)} if cfg.log_samples else {}
     extra["health"] = {k: health[k] for k in HEALTH_KEYS if k in health}
     logger.step(step, {**extra, "loss": loss_value, "lr": lr, "loss_scale": job.par.loss_scale,
                        "stepped": bool(stepped), "img_per_s": job.run.global_batch / dt,
                        "peak_mem_mb": max(peak_mem), "peak_mem_mb_per_rank": peak_mem,
                        "checkpoint_stall_s": job.writer.last_stall_s, **meter.metrics(dt)})
     job.writer.last_stall_s = 0.0
-
-
-def _export(checkpoint: Path | None, out: Path) -> Path | None:
-    """Rank 0 writes the timm-layout trunk as ``OUTPUT_DIR/export/model.safetensors``."""
-    if checkpoint is None:
-        return None
-    path = None
-    if get_rank() == 0:
-        from bigseer.export import export_checkpoint
-
-        export_checkpoint(str(checkpoint), str(out / "export"), layout="timm")
-        path = out / "export" / "model.safetensors"
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-    return path
 
 
 __all__ = ["PretrainConfig", "PretrainResult", "pretrain", "build_swav_model", "peak_lr", "LRSchedule"]

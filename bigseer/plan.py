@@ -145,6 +145,11 @@ class MemoryPlan:
     seconds: float = 0.0
     comm: int = 0  # DeepSpeed's persistent ipg reduce bucket (touched part)
     runtime: int = 0  # per-process memory that is no tensor (CPU runs only; module doc)
+    accumulate: int = 1  # micro-batches per step: activations are one micro-batch's, the codes all of them
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_per_gpu * self.world_size * self.accumulate
 
     @property
     def total(self) -> int:
@@ -162,7 +167,8 @@ class MemoryPlan:
                 ("activations", self.activations), ("buffers", self.buffers), ("comm buckets", self.comm),
                 ("gathered/temps", self.transient), ("runtime", self.runtime), ("total", self.total)]
         head = (f"{self.model}: trunk {self.trunk_params:,} + head {self.head_params:,} params; backend "
-                f"{self.backend}, {self.precision}, world {self.world_size}, batch/GPU {self.batch_per_gpu}, "
+                f"{self.backend}, {self.precision}, world {self.world_size}, batch/GPU {self.batch_per_gpu}"
+                f"{f' x {self.accumulate} micro-batches' if self.accumulate > 1 else ''} (global {self.global_batch}), "
                 f"crops {','.join(f'{n}x{s}' for n, s in self.crops)}, checkpointing {self.checkpointing}")
         lines = [head, f"{'per rank':<18}{'GiB':>10}{'bytes':>18}"]
         lines += [f"{name:<18}{b / gib:>10.3f}{b:>18,}" for name, b in rows]
@@ -263,12 +269,14 @@ def plan_memory(model: str = "regnety_256gf", *, world_size: int = 1, backend: s
                 checkpointing: Any = "none", head_dims: Sequence[int] = (8192, 8192, 256), prototypes: int = 16384,
                 zero_stage: int = 2, optimizer_states: int = 1, large_unit_threshold: int = int(1e8),
                 ds_bucket: int = int(5e7), collectives: str = "nccl", ds_max_live_parameters: int = int(1e9),
-                ds_max_reuse_distance: int = int(1e9), ds_persistence: int = int(1e5)) -> MemoryPlan:
+                ds_max_reuse_distance: int = int(1e9), ds_persistence: int = int(1e5),
+                accumulate: int = 1) -> MemoryPlan:
     """Per-rank memory of one training step at its peak (no allocation: meta model). ``optimizer_states`` =
     tensors of optimizer state per parameter (LARS/SGD momentum: 1, Adam: 2); ``ds_bucket`` = DeepSpeed
     ``reduce_bucket_size`` (elements); ``collectives`` = ``"nccl"`` (GPU) or ``"gloo"`` (CPU runs);
     ``ds_max_*`` = ZeRO-3's ``stage3_max_live_parameters`` / ``stage3_max_reuse_distance``; ``ds_persistence`` =
-    ZeRO-3's ``stage3_param_persistence_threshold``."""
+    ZeRO-3's ``stage3_param_persistence_threshold``; ``accumulate`` = micro-batches per step (``batch_per_gpu``
+    is one micro-batch: its activations are counted; the scores of all of them are held for the codes)."""
     t0 = time.perf_counter()
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r} is invalid: choose one of {', '.join(BACKENDS)}")
@@ -276,7 +284,8 @@ def plan_memory(model: str = "regnety_256gf", *, world_size: int = 1, backend: s
         raise ConfigError(f"precision={precision!r} is invalid: choose one of {', '.join(PRECISIONS)}")
     if collectives not in COLLECTIVES:
         raise ConfigError(f"collectives={collectives!r} is invalid: choose one of {', '.join(COLLECTIVES)}")
-    for name, v in (("world_size", world_size), ("batch_per_gpu", batch_per_gpu), ("prototypes", prototypes)):
+    for name, v in (("world_size", world_size), ("batch_per_gpu", batch_per_gpu), ("prototypes", prototypes),
+                    ("accumulate", accumulate)):
         if not isinstance(v, int) or v < 1:
             raise ConfigError(f"{name}={v!r} is invalid: must be a positive integer")
     for name, v in (("ds_bucket", ds_bucket), ("ds_max_live_parameters", ds_max_live_parameters),
@@ -367,12 +376,17 @@ def plan_memory(model: str = "regnety_256gf", *, world_size: int = 1, backend: s
     else:
         notes.append("runtime: the CUDA context and NCCL buffers are outside PyTorch's allocator, not counted")
     buffers = sum(b.numel() * b.element_size() for b in trunk.buffers())
+    if accumulate > 1:  # bigseer.trainer.accumulated_swav_step: scores of 2 assignment crops x every micro-batch
+        codes = 2 * accumulate * batch_per_gpu * prototypes * f32
+        transient += codes + 2 * buffers  # and the BN statistics at the step's start and their running sum
+        notes.append(f"accumulate {accumulate}: activations of one micro-batch of {batch_per_gpu}; the assignment "
+                     f"scores of all {accumulate} micro-batches ({codes / MIB:.1f} MiB) in gathered/temps")
     return MemoryPlan(model=model, backend=backend if backend != "deepspeed" else f"deepspeed-zero{zero_stage}",
                       precision=precision, world_size=W, batch_per_gpu=batch_per_gpu, crops=crop_list,
                       checkpointing=checkpointing, trunk_params=n_trunk, head_params=n_head, params=params,
                       grads=grads, optimizer=opt, activations=activations, buffers=buffers, transient=transient,
                       largest_unit=largest, notes=notes, seconds=time.perf_counter() - t0, comm=comm,
-                      runtime=runtime)
+                      runtime=runtime, accumulate=accumulate)
 
 
 def _storage_bytes(tensors: Any) -> int:

@@ -48,31 +48,37 @@ def plan_resume(cfg: PretrainConfig, meta: dict[str, Any], trainer: dict[str, An
 
     saved = meta.get("config", {})
     check_compatible(cfg, saved, where)
+    from bigseer.config import accumulate_of
+
     old_world = int(meta.get("world_size", 1))
+    old_lanes = old_world * int(saved.get("accumulate") or 1)  # a micro-batch counts like a rank
+    acc = accumulate_of(cfg)
+    lanes = world * acc
     old_batch = int(saved.get("batch_size") or 1)
-    global_batch = int(trainer.get("global_batch", old_batch * old_world))
+    global_batch = int(trainer.get("global_batch", old_batch * old_lanes))
     changes: dict[str, Any] = {}
     if cfg.batch_size is None or cfg.batch_size == old_batch:
-        if global_batch % world:
-            raise ConfigError(f"cannot resume {where} on {world} ranks: its global batch {global_batch} is not "
-                              f"divisible by {world}; world sizes that keep it: {divisors_note(global_batch)} "
-                              f"(or give --batch_size to change the global batch)")
-        batch = global_batch // world
+        if global_batch % lanes:
+            raise ConfigError(f"cannot resume {where} on {world} ranks x accumulate {acc}: its global batch "
+                              f"{global_batch} is not divisible by {lanes}; ranks x accumulate that keep it: "
+                              f"{divisors_note(global_batch)} (or give --batch_size to change the global batch)")
+        batch = global_batch // lanes
         keep_global = True
     else:
         batch = cfg.batch_size
-        keep_global = batch * world == global_batch
+        keep_global = batch * lanes == global_batch
         if not keep_global:
-            log.info("resume: global batch %d -> %d (--batch_size %d on %d ranks); peak lr follows the linear "
-                     "rule: %.4g -> %.4g", global_batch, batch * world, batch, world,
-                     linear_scaled_lr(cfg.base_lr, global_batch), linear_scaled_lr(cfg.base_lr, batch * world))
+            log.info("resume: global batch %d -> %d (--batch_size %d on %d ranks x accumulate %d); peak lr follows "
+                     "the linear rule: %.4g -> %.4g", global_batch, batch * lanes, batch, world, acc,
+                     linear_scaled_lr(cfg.base_lr, global_batch), linear_scaled_lr(cfg.base_lr, batch * lanes))
     changes["batch_size"] = batch
     old_queue = int(saved.get("queue_length", 0) or 0)
     if old_queue and cfg.queue_length in (0, old_queue) and keep_global:
-        changes["queue_length"] = old_queue * old_world // world  # the same global queue, re-split
+        changes["queue_length"] = old_queue * old_lanes // lanes  # the same global queue, re-split
     elif old_queue and cfg.queue_length == old_queue:
         log.info("resume: the global batch changed, so the SwAV queue starts empty")
-    if world != old_world:
-        log.info("resume: %d -> %d ranks, global batch %d kept: %d per rank%s", old_world, world, global_batch,
-                 batch, f", queue {changes['queue_length']} per rank" if "queue_length" in changes else "")
-    return replace(cfg, **changes), batch != old_batch or world != old_world
+    if lanes != old_lanes:
+        log.info("resume: %d -> %d lanes (ranks x micro-batches: %d x %d), global batch %d kept: %d per micro-batch%s",
+                 old_lanes, lanes, world, acc, global_batch, batch,
+                 f", queue {changes['queue_length']} per micro-batch" if "queue_length" in changes else "")
+    return replace(cfg, **changes), batch != old_batch or lanes != old_lanes

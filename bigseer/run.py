@@ -2,12 +2,15 @@
 
 :func:`resolve_run` is the one place that decides a run's final settings, in this order:
 
-1. the recipe (``auto``: chosen from the data's image sizes and count; ``seer``; ``none``) fills every setting
-   the user did not choose (``explicit``: the flags and config-file keys the CLI saw);
+1. ``--init_from`` weights name the model when the user did not (``--model``); then the recipe (``auto``: chosen
+   from the data's image sizes and count; ``seer``; ``none``) fills every setting the user did not choose
+   (``explicit``: the flags and config-file keys the CLI saw);
 2. the resume point (``--resume``) is found, and its ``meta.json`` and ``trainer.pt`` are read, once;
 3. an elastic resume re-plans the per-rank batch and the queue for this world size (:mod:`bigseer.resume`);
 4. the config is finalized and validated (:func:`bigseer.config.validate`: fails before any work);
-5. backend and precision are resolved.
+5. backend and precision are resolved;
+6. ``--init_from`` weights are checked against ``--model`` (one line on a mismatch), unless the run resumes:
+   a restarted job continues its own checkpoint.
 
 The :class:`ResolvedRun` carries all of it to the engine, which writes ``ResolvedRun.cfg`` to
 ``OUTPUT_DIR/config.yaml``: ``--config`` of that file runs the same again.
@@ -47,9 +50,20 @@ class ResolvedRun:
     median_side: float | None  # the data's median shorter side when the ``auto`` recipe probed it
 
     @property
+    def micro(self) -> int:
+        """Micro-batches per step (``--accumulate``)."""
+        assert self.cfg.accumulate is not None
+        return self.cfg.accumulate
+
+    @property
+    def lanes(self) -> int:
+        """Data-parallel lanes of a step: ranks x micro-batches (a micro-batch counts like a rank)."""
+        return self.world_size * self.micro
+
+    @property
     def global_batch(self) -> int:
         assert self.cfg.batch_size is not None
-        return self.cfg.batch_size * self.world_size
+        return self.cfg.batch_size * self.lanes
 
 
 def chosen_fields(cfg: PretrainConfig, explicit: Iterable[str] | None) -> set[str]:
@@ -76,6 +90,26 @@ def apply_data_recipe(cfg: PretrainConfig, explicit: Iterable[str] | None = None
     return apply_recipe(cfg, recipe, keep), (probe.median_side if probe is not None else None)
 
 
+def model_of_weights(cfg: PretrainConfig) -> PretrainConfig:
+    """``cfg`` training the architecture of its ``--init_from`` weights (a preset; other shapes need --model)."""
+    from dataclasses import replace
+
+    from bigseer.errors import ConfigError
+    from bigseer.export.sources import open_weights
+    from bigseer.models.regnet import PRESETS
+    from bigseer.warm_start import arch_name
+
+    opened = open_weights(str(cfg.init_from))
+    opened.close()
+    name = next((n for n, p in PRESETS.items() if p == opened.params), None)
+    if name is None:
+        raise ConfigError(f"--init_from {cfg.init_from} holds {arch_name(opened.params)}, which no preset builds; "
+                          "bigseer pretrain trains the presets of `bigseer models`")
+    if name != cfg.model:
+        log.info("--init_from %s holds %s: training --model %s", cfg.init_from, name, name)
+    return replace(cfg, model=name)
+
+
 def find_resume_point(cfg: PretrainConfig) -> ResumePoint | None:
     """The checkpoint ``cfg.resume`` asks for, read (None: start fresh); ``latest`` without one is an error."""
     from bigseer.checkpoint import find_latest, read_meta, read_trainer_state
@@ -97,11 +131,19 @@ def resolve_run(cfg: PretrainConfig, world_size: int, explicit: Iterable[str] | 
     before any work when it cannot run."""
     from bigseer.resume import plan_resume
 
+    if cfg.init_from and "model" not in chosen_fields(cfg, explicit):
+        cfg, explicit = model_of_weights(cfg), {*chosen_fields(cfg, explicit), "model"}
     cfg, median_side = apply_data_recipe(cfg, explicit)
     resume = find_resume_point(cfg)
     ds_batch_superseded = False
     if resume is not None:
         cfg, ds_batch_superseded = plan_resume(cfg, resume.meta, resume.trainer, world_size, str(resume.directory))
     cfg, backend = validated(cfg, world_size, ds_batch_superseded=ds_batch_superseded)
+    if cfg.init_from and resume is None:
+        from bigseer.warm_start import open_init_weights
+
+        open_init_weights(cfg.init_from, cfg.model).close()  # the architecture, before any work
+    elif cfg.init_from:
+        log.info("--init_from %s not used: the run resumes from its checkpoint %s", cfg.init_from, resume.directory)
     return ResolvedRun(cfg=cfg, world_size=world_size, backend=backend, precision=resolve_precision(cfg),
                        resume=resume, median_side=median_side)

@@ -2,7 +2,8 @@
 
 ``build_*`` helpers (one per part: model, schedule, optimizer factory) serve the engine and the benchmarks.
 :func:`swav_step` is the one SwAV step (forward, backward, optimizer step, prototype renormalisation,
-zero_grad). :class:`TrainState` holds the trainer's stateful parts, each owning ``state_dict()`` /
+zero_grad); :func:`accumulated_swav_step` the same over N micro-batches with the maths of N times the ranks.
+:class:`TrainState` holds the trainer's stateful parts, each owning ``state_dict()`` /
 ``load_state_dict()``, and saves them by name in a checkpoint's ``trainer.pt`` (as torchtitan's
 ``CheckpointManager(states=...)``); the tensors (model, optimizer, queue) go through the parallel wrapper's
 checkpoint pieces.
@@ -17,6 +18,7 @@ from typing import Any, Callable, ContextManager, Protocol
 import torch
 
 from bigseer.config import PretrainConfig
+from bigseer.distributed import get_rank
 from bigseer.optim.schedules import LRSchedule, linear_scaled_lr
 
 
@@ -34,7 +36,7 @@ def build_swav_model(cfg: PretrainConfig, group: Any = None, device: Any = None)
 
     trunk = build_regnet(cfg.model, device=device, zero_init_last=cfg.zero_init_last)
     head = SwAVHead(trunk.num_features, list(cfg.head_dims), cfg.embed_dim, cfg.num_prototypes,
-                    shard_prototypes=cfg.shard_prototypes, queue_length=cfg.queue_length,
+                    shard_prototypes=cfg.shard_prototypes, queue_length=cfg.queue_length * (cfg.accumulate or 1),
                     queue_crops=len(cfg.crops_for_assign), group=group)
     model = SwAVModel(trunk, head, temperature=cfg.temperature, epsilon=cfg.epsilon,
                       sinkhorn_iters=cfg.sinkhorn_iters, crops_for_assign=tuple(cfg.crops_for_assign),
@@ -58,7 +60,7 @@ def build_stream(cfg: PretrainConfig, rank: int, world_size: int, position: int,
                             blur_p=cfg.blur_p, ratio=(float(cfg.crop_ratio[0]), float(cfg.crop_ratio[1])))
     return MultiCropStream(cfg.data, cfg.crops, cfg.batch_size, rank=rank, world_size=world_size, seed=cfg.seed,
                            num_workers=cfg.num_workers, start_position=position, lanes=lanes, augment=augment,
-                           device=device, shard_cache=cfg.shard_cache)
+                           device=device, shard_cache=cfg.shard_cache, accumulate=cfg.accumulate or 1)
 
 
 def checkpoint_meta(cfg: PretrainConfig, backend: str) -> dict[str, Any]:
@@ -73,10 +75,64 @@ def checkpoint_meta(cfg: PretrainConfig, backend: str) -> dict[str, Any]:
             "head": head, "config": cfg.to_dict()}
 
 
+def warm_start(cfg: PretrainConfig, par: Any) -> None:
+    """Load ``--init_from`` (trunk, and the head with ``--init_head``) into the wrapped model, on every rank."""
+    import logging
+
+    from bigseer.warm_start import load_trunk_into, open_init_weights
+
+    opened = open_init_weights(str(cfg.init_from), cfg.model)
+    try:
+        counts = load_trunk_into(par, opened, with_head=cfg.init_head)
+    finally:
+        opened.close()
+    logging.getLogger("bigseer").info(
+        "--init_from %s: %d trunk tensors%s loaded; %s", cfg.init_from, counts["trunk"],
+        f" and {counts['head']} head tensors" if cfg.init_head else "",
+        f"the trunk stays frozen for the first {cfg.head_warmup_steps} steps while the fresh SwAV head learns on it "
+        "(--head_warmup_steps)" if cfg.head_warmup_steps else "every part trains from step 1")
+
+
+class Freezer:
+    """Which parameters the optimizer skips at a step: the prototypes for ``freeze_prototypes_iters`` steps (SwAV),
+    the trunk for ``head_warmup_steps`` (a warm start's fresh head learns first). Works under every backend
+    (``Parallel.set_frozen``)."""
+
+    def __init__(self, cfg: PretrainConfig, par: Any) -> None:
+        swav = par.unwrapped
+        protos = {id(p) for p in swav.head.prototype_parameters()}
+        self.par = par
+        self.groups = [(int(cfg.freeze_prototypes_iters), [n for n, p in swav.named_parameters() if id(p) in protos]),
+                       (int(cfg.head_warmup_steps or 0), [n for n, _ in swav.named_parameters()
+                                                          if n.startswith("trunk.")])]
+
+    def update(self, step: int, first: bool) -> None:
+        """Call before each step (``first``: the first step of this process)."""
+        for until, names in self.groups:
+            if until and (first or step == until):
+                self.par.set_frozen(names, step < until)
+
+
+def export_trunk(checkpoint: Any, out: Any) -> Any:
+    """Rank 0 writes the final checkpoint's timm-layout trunk as ``out/export/model.safetensors``; every rank
+    waits for it; rank 0 gets its path (other ranks and a run without a checkpoint: None)."""
+    from pathlib import Path
+
+    if checkpoint is None:
+        return None
+    if get_rank() == 0:
+        from bigseer.export import export_checkpoint
+
+        export_checkpoint(str(checkpoint), str(Path(out) / "export"), layout="timm")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    return Path(out) / "export" / "model.safetensors" if get_rank() == 0 else None
+
+
 def peak_lr(cfg: PretrainConfig, world_size: int) -> float:
-    """The run's peak LR: the linear scaling rule on the global batch."""
+    """The run's peak LR: the linear scaling rule on the global batch (ranks x micro-batches x batch)."""
     assert cfg.batch_size is not None
-    return linear_scaled_lr(cfg.base_lr, cfg.batch_size * world_size)
+    return linear_scaled_lr(cfg.base_lr, cfg.batch_size * world_size * (cfg.accumulate or 1))
 
 
 def build_schedule(cfg: PretrainConfig, world_size: int) -> LRSchedule:
@@ -111,6 +167,48 @@ def swav_step(par: Any, crops: list[torch.Tensor], lr: float | None = None,
     par.run_on_full_params(par.unwrapped.normalize_prototypes)
     par.zero_grad()
     return loss, bool(stepped)
+
+
+def accumulated_swav_step(par: Any, micros: list[list[torch.Tensor]], lr: float | None = None,
+                          measure: ContextManager[Any] | None = None) -> tuple[torch.Tensor, bool]:
+    """One SwAV step over ``len(micros)`` micro-batches, as that many times the ranks would take it: a no-grad
+    scoring pass gives every micro-batch's assignment scores, Sinkhorn runs once over all of them
+    (:mod:`bigseer.ssl.accumulate`), then each micro-batch does forward and backward with its codes fixed
+    (gradients accumulate to the mean; data-parallel reduction with the last). BatchNorm sees each micro-batch
+    alone, its running statistics end on the micro-batches' mean; the queue takes all micro-batches' rows;
+    one optimizer step (skipped as a whole when any micro-batch overflowed on any rank). Returns the mean of the
+    micro-batch losses (rank-local) and whether the step was applied."""
+    from bigseer.parallel.bn_stats import add_bn_state, bn_state, load_bn_state, scaled_bn_state
+    from bigseer.ssl.accumulate import effective_codes, queue_rows
+
+    if len(micros) == 1:
+        return swav_step(par, micros[0], lr, measure)
+    swav = par.unwrapped
+    if lr is not None:
+        par.set_lr(lr)
+    with measure if measure is not None else contextlib.nullcontext():
+        start = bn_state(swav)
+        scored = []
+        with torch.no_grad(), swav.scoring_pass():
+            for crops in micros:
+                scored.append(par.forward(crops))
+                load_bn_state(swav, start)
+        codes = effective_codes(scored, swav.epsilon, swav.sinkhorn_iters, swav.group)
+        total, losses = None, []
+        for m, crops in enumerate(micros):
+            with swav.head.codes_given(codes[m]):
+                loss = par.forward(crops)
+            par.backward_micro(loss, m, len(micros))
+            losses.append(loss.detach())
+            total = add_bn_state(total, bn_state(swav))
+            load_bn_state(swav, start)
+        load_bn_state(swav, scaled_bn_state(total, len(micros)))
+    stepped = par.step()
+    if swav.head.queue_length:
+        swav.head.push_queue(queue_rows(scored))
+    par.run_on_full_params(swav.normalize_prototypes)
+    par.zero_grad()
+    return torch.stack(losses).mean(), bool(stepped)
 
 
 @dataclass

@@ -35,11 +35,23 @@ class Piece:
     local: torch.Tensor
     ranges: list[tuple[int, int, int]] = field(default_factory=list)
     write: bool = True
+    owner: torch.Tensor | None = None  # the tensor ``local`` is a contiguous copy of (see :meth:`whole`)
 
     @classmethod
     def whole(cls, name: str, tensor: torch.Tensor, write: bool = True) -> "Piece":
-        """A piece holding all of ``tensor`` (e.g. a DDP parameter or a BN buffer)."""
-        return cls(name, tuple(tensor.shape), tensor.reshape(-1), [(0, 0, tensor.numel())], write)
+        """A piece holding all of ``tensor`` (e.g. a DDP parameter or a BN buffer). A tensor whose memory is
+        not in the logical order (a channels_last conv weight) gets a contiguous copy as ``local``, written back
+        by :meth:`commit`."""
+        if tensor.is_contiguous():
+            return cls(name, tuple(tensor.shape), tensor.view(-1), [(0, 0, tensor.numel())], write)
+        local = tensor.detach().contiguous().view(-1)
+        return cls(name, tuple(tensor.shape), local, [(0, 0, tensor.numel())], write, owner=tensor)
+
+    def commit(self) -> None:
+        """After writing into ``local``: copy it into the tensor it was copied from (a no-op for views)."""
+        if self.owner is not None:
+            with torch.no_grad():
+                self.owner.copy_(self.local.view(self.owner.shape))
 
     @property
     def numel(self) -> int:
@@ -135,6 +147,7 @@ def drain_staged(piece: Piece, staged: torch.Tensor) -> None:
         for g, loc, n in piece.ranges:
             if n:
                 piece.local[loc:loc + n].copy_(flat[g - base:g - base + n].to(piece.local.dtype))
+    piece.commit()
 
 
 def flat_slice_piece(name: str, shape: tuple[int, ...], local: torch.Tensor, global_start: int,

@@ -7,6 +7,10 @@ uses the union of all ranks' queues, so what must survive a resume is that union
 global sample slot (``rank * B + b``). A run resumed on M ranks with the same global batch G then holds
 per rank ``A * G / M`` rows with the same ages: after every later step the union of the queues equals the
 uninterrupted run's, so Sinkhorn sees the same embeddings.
+
+With gradient accumulation (``micro`` = N micro-batches per step) a rank's queue holds ``N*B`` rows per age,
+micro-batch ``m``'s at ``m*B``: they are the rows of virtual rank ``m*W + rank`` (as in the data order,
+:mod:`bigseer.data.stream`), so ``W`` ranks x ``N`` and ``W*N`` ranks save the same logical queue.
 """
 
 from __future__ import annotations
@@ -25,16 +29,17 @@ def queue_ages(queue_length: int, batch: int) -> int:
     return queue_length // batch
 
 
-def queue_pieces(head: Any, batch: int, rank: int, world: int) -> list[Piece]:
-    """This rank's pieces of ``queue.<j>`` (empty without a queue)."""
+def queue_pieces(head: Any, batch: int, rank: int, world: int, micro: int = 1) -> list[Piece]:
+    """This rank's pieces of ``queue.<j>`` (empty without a queue); ``micro``: micro-batches per step."""
     if not getattr(head, "queue_length", 0):
         return []
-    ages = queue_ages(head.queue_length, batch)
-    dim, glob = head.queue.shape[-1], batch * world
+    ages = queue_ages(head.queue_length, batch * micro)
+    dim, glob = head.queue.shape[-1], batch * world * micro
     out = []
     for j in range(head.queue.shape[0]):
         local = head.queue[j].reshape(-1)
-        ranges = [((a * glob + rank * batch) * dim, a * batch * dim, batch * dim) for a in range(ages)]
+        ranges = [((a * glob + (m * world + rank) * batch) * dim, (a * micro + m) * batch * dim, batch * dim)
+                  for a in range(ages) for m in range(micro)]
         out.append(Piece(f"queue.{j}", (ages * glob, dim), local, ranges))
     return out
 

@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--world_size", type=int, default=8)
     parser.add_argument("--backend", default="fsdp", choices=BACKENDS)
     parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
-    parser.add_argument("--batch_per_gpu", type=int, default=16)
+    parser.add_argument("--batch_per_gpu", type=int, default=16, help="images per GPU per micro-batch")
+    parser.add_argument("--accumulate", type=int, default=1,
+                        help="micro-batches per step (pretrain --accumulate): memory of one, global batch of all")
     parser.add_argument("--crops", default="2x224+6x96", help="multi-crop spec as for pretrain, e.g. 2x160+4x96")
     parser.add_argument("--checkpointing", default="none", help=SPEC_HELP)
     parser.add_argument("--head_dims", default="8192,8192,256", help="SwAV MLP output dims ('none': no MLP)")
@@ -46,6 +48,6 @@ def run(args: argparse.Namespace) -> int:
                        checkpointing=parse_checkpointing(args.checkpointing), head_dims=_ints(args.head_dims),
                        prototypes=args.prototypes, zero_stage=args.zero_stage,
                        optimizer_states=args.optimizer_states, large_unit_threshold=int(args.large_unit_threshold),
-                       ds_bucket=int(args.ds_bucket), collectives=args.collectives)
+                       ds_bucket=int(args.ds_bucket), collectives=args.collectives, accumulate=args.accumulate)
     print(json.dumps(plan.as_dict(), indent=2) if args.json else plan.table())
     return 0

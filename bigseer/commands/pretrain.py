@@ -19,7 +19,8 @@ from bigseer.recipe import SEER_FILE
 SEER = SEER_FILE
 
 # fields whose default is None: their flag's type
-_OPTIONAL_TYPES: dict[str, type] = {"start_lr": float, "batch_size": int, "warmup_steps": int, "ds_config": str}
+_OPTIONAL_TYPES: dict[str, type] = {"start_lr": float, "batch_size": int, "accumulate": int, "warmup_steps": int,
+                                    "ds_config": str, "init_from": str, "head_warmup_steps": int}
 
 
 def _tuple_of(kind: type) -> Any:

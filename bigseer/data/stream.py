@@ -9,6 +9,11 @@ position ``p`` is seeded by ``(seed, p)``; a bad image is counted by reason and 
 positions: DataLoader workers take batches round-robin (worker ``w`` builds ``w, w + workers, ...``),
 and a run resumed at position ``P`` on any number of ranks reads exactly the samples the uninterrupted
 run would have read.
+
+Gradient accumulation (``accumulate=N``) treats a micro-batch like a rank: a step's ``G = B*W*N`` positions are
+read by ``W*N`` virtual ranks, micro-batch ``m`` of rank ``r`` being virtual rank ``m*W + r``; the stream yields
+the ``N`` micro-batches of a step in turn. So micro-batch ``m`` of every rank together is a contiguous block of
+the step (what SyncBN groups see), and 1 rank x ``N`` reads what ``N`` ranks read.
 """
 
 from __future__ import annotations
@@ -47,11 +52,11 @@ class MultiCropBatch:
 
 class _MultiCropDataset(IterableDataset):
     def __init__(self, renderer: SampleRenderer, batch_size: int, seed: int, rank: int, world_size: int,
-                 workers: int, start_position: int, lanes: int, max_tries: int) -> None:
+                 workers: int, start_position: int, lanes: int, max_tries: int, accumulate: int = 1) -> None:
         super().__init__()
         self.renderer, self.batch_size, self.seed = renderer, batch_size, seed
-        self.rank, self.world_size, self.workers = rank, world_size, workers
-        self.global_batch = batch_size * world_size
+        self.rank, self.world_size, self.workers, self.accumulate = rank, world_size, workers, accumulate
+        self.global_batch = batch_size * world_size * accumulate
         self.start_position, self.max_tries = start_position, max_tries
         self.order = GlobalOrder(renderer.catalog.shard_counts(), seed, lanes)
         self._bad: dict[int, str] = {}
@@ -74,9 +79,11 @@ class _MultiCropDataset(IterableDataset):
             raise
 
     def make_batch(self, g: int) -> MultiCropBatch:
-        """Batch ``g`` after the start position (a pure function of its global positions)."""
-        positions = rank_positions(self.start_position + g * self.global_batch, self.global_batch, self.rank,
-                                   self.world_size)
+        """Batch ``g`` after the start position (a pure function of its global positions): micro-batch
+        ``g mod N`` of step ``g // N``."""
+        step, micro = divmod(g, self.accumulate)
+        positions = rank_positions(self.start_position + step * self.global_batch, self.global_batch,
+                                   micro * self.world_size + self.rank, self.world_size * self.accumulate)
         B = self.batch_size
         bufs = self.renderer.new_buffers(B)  # on the decode device (CPU unless the tensor path is on)
         skipped: Counter[str] = Counter()
@@ -143,7 +150,8 @@ class MultiCropStream:
     arrive there; ``device="cpu"`` runs the same tensor code on CPU (tests);
     ``min_side`` / ``max_pixels`` bound usable image sizes (skip reasons too_small / too_large);
     ``max_tries`` bad images in a row for one batch slot raise DataError (never a stall);
-    ``worker_timeout_s > 0`` turns a worker that produces nothing for that long into a DataError.
+    ``worker_timeout_s > 0`` turns a worker that produces nothing for that long into a DataError;
+    ``accumulate=N``: each step is ``N`` batches of ``batch_size`` (micro-batches, see the module docstring).
     Bad settings raise ConfigError and unusable sources DataError, before any worker starts.
     """
 
@@ -153,8 +161,10 @@ class MultiCropStream:
                  max_pixels: int | None = None, max_tries: int = DEFAULT_MAX_TRIES,
                  reduced_decode: bool = True, prefetch_factor: int = 2, pin_memory: bool = False,
                  worker_timeout_s: float = 0.0, multiprocessing_context: str | None = None,
-                 device: str | torch.device | None = None, shard_cache: str | None = None) -> None:
+                 device: str | torch.device | None = None, shard_cache: str | None = None,
+                 accumulate: int = 1) -> None:
         for name, value, lo in (("batch_size", batch_size, 1), ("world_size", world_size, 1),
+                                ("accumulate", accumulate, 1),
                                 ("num_workers", num_workers, 0), ("start_position", start_position, 0),
                                 ("rank", rank, 0), ("min_side", min_side, 1), ("max_tries", max_tries, 0),
                                 ("prefetch_factor", prefetch_factor, 1)):
@@ -175,7 +185,8 @@ class MultiCropStream:
         self.catalog = open_source(source, shard_cache=shard_cache)
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
         self.num_workers = num_workers
-        self.global_batch = batch_size * world_size
+        self.accumulate = accumulate
+        self.global_batch = batch_size * world_size * accumulate
         self.lanes = self.global_batch if lanes is None else lanes
         if isinstance(self.lanes, bool) or not isinstance(self.lanes, int) or self.lanes < 1:
             raise ConfigError(f"lanes must be an integer >= 1, got {lanes!r}")
@@ -183,7 +194,8 @@ class MultiCropStream:
         self._dataset = _MultiCropDataset(
             SampleRenderer(self.catalog, self.groups, self.augment, min_side, max_pixels, reduced_decode,
                            device=device),
-            batch_size, seed, rank, world_size, max(1, num_workers), start_position, self.lanes, max_tries)
+            batch_size, seed, rank, world_size, max(1, num_workers), start_position, self.lanes, max_tries,
+            accumulate)
         self.device = self._dataset.renderer.device  # None: the CPU (numpy) path
         self._loader_kw = {"prefetch_factor": prefetch_factor, "pin_memory": pin_memory,
                            "timeout": float(worker_timeout_s),
@@ -193,7 +205,8 @@ class MultiCropStream:
     def describe(self) -> str:
         """One line for the training log: source kind and size, crops, batch and workers."""
         return (f"{self.catalog.describe()}; crops {format_crops(self.groups)}; batch {self.batch_size} "
-                f"per rank; rank {self.rank}/{self.world_size}; "
+                f"per rank{f' x {self.accumulate} micro-batches' if self.accumulate > 1 else ''}; "
+                f"rank {self.rank}/{self.world_size}; "
                 + (f"decoded on {self.device}" if self.device is not None else f"{self.num_workers} workers"))
 
     def __len__(self) -> int:
@@ -238,7 +251,7 @@ class MultiCropStream:
                 log.error("data loader failed%s", f" ({dead})" if dead else "", exc_info=True)
                 cause = f"{dead} ({_summary(exc)})" if dead else _summary(exc)
                 raise DataError(f"data loader worker failed: {cause}") from exc
-            self.position += self.global_batch
+            self.position += self.global_batch // self.accumulate
             yield batch
 
     def close(self) -> None:

@@ -109,6 +109,8 @@ def open_weights(path: str | Path, model: str | RegNetParams | dict[str, Any] | 
     if not p.exists():
         raise CheckpointError(f"{p}: no such file or directory")
     given = resolve_params(model) if model is not None else None
+    if p.name == "latest" and p.is_file() and resolve_step_dir(p.parent) is not None:
+        p = p.parent  # OUTPUT_DIR/checkpoints/latest: the step it points at
     if p.is_dir() and resolve_step_dir(p) is not None:
         source, params, meta = open_training_checkpoint(p)
         if given is not None and given != params:

@@ -159,8 +159,10 @@ def setup(model: nn.Module, *, backend: str, precision: str = "fp32", syncbn_gro
           ds_config: dict[str, Any] | str | None = None, exclude_bn_bias: bool = False,
           grad_clip: float | None = None, large_unit_threshold: int = int(1e8),
           device_type: str | None = None, native_checkpoint: bool = False,
-          init_seed: int | None = None, channels_last: bool = False, compile: bool = False) -> Parallel:
-    """Wrap ``model`` for data-parallel training with ``backend`` and build its optimizer (see module doc)."""
+          init_seed: int | None = None, channels_last: bool = False, compile: bool = False,
+          accumulate: int = 1) -> Parallel:
+    """Wrap ``model`` for data-parallel training with ``backend`` and build its optimizer (see module doc).
+    ``accumulate``: micro-batches per optimizer step (``Parallel.backward_micro``; DeepSpeed is told)."""
     if device_type is None:
         first = next(model.parameters(), None)
         device_type = first.device.type if first is not None else "cpu"
@@ -216,7 +218,7 @@ def setup(model: nn.Module, *, backend: str, precision: str = "fp32", syncbn_gro
     elif backend == "deepspeed":
         from bigseer.parallel.deepspeed import setup_deepspeed
 
-        par = setup_deepspeed(model, ds_config=ds_config, **common)
+        par = setup_deepspeed(model, ds_config=ds_config, accumulate=accumulate, **common)
         par.native_checkpoint = native_checkpoint
     else:
         from bigseer.parallel.fairscale import setup_fairscale
@@ -224,4 +226,5 @@ def setup(model: nn.Module, *, backend: str, precision: str = "fp32", syncbn_gro
         par = setup_fairscale(model, **common)
     if syncbn_group is not None:
         par._owned_groups.append(syncbn_group)
+    par.bn_synced_over_world = syncbn and syncbn_group_size == world
     return par

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from typing import Any, Callable, Iterable
 
@@ -79,6 +80,7 @@ class Parallel:
         self.precision = precision
         self.device_type = device_type
         self.syncbn = syncbn
+        self.bn_synced_over_world = syncbn  # False when SyncBN groups are smaller than the world (setup sets it)
         self.scaler = scaler
         self.grad_clip = grad_clip
         self._autocast_precision = precision if autocast_precision is None else autocast_precision
@@ -115,6 +117,15 @@ class Parallel:
     def backward(self, loss: torch.Tensor) -> None:
         """Backward of this rank's loss (scaled when fp16)."""
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def backward_micro(self, loss: torch.Tensor, index: int, count: int) -> None:
+        """Backward of micro-batch ``index`` of the ``count`` of one optimizer step: the gradients accumulate to
+        the mean of the micro-batches'; the data-parallel reduction waits for the last one (DDP's ``no_sync``)."""
+        if count == 1:
+            return self.backward(loss)
+        no_sync = getattr(self.module, "no_sync", None)
+        with no_sync() if no_sync is not None and index < count - 1 else contextlib.nullcontext():
+            self.backward(loss / count)
 
     def _clip(self) -> None:
         if self.grad_clip:
@@ -157,8 +168,9 @@ class Parallel:
 
     # ---- state ---------------------------------------------------------------------------------
     def sync_bn_stats(self) -> int:
-        """Average BN running stats over all ranks unless SyncBN keeps them equal. Collective."""
-        return 0 if self.syncbn else average_bn_stats(self.unwrapped)
+        """Average BN running stats over all ranks unless SyncBN over the whole world keeps them equal (groups
+        smaller than the world each hold their own). Collective."""
+        return 0 if self.bn_synced_over_world else average_bn_stats(self.unwrapped)
 
     def full_state_dict(self) -> dict[str, Any]:
         """Full model state (the model's own keys, CPU tensors) on rank 0; BN stats averaged across ranks

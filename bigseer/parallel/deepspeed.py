@@ -195,6 +195,16 @@ class DeepSpeedParallel(Parallel):
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
 
+    def backward_micro(self, loss: torch.Tensor, index: int, count: int) -> None:
+        """DeepSpeed's own accumulation (its ``gradient_accumulation_steps`` is ``count``, set by ``setup``): the
+        engine scales the loss by 1/count, and its step applies only at the boundary (the last micro-batch)."""
+        if count != self.engine.gradient_accumulation_steps():
+            raise ConfigError(f"DeepSpeed was set up for {self.engine.gradient_accumulation_steps()} micro-batches per "
+                              f"step, not {count}: pass accumulate={count} to bigseer.parallel.setup")
+        self.engine.backward(loss)
+        if index < count - 1:
+            self.engine.step()  # not a boundary: counts the micro-batch, applies nothing
+
     def step(self) -> bool:
         self.engine.step()
         return bool(self.engine.was_step_applied())
@@ -265,7 +275,8 @@ class DeepSpeedParallel(Parallel):
 
 def setup_deepspeed(model: nn.Module, *, precision: str, device_type: str, syncbn: bool,
                     optimizer_factory: Callable[[Any], Any], param_groups: Callable[[nn.Module], Any],
-                    ds_config: dict[str, Any] | str | None, grad_clip: float | None) -> DeepSpeedParallel:
+                    ds_config: dict[str, Any] | str | None, grad_clip: float | None,
+                    accumulate: int = 1) -> DeepSpeedParallel:
     if ds_config is None:
         raise ConfigError("backend deepspeed needs ds_config (a dict, a JSON path or a name in ds_configs/)")
     cfg = load_ds_config(ds_config)
@@ -280,6 +291,9 @@ def setup_deepspeed(model: nn.Module, *, precision: str, device_type: str, syncb
     cfg, effective = resolve_precision(cfg, precision, device_type)
     if grad_clip:
         cfg["gradient_clipping"] = grad_clip
+    # bigseer feeds the micro-batches: DeepSpeed gets the run's accumulation, its batch total follows from it
+    cfg["gradient_accumulation_steps"] = accumulate
+    cfg.pop("train_batch_size", None)
     optimizer = optimizer_factory(param_groups(model))
     check_optimizer(optimizer, stage)
     if _flat_lars(optimizer, stage) and cfg.get("zero_optimization", {}).get("mics_shard_size", -1) > 0:

@@ -22,8 +22,9 @@ tensors (one small collective; see :mod:`bigseer.ssl.stats`). ``track_stats`` mu
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Literal, Sequence, cast
+from typing import Any, Iterator, Literal, Sequence, cast
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,8 @@ from bigseer.models.init import RowsOf, default_seed, fill_rows_, init_param_, u
 from bigseer.ssl.collectives import all_gather_stack, scale_grad
 from bigseer.ssl.stats import SwAVStats, swav_stats
 from bigseer.ssl.swav import check_loss_args, swav_objective
+
+Split = Literal["batch", "prototypes", "none"]
 
 
 def _local_rows(w: torch.Tensor) -> torch.Tensor:
@@ -92,6 +95,8 @@ class SwAVHead(nn.Module):
         self.queue_crops = queue_crops
         self.track_stats = bool(track_stats)
         self.last_stats: SwAVStats | None = None
+        self.given_codes: list[list[torch.Tensor]] | None = None  # see codes_given
+        self.scoring = False  # forward returns assignment_scores (SwAVModel.scoring_pass)
 
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
@@ -197,13 +202,16 @@ class SwAVHead(nn.Module):
             raise ConfigError("SwAVHead got an empty batch (B = 0)")
 
     def forward(self, feats: torch.Tensor, *, temperature: float, epsilon: float, sinkhorn_iters: int,
-                crops_for_assign: Sequence[int] = (0, 1)) -> torch.Tensor:
+                crops_for_assign: Sequence[int] = (0, 1)) -> Any:
         """SwAV loss of this rank's samples from trunk features ``[V, B, in_dim]`` (crops in order).
 
         The whole loss is computed inside ``forward`` so that an FSDP unit around the head keeps its
         parameters unsharded throughout. Averaged over prototype heads. In training mode the queue (if any)
-        is updated after use. All checks happen before any collective.
+        is updated after use. All checks happen before any collective. With ``scoring`` set, ``feats`` are the
+        assignment crops' and the result is :meth:`assignment_scores`.
         """
+        if self.scoring:
+            return self.assignment_scores(feats)
         self.check_features(feats)
         num_crops, batch, _ = feats.shape
         assign = check_loss_args(num_crops, temperature, epsilon, sinkhorn_iters, crops_for_assign)
@@ -211,21 +219,10 @@ class SwAVHead(nn.Module):
             raise ConfigError(f"SwAVHead queue stores {self.queue_crops} assignment crops but crops_for_assign is "
                               f"{assign}")
         emb = self.embed(feats.reshape(num_crops * batch, self.in_dim)).reshape(num_crops, batch, self.out_dim)
-        use_queue = self.queue_full()
-        queue = self.queue
-        rows = None
-        split: Literal["batch", "prototypes", "none"] = "batch"
-        if self.shard_prototypes and self.shard_world > 1:
-            split = "prototypes"
-            gathered = all_gather_stack(emb, self.group)  # [W, V, B, D]
-            emb_all = gathered.transpose(0, 1).reshape(num_crops, self.shard_world * batch, self.out_dim)
-            rows = slice(self.shard_rank * batch, (self.shard_rank + 1) * batch)
-            if use_queue:
-                queue = all_gather_cat(self.queue, self.group, dim=1)
-        else:
-            emb_all = emb
+        emb_all, rows, split, queue = self._global_view(emb)
         losses = []
         capture: dict | None = {} if self.track_stats else None
+        given = self.given_codes
         for h, proto in enumerate(self._prototype_layers()):
             w = proto.weight
             if self.shard_prototypes and self.shard_world > 1:
@@ -235,18 +232,67 @@ class SwAVHead(nn.Module):
                 n = emb_all.shape[1]
                 scores = (emb_all.reshape(num_crops * n, self.out_dim) @ w.t()).reshape(num_crops, n, -1)
                 queue_scores = [queue[j].to(w.dtype) @ w.detach().t() for j in range(len(assign))] \
-                    if use_queue else None
+                    if queue is not None and given is None else None
             losses.append(swav_objective(list(scores.unbind(0)), float(temperature), float(epsilon),
                                          sinkhorn_iters, assign, self.group, split, queue_scores, rows,
-                                         capture if h == 0 else None))
+                                         capture if h == 0 else None, given[h] if given is not None else None))
             if h == 0 and capture is not None:
                 self.last_stats = swav_stats(capture["logp"], [scores[i] for i in assign], capture["codes"],
                                              capture["per_sample"], emb_all, self.num_prototypes[0],
                                              self.group, split)
         loss = losses[0] if len(losses) == 1 else torch.stack(losses).mean()
-        if self.training and self.queue_length:
+        if self.training and self.queue_length and given is None:
             self._push_queue(emb[list(assign)].detach())
         return loss
+
+    def _global_view(self, emb: torch.Tensor) -> tuple[torch.Tensor, slice | None, Split, torch.Tensor | None]:
+        """(the embeddings the scores are taken of, this rank's rows in them, the Sinkhorn split, the queue when
+        full): with sharded prototypes the whole global batch (all-gathered) and the union of the queues."""
+        queue = self.queue if self.queue_full() else None
+        if not (self.shard_prototypes and self.shard_world > 1):
+            return emb, None, "batch", queue
+        num_crops, batch, _ = emb.shape
+        gathered = all_gather_stack(emb, self.group)  # [W, V, B, D]
+        emb_all = gathered.transpose(0, 1).reshape(num_crops, self.shard_world * batch, self.out_dim)
+        rows = slice(self.shard_rank * batch, (self.shard_rank + 1) * batch)
+        if queue is not None:
+            queue = all_gather_cat(self.queue, self.group, dim=1)
+        return emb_all, rows, "prototypes", queue
+
+    @torch.no_grad()
+    def assignment_scores(self, feats: torch.Tensor) -> dict[str, Any]:
+        """The inputs of the codes, for gradient accumulation (:mod:`bigseer.ssl.accumulate`): from the trunk
+        features ``[n_assign, B, in_dim]`` of the assignment crops, ``scores[h][j]`` (prototype head ``h``,
+        assignment crop ``j``: the rows Sinkhorn sees, fp32), ``queue[h][j]`` (the queue's scores; empty lists
+        while the queue is not full), ``emb`` (this rank's embeddings, for the queue) and ``split``. No update
+        of any state."""
+        self.check_features(feats)
+        n_assign, batch, _ = feats.shape
+        emb = self.embed(feats.reshape(n_assign * batch, self.in_dim)).reshape(n_assign, batch, self.out_dim)
+        emb_all, _, split, queue = self._global_view(emb)
+        scores, queue_scores = [], []
+        for proto in self._prototype_layers():
+            with torch.autocast(emb.device.type, enabled=False):
+                w = proto.weight.float() if emb_all.dtype != torch.float64 else proto.weight.double()
+                scores.append([emb_all[j] @ w.t() for j in range(n_assign)])
+                queue_scores.append([queue[j].to(w.dtype) @ w.t() for j in range(n_assign)] if queue is not None
+                                    else [])
+        return {"scores": scores, "queue": queue_scores, "emb": emb, "split": split}
+
+    @contextlib.contextmanager
+    def codes_given(self, codes: list[list[torch.Tensor]]) -> Iterator[None]:
+        """Forwards inside use ``codes[h][j]`` (computed over a larger batch) instead of Sinkhorn, and leave the
+        queue alone (the caller pushes the whole accumulated step)."""
+        self.given_codes = codes
+        try:
+            yield
+        finally:
+            self.given_codes = None
+
+    @torch.no_grad()
+    def push_queue(self, new: torch.Tensor) -> None:
+        """Put ``new`` ``[n_assign, rows, D]`` at the front of the queue (newest first)."""
+        self._push_queue(new)
 
     @torch.no_grad()
     def _push_queue(self, new: torch.Tensor) -> None:

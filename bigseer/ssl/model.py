@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -103,11 +104,40 @@ class SwAVModel(nn.Module):
             out.append(self.trunk(g.reshape(n * b, *g.shape[2:])).reshape(n, b, -1))
         return out[0] if len(out) == 1 else torch.cat(out)
 
-    def forward(self, crops: Sequence[torch.Tensor]) -> torch.Tensor:
-        """This rank's SwAV loss (0-dim fp32) for a list of crops; all checks precede any collective."""
+    def assignment_features(self, runs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Trunk features ``[n_assign, B, C]`` of the assignment crops, in ``crops_for_assign`` order; each
+        resolution run holding one goes through the trunk whole, so BatchNorm sees the batch it sees in
+        :meth:`features`."""
+        picked: dict[int, torch.Tensor] = {}
+        first = 0
+        for g in runs:
+            n, b = g.shape[:2]
+            wanted = [c for c in self.crops_for_assign if first <= c < first + n]
+            if wanted:
+                out = self.trunk(g.reshape(n * b, *g.shape[2:])).reshape(n, b, -1)
+                picked.update({c: out[c - first] for c in wanted})
+            first += n
+        return torch.stack([picked[c] for c in self.crops_for_assign])
+
+    @contextlib.contextmanager
+    def scoring_pass(self) -> Iterator[None]:
+        """Forwards inside return :meth:`SwAVHead.assignment_scores` of the assignment crops instead of the loss
+        (call them under ``no_grad``): the first pass of an accumulated step (:mod:`bigseer.ssl.accumulate`)."""
+        self.head.scoring = True
+        try:
+            yield
+        finally:
+            self.head.scoring = False
+
+    def forward(self, crops: Sequence[torch.Tensor]) -> Any:
+        """This rank's SwAV loss (0-dim fp32) for a list of crops (inside :meth:`scoring_pass`: the assignment
+        scores); all checks precede any collective."""
         runs = self.group_crops(crops)
         num_crops = sum(g.shape[0] for g in runs)
         check_loss_args(num_crops, self.temperature, self.epsilon, self.sinkhorn_iters, self.crops_for_assign)
+        if self.head.scoring:  # through the head's __call__: an FSDP unit around it unshards its parameters
+            return self.head(self.assignment_features(runs), temperature=self.temperature, epsilon=self.epsilon,
+                             sinkhorn_iters=self.sinkhorn_iters)
         feats = self.features(runs)
         return self.head(feats, temperature=self.temperature, epsilon=self.epsilon,
                               sinkhorn_iters=self.sinkhorn_iters, crops_for_assign=self.crops_for_assign)

@@ -62,11 +62,23 @@ def _log_softmax(z: torch.Tensor, group: Group, split: str) -> torch.Tensor:
     return z - (shift + torch.log(sum_exp))[:, None]
 
 
+def assignment_codes(scores: torch.Tensor, queue_scores: torch.Tensor | None, epsilon: float, num_iters: int,
+                     group: Group, split: Literal["batch", "prototypes", "none"]) -> torch.Tensor:
+    """Sinkhorn codes of the rows of ``scores`` (detached), with ``queue_scores`` rows (if any) taking part in the
+    equipartition and dropped from the result."""
+    block = scores.detach()
+    if queue_scores is not None:
+        block = torch.cat([block, queue_scores.detach().to(block.dtype)])
+    q = sinkhorn_codes(block, epsilon, num_iters, group, split)
+    return q[: scores.shape[0]] if queue_scores is not None else q
+
+
 def swav_objective(scores: Sequence[torch.Tensor], temperature: float, epsilon: float, num_iters: int,
                    crops_for_assign: Sequence[int], group: Group,
                    split: Literal["batch", "prototypes", "none"],
                    queue_scores: Sequence[torch.Tensor | None] | None = None,
-                   local_rows: slice | None = None, capture: dict | None = None) -> torch.Tensor:
+                   local_rows: slice | None = None, capture: dict | None = None,
+                   codes: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
     """SwAV loss core (arguments already checked; see :func:`swav_loss`).
 
     ``split="batch"``: ``scores[v]`` are this rank's samples against all prototypes.
@@ -77,6 +89,8 @@ def swav_objective(scores: Sequence[torch.Tensor], temperature: float, epsilon: 
     ``capture`` (a dict, optional) receives detached tensors for health statistics, at no extra cost:
     ``logp`` (per crop), ``codes`` (per assignment crop, batch rows only) and ``per_sample`` (the
     per-sample losses of every row, before ``local_rows`` is applied).
+    ``codes[j]`` (optional) are the j-th assignment crop's codes, computed by the caller over a larger batch
+    (gradient accumulation: :mod:`bigseer.ssl.accumulate`); Sinkhorn and ``queue_scores`` are then not used.
     """
     assign = tuple(crops_for_assign)
     dtype = torch.float64 if scores[0].dtype == torch.float64 else torch.float32
@@ -87,13 +101,11 @@ def swav_objective(scores: Sequence[torch.Tensor], temperature: float, epsilon: 
             logp_sum = logp_sum + lp
         per_sample: torch.Tensor | None = None
         for j, i in enumerate(assign):
-            block = scores[i].detach()
-            extra = queue_scores[j] if queue_scores is not None else None
-            if extra is not None:
-                block = torch.cat([block, extra.detach().to(block.dtype)])
-            q = sinkhorn_codes(block, epsilon, num_iters, group, split)
-            if extra is not None:
-                q = q[: scores[i].shape[0]]
+            if codes is not None:
+                q = codes[j].to(dtype)
+            else:
+                q = assignment_codes(scores[i], queue_scores[j] if queue_scores is not None else None, epsilon,
+                                     num_iters, group, split)
             if capture is not None:
                 capture.setdefault("codes", []).append(q.detach())
             term = (q * (logp_sum - logp[i])).sum(dim=1)
