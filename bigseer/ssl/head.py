@@ -219,10 +219,10 @@ class SwAVHead(nn.Module):
             raise ConfigError(f"SwAVHead queue stores {self.queue_crops} assignment crops but crops_for_assign is "
                               f"{assign}")
         emb = self.embed(feats.reshape(num_crops * batch, self.in_dim)).reshape(num_crops, batch, self.out_dim)
-        emb_all, rows, split, queue = self._global_view(emb)
+        given = self.given_codes
+        emb_all, rows, split, queue = self._global_view(emb, with_queue=given is None)
         losses = []
         capture: dict | None = {} if self.track_stats else None
-        given = self.given_codes
         for h, proto in enumerate(self._prototype_layers()):
             w = proto.weight
             if self.shard_prototypes and self.shard_world > 1:
@@ -232,7 +232,7 @@ class SwAVHead(nn.Module):
                 n = emb_all.shape[1]
                 scores = (emb_all.reshape(num_crops * n, self.out_dim) @ w.t()).reshape(num_crops, n, -1)
                 queue_scores = [queue[j].to(w.dtype) @ w.detach().t() for j in range(len(assign))] \
-                    if queue is not None and given is None else None
+                    if queue is not None else None
             losses.append(swav_objective(list(scores.unbind(0)), float(temperature), float(epsilon),
                                          sinkhorn_iters, assign, self.group, split, queue_scores, rows,
                                          capture if h == 0 else None, given[h] if given is not None else None))
@@ -245,10 +245,12 @@ class SwAVHead(nn.Module):
             self._push_queue(emb[list(assign)].detach())
         return loss
 
-    def _global_view(self, emb: torch.Tensor) -> tuple[torch.Tensor, slice | None, Split, torch.Tensor | None]:
+    def _global_view(self, emb: torch.Tensor, with_queue: bool = True
+                     ) -> tuple[torch.Tensor, slice | None, Split, torch.Tensor | None]:
         """(the embeddings the scores are taken of, this rank's rows in them, the Sinkhorn split, the queue when
-        full): with sharded prototypes the whole global batch (all-gathered) and the union of the queues."""
-        queue = self.queue if self.queue_full() else None
+        full and wanted): with sharded prototypes the whole global batch (all-gathered) and the union of the
+        queues."""
+        queue = self.queue if with_queue and self.queue_full() else None
         if not (self.shard_prototypes and self.shard_world > 1):
             return emb, None, "batch", queue
         num_crops, batch, _ = emb.shape

@@ -41,3 +41,16 @@ def test_stage_fill_and_drain_round_trip_a_partition() -> None:
     drain_staged(target, staged)
     assert torch.equal(target.local, local)
     assert stage(Piece("w", (5, 3, 4), torch.zeros(0), [])) is None
+
+
+def test_a_channels_last_tensor_is_saved_in_logical_order_and_loaded_back_into_it() -> None:
+    """A channels_last conv weight's memory is not its logical (NCHW) order: its piece holds a logical-order
+    copy for saving, and loading writes the values back into the tensor itself (not only into the copy)."""
+    weight = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
+    param = weight.clone().to(memory_format=torch.channels_last)
+    piece = Piece.whole("w", param)
+    assert torch.equal(piece.local, weight.reshape(-1))  # saved in logical order
+    staged = fill_staged(piece, stage(piece))
+    target = torch.zeros_like(weight).to(memory_format=torch.channels_last)
+    drain_staged(Piece.whole("w", target), staged)
+    assert target.is_contiguous(memory_format=torch.channels_last) and torch.equal(target, weight)
