@@ -15,6 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from bigseer.config import RESUME
 from bigseer.errors import ConfigError
 
 MODES = ("finetune", "linear", "lowshot", "knn", "probe")
@@ -51,7 +52,7 @@ class EvalConfig:
     weights: str | None = None  # bigseer export / checkpoint dir / timm-layout safetensors; None = random init
     model: str | None = None  # RegNetY preset; required without weights
     output_dir: str | None = None
-    resume: bool = False
+    resume: str = "no"  # as in pretraining (bigseer.config.RESUME): no | latest | auto
     # optimisation (global batch over all processes)
     epochs: int | None = None
     batch_size: int | None = None
@@ -91,6 +92,10 @@ class EvalConfig:
     channels_last: str = "auto"  # auto (on for CUDA) | on | off, as in pretraining (bigseer.parallel.apply_speedups)
     compile: str = "off"  # on | off | auto (= off): torch.compile each trunk block
 
+    def __post_init__(self) -> None:
+        if isinstance(self.resume, bool):  # resume=True / False (before 0.3) = latest / no
+            self.resume = "latest" if self.resume else "no"
+
     def resolved(self) -> "EvalConfig":
         """A copy with every ``None`` hyperparameter replaced by its mode default, validated."""
         if self.mode not in MODES:
@@ -114,7 +119,9 @@ class EvalConfig:
             raise ConfigError("data is required: a directory with train/<class>/ and val/<class>/ image folders")
         if self.weights is None and self.model is None and not (self.mode == "probe" and self.features == "pixels"):
             raise ConfigError("give --weights (a bigseer export or checkpoint) or --model PRESET (random init)")
-        if self.resume and not self.output_dir:
+        if self.resume not in RESUME:
+            raise bad("resume", f"one of {', '.join(RESUME)}")
+        if self.resume != "no" and not self.output_dir:
             raise ConfigError("resume needs output_dir (the directory holding checkpoint.pt)")
         if self.mode not in NO_SGD_MODES and (self.epochs is None or self.epochs < 1):
             raise bad("epochs", "an integer >= 1")
@@ -220,7 +227,9 @@ def add_arguments(parser: argparse.ArgumentParser, with_mode: bool = True) -> No
                    "safetensors (with --model); omit for random init")
     p.add_argument("--model", default=None, help="RegNetY preset (required without --weights)")
     p.add_argument("--output_dir", default=None, help="checkpoint.pt (each epoch) and results.json go here")
-    p.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint.pt")
+    p.add_argument("--resume", nargs="?", const="latest", default="no", choices=RESUME,
+                   help="continue from OUTPUT_DIR/checkpoint.pt: latest (fail without one; --resume alone) | auto "
+                        "(start fresh without one, for schedulers that restart jobs) | no")
     g = p.add_argument_group("optimisation (default: per mode; finetune/lowshot = SEER paper, linear = VISSL)")
     g.add_argument("--epochs", type=int, default=None, help="finetune 35, linear 28")
     g.add_argument("--batch_size", type=int, default=None, help="global batch over all processes (256)")

@@ -71,6 +71,17 @@ def load_checkpoint(output_dir: str, cfg: EvalConfig) -> dict[str, Any]:
     return state
 
 
+def resume_point(cfg: EvalConfig) -> dict[str, Any] | None:
+    """The checkpoint ``cfg.resume`` continues (``latest``: required; ``auto``: when there is one), else None
+    after checking that ``output_dir`` holds no earlier run's checkpoint."""
+    have = bool(cfg.output_dir) and os.path.isfile(checkpoint_path(str(cfg.output_dir)))
+    if cfg.resume == "latest" or (cfg.resume == "auto" and have):
+        return load_checkpoint(str(cfg.output_dir), cfg)
+    if cfg.resume == "no":
+        check_fresh_output(cfg.output_dir)
+    return None
+
+
 def check_fresh_output(output_dir: str | None) -> None:
     """Refuse to overwrite an earlier run's checkpoint unless ``--resume`` is given."""
     if output_dir and os.path.isfile(checkpoint_path(output_dir)):

@@ -37,7 +37,7 @@ from bigseer.downstream.labeled_data import (
 from bigseer.downstream.launch_check import single_process_cpu_launch
 from bigseer.downstream.linear import LinearProbe, freeze, pooled_features
 from bigseer.downstream.lowshot import balanced_subset
-from bigseer.downstream.run_state import check_fresh_output, load_checkpoint, save_checkpoint, save_results
+from bigseer.downstream.run_state import resume_point, save_checkpoint, save_results
 from bigseer.downstream.weights import fast_trunk, load_trunk
 from bigseer.errors import CheckpointError, ConfigError, DataError
 from bigseer.parallel.bn_stats import average_bn_stats
@@ -87,12 +87,10 @@ def run_downstream(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.mode != "knn" and -(-len(train) // world) < 2:
         raise DataError(f"{len(train)} training image(s) over {world} process(es) leaves fewer than 2 per process; "
                         "BatchNorm needs at least 2: use more images, a larger fraction or fewer processes")
-    state = load_checkpoint(cfg.output_dir, cfg) if cfg.resume else None
+    state = resume_point(cfg)
     if state is not None and state.get("subset") != subset:
         raise CheckpointError(f"resume: the training images selected now differ from the checkpoint's "
                               f"(data under {cfg.data!r} changed?)")
-    if not cfg.resume:
-        check_fresh_output(cfg.output_dir)
     trunk = fast_trunk(load_trunk(cfg.weights, cfg.model, seed=cfg.seed), cfg.channels_last, cfg.compile, cfg.cpu)
     num_classes = len(train.classes)
 

@@ -64,6 +64,17 @@ def test_resume_matches_the_uninterrupted_run(data, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_resume_auto_starts_fresh_then_continues(data, tmp_path):
+    """``resume="auto"`` (``--resume auto``, as in pretraining): no checkpoint -> a fresh run; with one -> its
+    continuation, equal to the uninterrupted run."""
+    full = run_downstream(_cfg(data, epochs=2, output_dir=str(tmp_path / "a")))
+    part = str(tmp_path / "b")
+    first = run_downstream(_cfg(data, epochs=1, output_dir=part, resume="auto"))
+    assert len(first["history"]) == 1
+    resumed = run_downstream(_cfg(data, epochs=2, output_dir=part, resume="auto"))
+    assert resumed["history"] == [{**h, "time_s": r["time_s"]} for h, r in zip(full["history"], resumed["history"])]
+
+
 def test_resume_refuses_changed_settings_and_fresh_run_refuses_old_dir(data, tmp_path):
     out = str(tmp_path / "out")
     run_downstream(_cfg(data, epochs=1, output_dir=out))
