@@ -37,22 +37,14 @@ import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
-from bigseer.data.multicrop import needed_scale
+from bigseer.data.multicrop import OrientedArray, needed_scale
+from bigseer.data.orientation import TRANSPOSE
 
 SKIP_REASONS = ("unreadable", "empty", "not_image", "too_large", "too_small", "truncated", "corrupt", "unreachable")
 
 # PIL's own default for Image.MAX_IMAGE_PIXELS (about 89.5 MP); used when it is set to None.
 _PIL_DEFAULT_MAX_PIXELS = int(1024 * 1024 * 1024 // 4 // 3)
 
-_TRANSPOSE = {
-    2: (Image.Transpose.FLIP_LEFT_RIGHT,),
-    3: (Image.Transpose.ROTATE_180,),
-    4: (Image.Transpose.FLIP_TOP_BOTTOM,),
-    5: (Image.Transpose.TRANSPOSE,),
-    6: (Image.Transpose.ROTATE_270,),
-    7: (Image.Transpose.TRANSVERSE,),
-    8: (Image.Transpose.ROTATE_90,),
-}
 
 JPEG_FORMATS = frozenset({"JPEG", "MPO"})
 _TURBO_EIGHTHS = (1, 2, 3, 4)  # libjpeg-turbo scales M/8 that are faster than a full decode
@@ -146,11 +138,12 @@ def turbo_eighths(scale: float) -> int:
     return next((m for m in _TURBO_EIGHTHS if m / 8 >= scale), 8)
 
 
-def decode_jpeg_turbo(data: bytes, width: int, height: int, scale: float) -> np.ndarray | None:
+def decode_jpeg_turbo(data: bytes, width: int, height: int, scale: float, rgbx: bool = False) -> np.ndarray | None:
     """libjpeg-turbo decode of a ``width`` x ``height`` JPEG at the smallest fast M/8 scale >= ``scale``.
 
-    Returns HxWx3 uint8, or None when simplejpeg cannot or should not decode it (CMYK/YCCK,
-    a header that disagrees with PIL's, any decode error): the caller then uses PIL.
+    Returns HxWx3 uint8 (HxWx4 RGBX with ``rgbx``: PIL's own pixel layout, see :func:`rgbx_image`), or None
+    when simplejpeg cannot or should not decode it (CMYK/YCCK, a header that disagrees with PIL's, any
+    decode error): the caller then uses PIL.
     """
     m = turbo_eighths(scale)
     min_w, min_h = (0, 0) if m == 8 else (math.ceil(width * m / 8), math.ceil(height * m / 8))
@@ -158,7 +151,7 @@ def decode_jpeg_turbo(data: bytes, width: int, height: int, scale: float) -> np.
         h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
         if (w, h) != (width, height) or colorspace not in _TURBO_COLORSPACES:
             return None
-        return simplejpeg.decode_jpeg(data, "RGB", min_height=min_h, min_width=min_w)
+        return simplejpeg.decode_jpeg(data, "RGBX" if rgbx else "RGB", min_height=min_h, min_width=min_w)
     except (ValueError, MemoryError, OSError):
         return None
 
@@ -218,14 +211,19 @@ def _encoded(fp: BinaryIO, data: bytes | None) -> bytes | None:
 
 def decode_for_crops(fp: BinaryIO, plan: Callable[[int, int], list], *, max_pixels: int | None = None,
                      min_side: int = 1, reduce: bool = True, device: str | None = None,
-                     turbo: bool = True, data: bytes | None = None) -> tuple[object, tuple[float, float], list]:
+                     turbo: bool = True, data: bytes | None = None,
+                     arrays: bool = False) -> tuple[object, tuple[float, float], list]:
     """Open ``fp``, draw the crop plan on the full oriented size, decode at reduced size.
 
     ``plan(width, height)`` returns crop plans (objects with ``box`` and ``size``). Returns the
     oriented image, its scale ``(sx, sy)`` relative to the full oriented size, and the plans.
     The image is an RGB PIL image, or with ``device`` (e.g. ``"cpu"``, ``"cuda"``) a uint8
     ``[3, H, W]`` tensor there. ``turbo=False`` decodes JPEGs with PIL too (the previous decoder,
-    for ablations). ``data`` is ``fp``'s content when the caller already holds it.
+    for ablations). ``data`` is ``fp``'s content when the caller already holds it. ``arrays=True`` (the CPU
+    crop path, :class:`~bigseer.data.render.SampleRenderer`): JPEGs simplejpeg decodes come back as the
+    decoder's own HxWx4 RGBX uint8 array (no HxWx3 -> PIL copy; X is padding), wrapped in a
+    :class:`~bigseer.data.multicrop.OrientedArray` when EXIF-rotated (upright crop by crop); other images
+    as before.
     Raises SkipImage for any input that cannot be used.
     """
     limit = default_max_pixels() if max_pixels is None else int(max_pixels)
@@ -241,20 +239,24 @@ def decode_for_crops(fp: BinaryIO, plan: Callable[[int, int], list], *, max_pixe
         pixels = decode_to_device(img, encoded, orientation, device,
                                   lambda: decode_pixels(img, encoded, scale, reduce))
         return pixels, (pixels.shape[-1] / ow, pixels.shape[-2] / oh), plans
-    rgb = decode_pixels(img, _encoded(fp, data) if jpeg else None, scale, reduce)
+    rgb = decode_pixels(img, _encoded(fp, data) if jpeg else None, scale, reduce, rgbx=arrays)
+    if isinstance(rgb, np.ndarray) and arrays:  # upright by the crop (render_crop), not a whole-image copy
+        arr = rgb if orientation == 1 else OrientedArray(rgb, orientation)
+        return arr, (arr.shape[1] / ow, arr.shape[0] / oh), plans
     if not isinstance(rgb, Image.Image):
         rgb = Image.fromarray(rgb, "RGB")
-    for op in _TRANSPOSE.get(orientation, ()):
+    for op in TRANSPOSE.get(orientation, ()):
         rgb = rgb.transpose(op)
     return rgb, (rgb.width / ow, rgb.height / oh), plans
 
 
-def decode_pixels(img: Image.Image, data: bytes | None, scale: float, reduce: bool) -> np.ndarray | Image.Image:
-    """Stored-orientation RGB pixels of an opened image: simplejpeg (HxWx3 uint8) for JPEG
-    ``data`` it handles, else PIL (an RGB image). Raises SkipImage."""
+def decode_pixels(img: Image.Image, data: bytes | None, scale: float, reduce: bool,
+                  rgbx: bool = False) -> np.ndarray | Image.Image:
+    """Stored-orientation RGB pixels of an opened image: simplejpeg (HxWx3 uint8, HxWx4 RGBX with
+    ``rgbx``) for JPEG ``data`` it handles, else PIL (an RGB image). Raises SkipImage."""
     if data is not None:
         width, height = img.size
-        arr = decode_jpeg_turbo(data, width, height, scale if reduce else 1.0)
+        arr = decode_jpeg_turbo(data, width, height, scale if reduce else 1.0, rgbx=rgbx)
         if arr is not None:
             return arr
     return _pil_pixels(img, scale, reduce)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageStat
 
+from bigseer.data.orientation import TRANSPOSE, rgbx_image
 from bigseer.errors import ConfigError
 
 LARGE_SCALE: tuple[float, float] = (0.14, 1.0)
@@ -275,18 +276,113 @@ def _jitter(out: Image.Image, jitter: tuple) -> Image.Image:
     return out
 
 
-def render_crop(img: Image.Image, scale_xy: tuple[float, float], plan: CropPlan) -> np.ndarray:
+class OrientedArray:
+    """Decoded pixels in their stored orientation and the EXIF orientation (2..8) that shows them upright
+    (decode.py ``arrays=True``): render_crop maps each crop box into the stored pixels and orients the
+    small crop instead of copying the whole image into its upright orientation."""
+
+    __slots__ = ("stored", "orientation", "shape")
+
+    def __init__(self, stored: np.ndarray, orientation: int) -> None:
+        self.stored, self.orientation = stored, orientation
+        h, w = stored.shape[:2]
+        self.shape = (w, h, stored.shape[2]) if orientation >= 5 else stored.shape
+
+    def stored_box(self, box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+        """``box`` (x0, y0, x1, y1) of the upright image as the same region of the stored pixels."""
+        x0, y0, x1, y1 = box
+        h, w = self.stored.shape[:2]
+        o = self.orientation
+        if o >= 5:  # transposed: upright x runs along stored y
+            x0, y0, x1, y1 = y0, x0, y1, x1
+            flip_x, flip_y = o in (7, 8), o in (6, 7)
+        else:
+            flip_x, flip_y = o in (2, 3), o in (3, 4)
+        if flip_x:
+            x0, x1 = w - x1, w - x0
+        if flip_y:
+            y0, y1 = h - y1, h - y0
+        return x0, y0, x1, y1
+
+    def orient(self, crop: Image.Image) -> Image.Image:
+        """A crop cut from the stored pixels, turned upright (PIL's transposes, as decode.py applies them)."""
+        for op in TRANSPOSE.get(self.orientation, ()):
+            crop = crop.transpose(op)
+        return crop
+
+
+def enclosing_box(box: tuple[float, float, float, float], width: int, height: int) -> tuple[int, int, int, int]:
+    """The whole pixels of a ``width`` x ``height`` image that ``box`` touches (at least one; the box itself
+    when its edges are whole pixels, as every plan box is at scale 1)."""
+    x0, y0 = min(max(math.floor(box[0]), 0), width - 1), min(max(math.floor(box[1]), 0), height - 1)
+    return x0, y0, min(max(math.ceil(box[2]), x0 + 1), width), min(max(math.ceil(box[3]), y0 + 1), height)
+
+
+def resize_array(arr: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """Antialiased bilinear resize of the whole-pixel ``box`` of a uint8 ``HxWxC`` array (C = 3, or 4 for
+    RGBX) to ``size`` x ``size``: torch's uint8 kernel (AVX2, Pillow-SIMD's algorithm: PIL's filter and
+    pixel centres, 16-bit instead of 22-bit fixed-point weights) read in place from the decoder's array.
+    <= 3 LSB from PIL's ``resize(box=...)`` on < 2% of pixels, 3-6x faster on web-size images
+    (tests/data/test_multicrop.py). Returns ``size x size x 3`` uint8."""
+    x0, y0, x1, y1 = box
+    src = torch.from_numpy(arr[y0:y1, x0:x1]).permute(2, 0, 1).unsqueeze(0)  # channels-last view, no copy
+    out = torch.nn.functional.interpolate(src, size=(size, size), mode="bilinear", antialias=True)
+    return np.ascontiguousarray(out[0, :3].permute(1, 2, 0).numpy())
+
+
+def render_crop(img: Image.Image | np.ndarray | OrientedArray, scale_xy: tuple[float, float],
+                plan: CropPlan) -> np.ndarray:
     """Cut, resize and colour-augment one crop from ``img`` (RGB, possibly reduced by
     ``scale_xy`` relative to the full size the plan was drawn on). Returns uint8 HxWx3.
 
-    All on uint8: one antialiased bilinear ``resize(box=...)`` of the crop box (PIL), flip,
-    :func:`_jitter`, grayscale (ITU-R 601 luma, kept single-channel through the blur), PIL's
-    Gaussian blur (extended box blur, sigma = radius). Against the previous all-PIL path: the same
-    PIL ops (so the same pixels) except hue, which is the exact rotation (see adjust_hue_uint8;
-    later blends can scale its difference, crops measure mean |diff| <= 2 LSB in the tests).
+    ``img`` is a PIL image, a uint8 ``HxWx3`` / ``HxWx4`` (RGBX) array or an :class:`OrientedArray`
+    (decode.py's ``arrays=True``; for EXIF-rotated images: the box is mapped into the stored pixels, the
+    crop resized there and turned upright, which is the same crop up to the resize's rounding: its two
+    passes run in the other order for the transposing orientations 5-8).
+    All on uint8: one antialiased bilinear resize of the crop box, flip, :func:`_jitter`, grayscale
+    (ITU-R 601 luma, kept single-channel through the blur), PIL's Gaussian blur (extended box blur,
+    sigma = radius).
+
+    Resize. From an array (the CPU loader, :class:`~bigseer.data.render.SampleRenderer`): the pixels the
+    box touches are cut, then resized, so every output pixel's filter stays inside the crop, as in
+    torchvision's RandomResizedCrop (``crop(box).resize``, SwAV's own definition). A whole-pixel box
+    (every box at scale 1) goes to :func:`resize_array` (torch's uint8 kernel, <= 1 LSB from PIL's), a
+    fractional one (reduced decode) to PIL, with the box relative to the cut pixels (same geometry, no
+    rounding of the box). From a PIL image: PIL's ``resize(box=...)`` over the whole image, as before,
+    whose border filters may reach up to one filter support past the box: the two differ in a crop's
+    outer 1-3 rows and columns only.
+    Against the previous all-PIL path otherwise: the same PIL ops (so the same pixels), except hue,
+    which is the exact rotation (see adjust_hue_uint8; later blends can scale its difference, crops
+    measure mean |diff| <= 2 LSB in the tests).
     """
+    if isinstance(img, OrientedArray):  # the box in the stored pixels, the crop turned upright after
+        height, width = img.shape[:2]
+        stored = img.stored_box(crop_box(width, height, scale_xy, plan))
+        return _augment(img.orient(_resize_cut(img.stored, stored, plan.size)), plan)
+    if isinstance(img, np.ndarray):
+        height, width = img.shape[:2]
+        return _augment(_resize_cut(img, crop_box(width, height, scale_xy, plan), plan.size), plan)
     box = crop_box(img.width, img.height, scale_xy, plan)
-    out = img.resize((plan.size, plan.size), Image.Resampling.BILINEAR, box=box)
+    return _augment(img.resize((plan.size, plan.size), Image.Resampling.BILINEAR, box=box), plan)
+
+
+def _resize_cut(arr: np.ndarray, box: tuple[float, float, float, float], size: int) -> Image.Image:
+    """The pixels ``box`` touches, cut from ``arr`` and resized to ``size`` (render_crop's array path): a
+    whole-pixel box by :func:`resize_array`, a fractional one by PIL with the box relative to the cut."""
+    height, width = arr.shape[:2]
+    cut = enclosing_box(box, width, height)
+    if cut == tuple(box):
+        return Image.fromarray(resize_array(arr, cut, size), "RGB")
+    pil = rgbx_image(arr) if arr.shape[2] == 4 else Image.fromarray(np.ascontiguousarray(arr), "RGB")
+    x0, y0 = cut[:2]
+    return pil.crop(cut).convert("RGB").resize(  # RGB: 3 bands to filter, not RGBX's 4
+        (size, size), Image.Resampling.BILINEAR, box=(box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0))
+
+
+def _augment(out: Image.Image, plan: CropPlan) -> np.ndarray:
+    """Everything after the resize: flip, colour jitter, grayscale, blur; uint8 HxWx3."""
+    if out.mode != "RGB":
+        out = out.convert("RGB")
     if plan.flip:
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     jitter = plan.extra.get("jitter")

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from bigseer.data.decode import SkipImage
 from bigseer.data.multicrop import AugmentConfig, CropGroup, plan_crops, render_crop
@@ -46,6 +47,8 @@ class SampleRenderer:
             self.decode_kw["turbo"] = False
         if self.device is not None:
             self.decode_kw["device"] = str(self.device)
+        else:  # JPEGs as simplejpeg's RGBX array: no HxWx3 -> PIL copy, torch's resize reads it in place
+            self.decode_kw["arrays"] = True
         self._warned = False
 
     def render(self, item: int, rng: np.random.Generator) -> list:
@@ -55,6 +58,8 @@ class SampleRenderer:
             item, lambda w, h: plan_crops(w, h, self.groups, self.aug, rng), **self.decode_kw)
         try:
             if self.device is None:
+                if isinstance(img, Image.Image):  # PIL's decoders (PNG, WebP, CMYK, ...): one copy, then
+                    img = np.array(img.convert("RGB") if img.mode != "RGB" else img)  # every crop as arrays
                 return [render_crop(img, scale, p) for p in plans]
             from bigseer.data.tensor_augment import as_chw_uint8, render_crop_tensor
 

@@ -59,8 +59,10 @@ def stale_message(index: str, shard: str, field: str, got: int, want: int) -> st
             f"`bigseer index {index}` (or delete it to walk the shards at start-up)")
 
 
-def write_index(path: str | os.PathLike[str], entries: Iterable[ShardEntry], name: str = "") -> Path:
-    """Write ``entries`` as a wids index at ``path`` atomically; local urls are stored relative to it."""
+def write_index(path: str | os.PathLike[str], entries: Iterable[ShardEntry], name: str = "",
+                meta: dict[str, Any] | None = None) -> Path:
+    """Write ``entries`` as a wids index at ``path`` atomically; local urls are stored relative to it.
+    ``meta`` is merged into the ``"bigseer"`` record (e.g. ``{"reencode": {...}}`` from ``bigseer shard``)."""
     path = Path(path)
     base = str(path.parent.resolve())
     shardlist: list[dict[str, Any]] = []
@@ -68,7 +70,8 @@ def write_index(path: str | os.PathLike[str], entries: Iterable[ShardEntry], nam
         url = e.url if is_url(e.url) else os.path.relpath(os.path.abspath(e.url), base)
         shardlist.append({"url": url, "nsamples": int(e.nsamples), "filesize": int(e.filesize)})
     doc = {"__kind__": KIND, "wids_version": 1, "name": name or path.parent.name,
-           "bigseer": {"written": time.strftime("%Y-%m-%dT%H:%M:%S"), "samples": sum(s["nsamples"] for s in shardlist)},
+           "bigseer": {"written": time.strftime("%Y-%m-%dT%H:%M:%S"), "samples": sum(s["nsamples"] for s in shardlist),
+                       **(meta or {})},
            "shardlist": shardlist}
     return write_text_atomic(path, json.dumps(doc, indent=0) + "\n")
 
@@ -107,6 +110,17 @@ def read_index(location: str) -> list[ShardEntry]:
         except OSError as exc:
             raise DataError(f"cannot read shard index {location}: {exc.strerror or exc}") from None
     return parse_index(text, location)
+
+
+def read_reencode(location: str) -> dict[str, Any] | None:
+    """The re-encoding ``bigseer shard --max_side/--quality`` recorded in a local index (max_side, quality,
+    format, exif_orientation), or None when its images are stored as they were."""
+    try:
+        doc = json.loads(Path(location).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read shard index {location}: {exc}") from None
+    record = doc.get("bigseer", {}).get("reencode") if isinstance(doc, dict) else None
+    return record if isinstance(record, dict) else None
 
 
 def looks_like_index(spec: str) -> bool:

@@ -6,6 +6,14 @@ progress (next source item, next shard number, skip counts) is kept in ``.shard-
 them, and an interrupted run continues from the last complete shard. Images are stored as they are (no
 re-encoding), one sample per image: ``<9-digit key>.<original extension>``; files that do not open as
 images (header check) are skipped and counted by reason.
+
+With :class:`Reencode` (``bigseer shard --max_side N --quality Q``) every image is instead decoded, turned
+upright (its EXIF orientation applied), shrunk so its longest side is at most N (never enlarged), and
+stored as a JPEG of quality Q (``<key>.jpg``, no EXIF): smaller shards, and a loader that decodes ~N-px
+JPEGs instead of camera-size ones. A full decode also catches damaged pixel data: such images are skipped
+and counted by reason (``truncated``, ``corrupt``, ...). The settings are recorded in the index
+(``"bigseer": {"reencode": {...}}``, :func:`bigseer.data.shard_index.read_reencode`) and in the progress
+file (a resumed run must use the same ones).
 """
 
 from __future__ import annotations
@@ -45,6 +53,58 @@ def parse_size(text: str | int) -> int:
     if value <= 0:
         raise ConfigError(f"size {text!r} must be > 0")
     return int(value)
+
+
+@dataclass(frozen=True)
+class Reencode:
+    """Re-encode at shard time: longest side capped at ``max_side`` px (None: keep the size), JPEG ``quality``.
+    Bad settings are one ConfigError line, raised here, before any work."""
+
+    max_side: int | None = None
+    quality: int = 90
+
+    def __post_init__(self) -> None:
+        n, q = self.max_side, self.quality
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ConfigError(f"--max_side must be a whole number of pixels >= 1, got {n!r}")
+        if isinstance(q, bool) or not isinstance(q, int) or not 1 <= q <= 100:
+            raise ConfigError(f"--quality must be a JPEG quality from 1 to 100, got {q!r}")
+
+    def record(self) -> dict[str, Any]:
+        """What the index and the progress file record."""
+        return {"max_side": self.max_side, "quality": self.quality, "format": "JPEG", "exif_orientation": "applied"}
+
+
+def reencode_image(data: bytes, settings: Reencode) -> tuple[bytes | None, str]:
+    """(JPEG bytes, "") of an upright image, longest side <= ``settings.max_side``; (None, skip reason) when
+    it cannot be decoded. JPEGs shrink in the DCT first (PIL's draft, >= 2x the target), then an
+    antialiased resize; grey images stay grey, everything else becomes RGB (alpha on white)."""
+    from bigseer.data.decode import SkipImage, _check_size, _open, _pil_pixels, default_max_pixels
+    from bigseer.data.orientation import TRANSPOSE
+
+    try:
+        img = _open(io.BytesIO(data))
+        orientation, width, height = _check_size(img, default_max_pixels(), 1)
+        target = (width, height)
+        if settings.max_side and max(width, height) > settings.max_side:
+            f = settings.max_side / max(width, height)
+            target = (max(1, round(width * f)), max(1, round(height * f)))
+        stored = (target[1], target[0]) if orientation >= 5 else target
+        grey = img.mode in ("L", "1", "I;16", "I", "F")  # stored single-channel: kept grey (1 channel)
+        # draft to >= 2x the target (then a real antialiased resize); _pil_pixels decodes and converts
+        scale = min(1.0, 2.0 * stored[0] / img.size[0], 2.0 * stored[1] / img.size[1])
+        pixels = _pil_pixels(img, scale, reduce=True)
+    except SkipImage as exc:
+        return None, exc.reason
+    if grey:
+        pixels = pixels.convert("L")  # R = G = B: lossless
+    if pixels.size != stored:
+        pixels = pixels.resize(stored, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    for op in TRANSPOSE.get(orientation, ()):
+        pixels = pixels.transpose(op)
+    out = io.BytesIO()
+    pixels.save(out, "JPEG", quality=settings.quality)
+    return out.getvalue(), ""
 
 
 @dataclass
@@ -87,10 +147,12 @@ def _check_image(path: str) -> tuple[bytes | None, str]:
 
 
 def write_shards(src: str, pattern: str, max_size: int | str = "1GB", max_count: int = 0,
-                 progress: Callable[[int], None] | None = None) -> ShardResult:
+                 progress: Callable[[int], None] | None = None, reencode: Reencode | None = None) -> ShardResult:
     """Write the images of ``src`` into shards named ``pattern % shard_number`` (e.g. ``out/shard-%06d.tar``),
-    each at most ``max_size`` bytes (and ``max_count`` samples if > 0), then the index beside them."""
+    each at most ``max_size`` bytes (and ``max_count`` samples if > 0), then the index beside them.
+    ``reencode``: store upright, size-capped JPEGs instead of the files as they are (module docstring)."""
     limit = parse_size(max_size)
+    record = reencode.record() if reencode is not None else None
     try:
         pattern % 0
     except TypeError:
@@ -100,10 +162,14 @@ def write_shards(src: str, pattern: str, max_size: int | str = "1GB", max_count:
     paths = source_paths(src)
     state_file = out_dir / PROGRESS
     state: dict[str, Any] = json.loads(state_file.read_text()) if state_file.is_file() else \
-        {"source": src, "pattern": pattern, "next_item": 0, "next_shard": 0, "shards": [], "skipped": {}}
+        {"source": src, "pattern": pattern, "next_item": 0, "next_shard": 0, "shards": [], "skipped": {},
+         "reencode": record}
     if state["source"] != src or state["pattern"] != pattern:
         raise ConfigError(f"{state_file} belongs to another run ({state['source']} -> {state['pattern']}); "
                           "use another output folder or delete it")
+    if state.get("reencode") != record:
+        raise ConfigError(f"{state_file} was written with re-encoding {state.get('reencode')}, this run asks for "
+                          f"{record}: use the same settings, another output folder, or delete it")
     if state["next_item"]:
         log.info("resuming: %d of %d source files done, %d shards written", state["next_item"], len(paths),
                  len(state["shards"]))
@@ -115,12 +181,15 @@ def write_shards(src: str, pattern: str, max_size: int | str = "1GB", max_count:
         with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
             while i < len(paths) and (max_count <= 0 or count < max_count):
                 data, reason = _check_image(paths[i])
+                if data is not None and reencode is not None:
+                    data, reason = reencode_image(data, reencode)
                 if data is None:
                     skipped[reason] = skipped.get(reason, 0) + 1
                 else:
                     if count and tar.offset + 512 + -(-len(data) // 512) * 512 + 1024 > limit:
                         break
-                    ext = os.path.splitext(paths[i])[1].lower().lstrip(".") or "img"
+                    ext = "jpg" if reencode is not None else \
+                        (os.path.splitext(paths[i])[1].lower().lstrip(".") or "img")
                     info = tarfile.TarInfo(f"{i:09d}.{ext}")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
@@ -141,7 +210,8 @@ def write_shards(src: str, pattern: str, max_size: int | str = "1GB", max_count:
     entries = [ShardEntry(s["url"], s["nsamples"], s["filesize"]) for s in state["shards"]]
     if not entries:
         raise DataError(f"{src}: no readable images to shard (skipped: {state['skipped']})")
-    index = write_index(out_dir / DEFAULT_NAME, entries, name=out_dir.name)
+    index = write_index(out_dir / DEFAULT_NAME, entries, name=out_dir.name,
+                        meta={"reencode": record, "skipped": dict(state["skipped"])} if record else None)
     return ShardResult([Path(e.url) for e in entries], index, sum(e.nsamples for e in entries),
                        dict(state["skipped"]))
 

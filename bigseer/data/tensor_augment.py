@@ -3,7 +3,8 @@
 :func:`render_crop_tensor` is :func:`bigseer.data.multicrop.render_crop` op by op, on float32
 values kept on the uint8 grid (each op rounds or truncates where PIL does), so ``device="cuda"``
 is only a device switch: nvjpeg instead of libjpeg-turbo for the decode (full size, scale 1) and
-the same torch code for everything after it. Per op, against the CPU path: resize (PIL's
+the same torch code for everything after it. Per op, against the CPU path: resize (the pixels the box
+touches cut first, as render_crop does for arrays; PIL's
 bilinear antialias coefficients for the same box in PIL's 22-bit fixed point, rounded after each
 pass), grey (PIL's integer luma) and blur (PIL's extended box blur) are PIL's integer arithmetic,
 carried exactly (float64 / float32 / int64 integers); flip and EXIF orientation are permutations;
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bigseer.data.multicrop import CropPlan, crop_box
+from bigseer.data.multicrop import CropPlan, crop_box, enclosing_box
 from bigseer.errors import ConfigError
 
 _FIXED = float(1 << 22)  # PIL's PRECISION_BITS for 8-bit resampling
@@ -243,7 +244,8 @@ def render_crop_tensor(img: torch.Tensor, scale_xy: tuple[float, float], plan: C
     """:func:`~bigseer.data.multicrop.render_crop` for a uint8 ``[3, H, W]`` tensor on any device;
     returns uint8 ``[S, S, 3]`` on the same device."""
     box = crop_box(img.shape[-1], img.shape[-2], scale_xy, plan)
-    out = resize_box(img, box, plan.size)
+    x0, y0, x1, y1 = enclosing_box(box, img.shape[-1], img.shape[-2])  # cut, then resize: render_crop's arrays
+    out = resize_box(img[:, y0:y1, x0:x1], (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0), plan.size)
     if plan.flip:
         out = out.flip(-1)
     jitter = plan.extra.get("jitter")

@@ -199,9 +199,10 @@ def test_every_format_decodes_within_bound_of_full_size_pil(name):
     assert np.abs(t.permute(1, 2, 0).numpy().astype(np.int16) - got).max() == 0  # same decoder
 
 
-def _crop_diffs(data: bytes, spec: str, seeds: range, **kw) -> tuple[list[float], list[float], list[int]]:
+def _crop_diffs(data: bytes, spec: str, seeds: range, arrays: bool = False,
+                **kw) -> tuple[list[float], list[float], list[int]]:
     """Per-crop mean and 99th percentile |reduced - full| of crops rendered from both decodes,
-    and the reduced decode widths."""
+    and the reduced decode widths. ``arrays``: as the CPU loader decodes (RGBX arrays, crops cut then resized)."""
     groups = parse_crops(spec)
     aug = AugmentConfig(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, flip_p=0.0)
     means, p99s, widths = [], [], []
@@ -209,28 +210,32 @@ def _crop_diffs(data: bytes, spec: str, seeds: range, **kw) -> tuple[list[float]
         def plan(w, h, s=s):
             return plan_crops(w, h, groups, aug, np.random.default_rng(s))
 
-        full, fscale, fplans = decode_bytes(data, plan, reduce=False)
-        small, sscale, splans = decode_bytes(data, plan, **kw)
+        full, fscale, fplans = decode_bytes(data, plan, reduce=False, arrays=arrays)
+        small, sscale, splans = decode_bytes(data, plan, arrays=arrays, **kw)
         assert [p.box for p in fplans] == [p.box for p in splans]  # geometry drawn on the full size
-        widths.append(small.width)
+        assert isinstance(small, np.ndarray) == arrays
+        widths.append(small.shape[1] if arrays else small.width)
         for a, b in zip(fplans, splans):
-            d = np.abs(render_crop(full, fscale, a).astype(float) - render_crop(small, sscale, b).astype(float))
+            ref = render_crop(full, fscale, a)
+            d = np.abs(ref.astype(float) - render_crop(small, sscale, b).astype(float))
             means.append(float(d.mean()))
             p99s.append(float(np.percentile(d, 99)))
     return means, p99s, widths
 
 
+@pytest.mark.parametrize("arrays", [False, True])
 @pytest.mark.parametrize("kind", ["baseline", "progressive", "444", "gray"])
-def test_reduced_jpeg_crops_within_bound_of_full_decode(kind):
+def test_reduced_jpeg_crops_within_bound_of_full_decode(kind, arrays):
     img = _photo(1600, 1200, 9)
     kw = {"progressive": {"progressive": True}, "444": {"subsampling": 0}}.get(kind, {})
     data = jpeg_bytes(img.convert("L") if kind == "gray" else img, **kw)
-    means, p99s, widths = _crop_diffs(data, "2x224+4x96", range(4))
+    means, p99s, widths = _crop_diffs(data, "2x224+4x96", range(4), arrays=arrays)
     assert all(w < 1600 for w in widths)  # really reduced
     assert max(means) <= 2.0 and max(p99s) <= 8.0, (max(means), max(p99s))  # photo-like bound
 
 
-def test_reduced_jpeg_crops_with_sharp_edges_within_bound():
+@pytest.mark.parametrize("arrays", [False, True])
+def test_reduced_jpeg_crops_with_sharp_edges_within_bound(arrays):
     from PIL import ImageDraw
 
     img = noise_image(1600, 1200, 3)
@@ -239,7 +244,7 @@ def test_reduced_jpeg_crops_with_sharp_edges_within_bound():
         x, y = (int(v) for v in rng.integers(0, 1600, 2))
         draw.rectangle([x, y, x + int(rng.integers(5, 200)), y + int(rng.integers(5, 200))],
                        fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
-    means, p99s, _ = _crop_diffs(jpeg_bytes(img), "2x224+4x96", range(4))
+    means, p99s, _ = _crop_diffs(jpeg_bytes(img), "2x224+4x96", range(4), arrays=arrays)
     assert max(means) <= 2.5 and max(p99s) <= 20.0, (max(means), max(p99s))
 
 
@@ -283,3 +288,56 @@ def test_bad_inputs_are_skipped_on_the_tensor_path_too():
         with pytest.raises(SkipImage) as info:
             decode_bytes(data, _whole, min_side=16, device="cpu")
         assert info.value.reason == reason, name
+
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_array_decode_is_the_decoders_rgbx_oriented_as_pil(orientation):
+    from bigseer.data.orientation import orient_array
+    from bigseer.data.multicrop import OrientedArray
+
+    img = noise_image(64, 40, 9)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = jpeg_bytes(img, exif=exif.tobytes())
+    plans = plan_crops(64, 40, parse_crops("1x16"), AugmentConfig(), np.random.default_rng(0))
+    pil, scale, _ = decode_bytes(data, lambda w, h: plans)
+    got, scale_a, _ = decode_bytes(data, lambda w, h: plans, arrays=True)
+    assert isinstance(got, OrientedArray if orientation > 1 else np.ndarray) and scale_a == scale
+    arr = orient_array(got.stored, orientation) if orientation > 1 else got  # the whole image, upright
+    assert arr.dtype == np.uint8 and arr.shape[2] == 4 and got.shape == arr.shape
+    assert arr.shape[:2] == (pil.height, pil.width)
+    assert np.array_equal(arr[:, :, :3], np.asarray(pil))  # same decoder, same orientation
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_crops_of_rotated_images_are_cut_from_the_stored_pixels_and_turned(orientation):
+    """render_crop on an OrientedArray (box mapped into the stored pixels, crop turned upright) equals the
+    crop of the upright image up to the resize's rounding (its passes swap order for orientations 5-8)."""
+    from bigseer.data.orientation import orient_array
+    from bigseer.data.multicrop import OrientedArray
+
+    stored = np.concatenate([np.array(_photo(90, 60, orientation)), np.zeros((60, 90, 1), np.uint8)], axis=2)
+    wrapped = OrientedArray(stored, orientation)
+    upright = orient_array(stored, orientation)
+    assert wrapped.shape == upright.shape
+    h, w = upright.shape[:2]
+    diffs, resized = [], []
+    for seed in range(30):
+        for p in plan_crops(w, h, parse_crops("2x32+2x12"), AugmentConfig(), np.random.default_rng(seed)):
+            for scale in ((1.0, 1.0), (0.8, 0.7)):  # whole-pixel and fractional boxes
+                diffs.append(np.abs(render_crop(wrapped, scale, p).astype(int) - render_crop(upright, scale, p)))
+                plain = CropPlan(p.box, p.size, False)
+                resized.append(np.abs(render_crop(wrapped, scale, plain).astype(int)
+                                      - render_crop(upright, scale, plain)))
+    # the resize alone: one rounding apart (transposed: rows first instead of columns, rounded between)
+    assert max(int(d.max()) for d in resized) <= (1 if orientation < 5 else 2)
+    assert np.mean([d.mean() for d in resized]) < (0.02 if orientation < 5 else 0.25)
+    # whole crops: colour ops scale those differences by <= 1.8 each, nothing systematic
+    assert max(int(d.max()) for d in diffs) < 16 and np.mean([d.mean() for d in diffs]) < 0.3
+
+
+def test_array_decode_leaves_other_images_to_pil():
+    for name in ("cmyk.jpg", "rgba.png", "gray.png"):
+        img, _, _ = decode_bytes(good_kinds()[name], _whole, arrays=True)
+        assert isinstance(img, Image.Image) and img.mode == "RGB"

@@ -205,3 +205,67 @@ def test_normalize_uint8_is_the_previous_formula():
     got = normalize_uint8(x, aug)
     assert got.is_contiguous() and got.shape == (2, 3, 3, 8, 8)
     assert torch.allclose(got, want, rtol=0, atol=1e-6)
+
+
+
+def test_resize_array_is_torchvisions_crop_then_resize_within_1_lsb():
+    """resize_array == PIL ``crop(box).resize(size, BILINEAR)`` (torchvision's RandomResizedCrop on PIL
+    images, SwAV's own pipeline) within 1 LSB. Only border pixels differ more from PIL's ``resize(box=)``,
+    which lets their filter reach past the box into the rest of the image."""
+    from PIL import Image
+
+    from bigseer.data.multicrop import resize_array
+
+    img = noise_image(640, 480, 12)
+    arr3 = np.array(img)
+    arr4 = np.concatenate([arr3, np.full((480, 640, 1), 255, np.uint8)], axis=2)  # RGBX, as simplejpeg gives
+    rng = np.random.default_rng(2)
+    diffs = []
+    for _ in range(40):
+        size = int(rng.choice([224, 96, 32]))
+        x0, y0 = int(rng.integers(0, 400)), int(rng.integers(0, 300))
+        box = (x0, y0, x0 + int(rng.integers(20, 640 - x0 + 1)), y0 + int(rng.integers(20, 480 - y0 + 1)))
+        want = np.asarray(img.crop(box).resize((size, size), Image.Resampling.BILINEAR)).astype(int)
+        boxed = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, box=box)).astype(int)
+        for arr in (arr3, arr4):
+            got = resize_array(arr, box, size)
+            assert got.shape == (size, size, 3) and got.dtype == np.uint8 and got.flags.c_contiguous
+            diffs.append(np.abs(got.astype(int) - want))
+            if min(box[2] - box[0], box[3] - box[1]) >= size:  # downscaling, away from the border:
+                inner = np.abs(got.astype(int) - boxed)[3:-3, 3:-3]  # PIL's box resize too
+                assert inner.max() <= 1, (box, size)
+    assert max(int(d.max()) for d in diffs) <= 1  # 16-bit vs 22-bit fixed-point weights, same filter
+    assert np.mean([(d > 0).mean() for d in diffs]) < 0.05 and np.mean([d.mean() for d in diffs]) < 0.05
+
+
+def test_array_crops_are_pil_ops_on_the_cut_box():
+    """render_crop from an RGBX array (the CPU loader's input): the pixels the box touches are cut, then
+    the PIL ops run; only the resize kernel of whole-pixel boxes differs from all-PIL (<= 1 LSB)."""
+    from PIL import Image
+
+    from bigseer.data.multicrop import CropPlan, crop_box, enclosing_box
+
+    img = np.array(noise_image(300, 200, 4))
+    groups = parse_crops("2x64+4x24")
+    diffs, kinds = [], set()
+    for seed in range(40):
+        for p in plan_crops(300, 200, groups, AugmentConfig(), np.random.default_rng(seed)):
+            for scale in ((1.0, 1.0), (0.9, 0.8)):  # scale 1: whole-pixel boxes; else fractional
+                arr = img if scale == (1.0, 1.0) else np.array(Image.fromarray(img).resize((270, 160)))
+                arr4 = np.concatenate([arr, np.zeros((*arr.shape[:2], 1), np.uint8)], axis=2)
+                h, w = arr.shape[:2]
+                box = crop_box(w, h, scale, p)
+                x0, y0, x1, y1 = enclosing_box(box, w, h)
+                if scale == (1.0, 1.0):
+                    assert (x0, y0, x1, y1) == p.box  # plan boxes are whole pixels
+                cut = Image.fromarray(np.ascontiguousarray(arr[y0:y1, x0:x1]))
+                rel = CropPlan((box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0), p.size, p.flip, p.extra)
+                want = render_crop(cut, (1.0, 1.0), rel).astype(int)
+                for a in (arr, arr4):
+                    d = np.abs(render_crop(a, scale, p).astype(int) - want)
+                    if scale != (1.0, 1.0):
+                        assert not d.any()  # fractional: the same PIL ops on the same pixels
+                    diffs.append(d)
+                kinds |= {k for k in ("jitter", "gray", "blur") if p.extra.get(k)}
+    assert kinds == {"jitter", "gray", "blur"}
+    assert np.mean([d.mean() for d in diffs]) < 0.05 and max(int(d.max()) for d in diffs) < 12

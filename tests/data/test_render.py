@@ -61,7 +61,7 @@ def test_colour_ops_are_pils(factor):
 
 
 def test_whole_crops_match_the_cpu_path_within_bound():
-    img = noise_image(400, 300, 3)
+    img = np.array(noise_image(400, 300, 3))  # the CPU loader renders from arrays (decode.py arrays=True)
     t = as_chw_uint8(img, "cpu")
     groups = parse_crops("2x64+4x24")
     diffs, kinds = [], set()
