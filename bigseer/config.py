@@ -17,6 +17,9 @@ RESUME = ("no", "latest", "auto")
 PRECISIONS = ("auto", *PARALLEL_PRECISIONS)  # auto: the DeepSpeed JSON's, else fp32
 SCHEDULES = ("cosine", "plateau")
 DECODE_DEVICES = ("cpu", "cuda", "cpu-tensor")  # bigseer.data.render.SampleRenderer(device=...)
+# a warm start's peak lr factor: 1/8 kept a converged trunk's probe within 1 point where 1/4 and 1 lost 2.5-5.7
+# (benchmarks/results/continue.md)
+INIT_LR_SCALE = 0.125
 
 
 def doc(default: Any, help: str) -> Any:  # noqa: A002 - the name argparse and the docs use
@@ -43,6 +46,10 @@ class PretrainConfig:
     head_warmup_steps: int | None = doc(None, 'first steps in which the trunk stays frozen while a fresh SwAV head '
                                               'learns on it; default: with --init_from and no --init_head, the lr '
                                               'warm-up steps, else 0')
+    init_lr_scale: float | None = doc(None, 'the peak lr of a run started --init_from is base_lr x global batch / 256 '
+                                            'x this; default 1/8 with --init_from (a trained trunk continued at a '
+                                            'from-scratch lr loses its features: benchmarks/results/continue.md), '
+                                            'else 1')
     data: str = doc("builtin", 'image folder, file list, tar shards (glob/brace), shard index (index.json), URL, or '
                                "'builtin'")
     crops: str = doc("2x64+4x32", 'multi-crop spec COUNTxSIZE[@MIN-MAX]+... (SEER: 2x224+4x96; 10B: 2x160+4x96)')
@@ -156,8 +163,9 @@ def finalize(cfg: PretrainConfig) -> PretrainConfig:
     head_warmup = cfg.head_warmup_steps
     if head_warmup is None:
         head_warmup = warmup if cfg.init_from and not cfg.init_head else 0
+    lr_scale = cfg.init_lr_scale if cfg.init_lr_scale is not None else (INIT_LR_SCALE if cfg.init_from else 1.0)
     return replace(cfg, batch_size=batch, warmup_steps=warmup, accumulate=accumulate_of(cfg),
-                   head_warmup_steps=head_warmup)
+                   head_warmup_steps=head_warmup, init_lr_scale=lr_scale)
 
 
 def accumulate_of(cfg: PretrainConfig) -> int:
@@ -199,7 +207,8 @@ def validated(cfg: PretrainConfig, world_size: int = 1, ds_batch_superseded: boo
         cfg = replace(cfg, ds_config=ds_config_path(cfg.ds_config))  # one reader: a path or a shipped name
     cfg = finalize(cfg)
     assert cfg.batch_size is not None and cfg.warmup_steps is not None and cfg.accumulate is not None
-    assert cfg.head_warmup_steps is not None
+    assert cfg.head_warmup_steps is not None and cfg.init_lr_scale is not None
+    _require(0 < cfg.init_lr_scale <= 1, f"init_lr_scale={cfg.init_lr_scale} must be in (0, 1]")
 
     resolve_params(cfg.model)
     _require(cfg.backend in BACKENDS, f"unknown backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}")

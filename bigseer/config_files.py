@@ -29,7 +29,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "swav": ("head_dims", "embed_dim", "num_prototypes", "temperature", "epsilon", "sinkhorn_iters",
              "crops_for_assign", "freeze_prototypes_iters", "queue_length", "shard_prototypes"),  # bigseer.ssl
     "optim": ("max_steps", "base_lr", "start_lr", "final_lr_ratio", "warmup_steps", "schedule", "plateau_patience",
-              "weight_decay", "momentum", "lars_trust", "lars_exclude_bn_bias", "head_warmup_steps"),  # bigseer.optim
+              "weight_decay", "momentum", "lars_trust", "lars_exclude_bn_bias", "head_warmup_steps",
+              "init_lr_scale"),  # bigseer.optim
     "parallel": ("backend", "precision", "ds_config", "accumulate", "syncbn_group_size", "checkpointing",
                  "collective_timeout_s", "deepspeed_native", "channels_last", "compile"),  # bigseer.parallel
     "run": ("recipe", "output_dir", "checkpoint_every", "keep_last", "async_checkpoint", "resume", "seed",

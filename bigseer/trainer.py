@@ -87,10 +87,10 @@ def warm_start(cfg: PretrainConfig, par: Any) -> None:
     finally:
         opened.close()
     logging.getLogger("bigseer").info(
-        "--init_from %s: %d trunk tensors%s loaded; %s", cfg.init_from, counts["trunk"],
-        f" and {counts['head']} head tensors" if cfg.init_head else "",
+        "--init_from %s: %d trunk tensors%s loaded; %s; peak lr x %g (--init_lr_scale)", cfg.init_from,
+        counts["trunk"], f" and {counts['head']} head tensors" if cfg.init_head else "",
         f"the trunk stays frozen for the first {cfg.head_warmup_steps} steps while the fresh SwAV head learns on it "
-        "(--head_warmup_steps)" if cfg.head_warmup_steps else "every part trains from step 1")
+        "(--head_warmup_steps)" if cfg.head_warmup_steps else "every part trains from step 1", cfg.init_lr_scale)
 
 
 class Freezer:
@@ -130,9 +130,11 @@ def export_trunk(checkpoint: Any, out: Any) -> Any:
 
 
 def peak_lr(cfg: PretrainConfig, world_size: int) -> float:
-    """The run's peak LR: the linear scaling rule on the global batch (ranks x micro-batches x batch)."""
+    """The run's peak LR: the linear scaling rule on the global batch (ranks x micro-batches x batch), x
+    ``init_lr_scale`` for a warm start (``--init_from``)."""
     assert cfg.batch_size is not None
-    return linear_scaled_lr(cfg.base_lr, cfg.batch_size * world_size * (cfg.accumulate or 1))
+    scale = cfg.init_lr_scale if cfg.init_lr_scale is not None else 1.0
+    return linear_scaled_lr(cfg.base_lr, cfg.batch_size * world_size * (cfg.accumulate or 1)) * scale
 
 
 def build_schedule(cfg: PretrainConfig, world_size: int) -> LRSchedule:

@@ -79,11 +79,19 @@ def test_init_head_takes_trunk_and_head_of_a_checkpoint(source: Path, tmp_path: 
 
 def test_defaults_model_from_the_weights_and_one_line_for_another_architecture(source: Path, tmp_path: Path) -> None:
     """No --model: the weights name it (regnety_test here, not the default regnety_tiny); head warm-up = the LR
-    warm-up steps. --model regnety_tiny given: one line naming both, before any work."""
+    warm-up steps; the peak LR x 1/8 (without --init_from: x 1, no warm-up). --model regnety_tiny given: one line
+    naming both, before any work."""
     cfg = PretrainConfig(**{**BASE, "model": "regnety_tiny"}, output_dir=str(tmp_path / "x"), max_steps=30,
                          init_from=str(source / "export"))
     run = resolve_run(cfg, 1, explicit=["output_dir", "max_steps", "init_from"])
     assert run.cfg.model == "regnety_test" and run.cfg.head_warmup_steps == run.cfg.warmup_steps == 3
+    # a warm start's peak lr is 1/8 of the from-scratch rule's (benchmarks/results/continue.md)
+    from bigseer.optim.schedules import linear_scaled_lr
+    from bigseer.trainer import peak_lr
+
+    assert run.cfg.init_lr_scale == 0.125 and peak_lr(run.cfg, 1) == linear_scaled_lr(run.cfg.base_lr, 8) / 8
+    fresh = resolve_run(PretrainConfig(**BASE, output_dir=str(tmp_path / "y"), max_steps=30), 1)
+    assert fresh.cfg.init_lr_scale == 1.0 and fresh.cfg.head_warmup_steps == 0
     with pytest.raises(CheckpointError) as err:
         resolve_run(cfg, 1, explicit=["model", "output_dir", "max_steps", "init_from"])
     msg = str(err.value)

@@ -20,7 +20,8 @@ SEER = SEER_FILE
 
 # fields whose default is None: their flag's type
 _OPTIONAL_TYPES: dict[str, type] = {"start_lr": float, "batch_size": int, "accumulate": int, "warmup_steps": int,
-                                    "ds_config": str, "init_from": str, "head_warmup_steps": int}
+                                    "ds_config": str, "init_from": str, "head_warmup_steps": int,
+                                    "init_lr_scale": float}
 
 
 def _tuple_of(kind: type) -> Any:
