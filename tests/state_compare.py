@@ -206,3 +206,23 @@ def initial_state(cfg: Any, ref: Mapping[str, Any]) -> dict[str, torch.Tensor]:
             assert model[k].shape == v.shape, k
             out[k] = model[k]
     return out
+
+
+def preempt_after(run: str | Path, step: int) -> None:
+    """Make run dir ``run`` look like a job killed right after its step-``step`` checkpoint committed: later step
+    dirs and metrics lines removed, ``latest`` on that step."""
+    import shutil
+
+    ckpts = Path(run) / "checkpoints"
+    for d in ckpts.glob("step_*"):
+        if int(d.name.split("_")[1]) > step:
+            shutil.rmtree(d)
+    (ckpts / "latest").write_text(f"step_{step:08d}\n")
+    metrics = Path(run) / "metrics.jsonl"
+    lines = [ln for ln in metrics.read_text().splitlines() if json.loads(ln)["step"] <= step]
+    metrics.write_text("\n".join(lines) + "\n")
+
+
+def step_records(run: str | Path) -> dict[int, dict]:
+    """``metrics.jsonl`` of run dir ``run``, by step."""
+    return {r["step"]: r for r in map(json.loads, (Path(run) / "metrics.jsonl").read_text().splitlines())}

@@ -26,7 +26,13 @@ import torch
 from bigseer.config import PretrainConfig
 from bigseer.engine import pretrain
 from tests.distributed_utils import run_distributed
-from tests.state_compare import assert_state_within_fp32_error, initial_state, load_state
+from tests.state_compare import (
+    assert_state_within_fp32_error,
+    initial_state,
+    load_state,
+    preempt_after,
+    step_records,
+)
 
 pytestmark = [pytest.mark.slow]
 
@@ -80,21 +86,6 @@ def _run(world: int, jobs: list[tuple[str, str, str]]) -> None:
         run_distributed(_phase, world, args=(jobs,), timeout_s=600)
 
 
-def _preempt_after(out: Path, step: int) -> None:
-    """Make ``out`` look like a job killed right after its step-``step`` checkpoint committed."""
-    ckpts = out / "checkpoints"
-    for d in ckpts.glob("step_*"):
-        if int(d.name.split("_")[1]) > step:
-            shutil.rmtree(d)
-    (ckpts / "latest").write_text(f"step_{step:08d}\n")
-    lines = [ln for ln in (out / "metrics.jsonl").read_text().splitlines() if json.loads(ln)["step"] <= step]
-    (out / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-
-
-def _records(out: Path) -> dict[int, dict]:
-    return {r["step"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("accumulate")
@@ -103,7 +94,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         _run(world, [(k, str(d[k]), "no") for k, v in RUNS.items() if v[0] == world and k not in RESUMED])
     for key, source in RESUMED.items():
         shutil.copytree(d[source], d[key])
-        _preempt_after(d[key], CUT)
+        preempt_after(d[key], CUT)
     for world in (1, 2):
         _run(world, [(k, str(d[k]), "latest") for k in RESUMED if RUNS[k][0] == world])
     return d
@@ -130,7 +121,7 @@ def test_accumulation_is_more_ranks(runs: dict[str, Path], got: str, ref: str, o
     """Same sample ids at every step; losses within the tolerance derived from ``ref`` vs ``other`` (the same
     computation in two summation orders); the final checkpoint within the derived fp32 bound of ``ref``'s, every
     non-floating item (step, samples, lanes, queue ages, BN batch counts) equal."""
-    a, b, c = _records(runs[got]), _records(runs[ref]), _records(runs[other])
+    a, b, c = step_records(runs[got]), step_records(runs[ref]), step_records(runs[other])
     tol = _tolerance(b, c)
     assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
     for s in range(1, STEPS + 1):

@@ -25,7 +25,13 @@ import torch
 from bigseer.config import PretrainConfig
 from bigseer.engine import pretrain
 from tests.distributed_utils import run_distributed
-from tests.state_compare import assert_state_within_fp32_error, initial_state, load_state
+from tests.state_compare import (
+    assert_state_within_fp32_error,
+    initial_state,
+    load_state,
+    preempt_after,
+    step_records,
+)
 
 pytestmark = [pytest.mark.numerics, pytest.mark.slow]
 
@@ -80,30 +86,9 @@ def _cfg(name: str, world: int, out: Path, max_steps: int, resume: str = "no") -
     return PretrainConfig(**kw)
 
 
-def _records(out: Path) -> dict[int, dict]:
-    recs = {}
-    for line in (out / "metrics.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        recs[r["step"]] = r
-    return recs
-
-
 def _phase(rank: int, world: int, jobs: list[tuple[str, str, int, str]]) -> None:
     for name, out, max_steps, resume in jobs:
         pretrain(_cfg(name, world, Path(out), max_steps, resume))
-
-
-def _preempt_after(out: Path, step: int) -> None:
-    """Make ``out`` look like a job killed right after its step-``step`` checkpoint committed."""
-    import shutil
-
-    ckpts = out / "checkpoints"
-    for d in ckpts.glob("step_*"):
-        if int(d.name.split("_")[1]) > step:
-            shutil.rmtree(d)
-    (ckpts / "latest").write_text(f"step_{step:08d}\n")
-    lines = [ln for ln in (out / "metrics.jsonl").read_text().splitlines() if json.loads(ln)["step"] <= step]
-    (out / "metrics.jsonl").write_text("\n".join(lines) + "\n")
 
 
 def _run(world: int, jobs: list[tuple[str, str, int, str]]) -> None:
@@ -137,7 +122,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         _run(world, first[world])
     for key, (a, wa, *_) in PLAN.items():
         shutil.copytree(source[(a, wa)], d[key])
-        _preempt_after(d[key], CUT)
+        preempt_after(d[key], CUT)
     for world in (1, 2, 4):
         _run(world, second[world])
     return d
@@ -152,7 +137,7 @@ def states(runs: dict[str, Path]) -> dict[str, dict]:
 
 
 def _tolerance(runs: dict[str, Path], ref1: str, ref2: str) -> float:
-    a, b = _records(runs[ref1]), _records(runs[ref2])
+    a, b = step_records(runs[ref1]), step_records(runs[ref2])
     diff = max(abs(a[s]["loss"] - b[s]["loss"]) for s in range(1, STEPS + 1))
     return 8 * diff + 16 * torch.finfo(torch.float32).eps * max(abs(a[s]["loss"]) for s in a)
 
@@ -165,9 +150,9 @@ def test_resume_on_another_world_size_or_backend_continues_the_run(runs: dict[st
     non-floating item (step, samples, lanes, schedule, queue ages, BN batch counts, ...) equal."""
     with_queue = PLAN[key][4]
     ref_name, other_name = ("ref1", "ref2") if with_queue else ("ref1_ds", "ref2_ds")
-    ref = _records(runs[ref_name])
+    ref = step_records(runs[ref_name])
     tol = _tolerance(runs, ref_name, other_name)
-    got = _records(runs[key])
+    got = step_records(runs[key])
     assert sorted(got) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
         assert got[step]["samples"] == ref[step]["samples"], (key, step)  # none replayed, none skipped
@@ -182,7 +167,7 @@ def test_references_agree_and_the_queue_matters(runs: dict[str, Path]) -> None:
     the tolerance while the queue fills (steps 1-2), but at every step where the queue is in use (3-6: the
     resume point is 3) it differs by more than the tolerance the resumed queue runs are held to, so a
     resume that lost the queue would fail the test above."""
-    a, b, plain = _records(runs["ref1"]), _records(runs["ref2"]), _records(runs["ref1_plain"])
+    a, b, plain = step_records(runs["ref1"]), step_records(runs["ref2"]), step_records(runs["ref1_plain"])
     assert all(a[s]["samples"] == b[s]["samples"] == plain[s]["samples"] for s in a)
     tol = _tolerance(runs, "ref1", "ref2")
     assert tol < 1e-3
@@ -206,7 +191,7 @@ def test_sharded_prototypes_export_whole_and_match_a_replicated_run(runs: dict[s
     bound = 8 * (protos["ref1"] - protos["ref2"]).norm() + 1e-6 * protos["ref1"].norm()
     assert (protos["ref2"] - protos["rep2"]).norm() <= bound
     tol = _tolerance(runs, "ref1", "ref2")
-    a, b = _records(runs["ref2"]), _records(runs["rep2"])
+    a, b = step_records(runs["ref2"]), step_records(runs["rep2"])
     assert all(abs(a[s]["loss"] - b[s]["loss"]) <= tol for s in a)
 
 
