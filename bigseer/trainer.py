@@ -56,8 +56,7 @@ def build_stream(cfg: PretrainConfig, rank: int, world_size: int, position: int,
         device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU
     elif cfg.decode_device == "cpu-tensor":
         device = torch.device("cpu")
-    augment = AugmentConfig(flip_p=cfg.flip_p, jitter_strength=cfg.jitter_strength, grayscale_p=cfg.grayscale_p,
-                            blur_p=cfg.blur_p, ratio=(float(cfg.crop_ratio[0]), float(cfg.crop_ratio[1])))
+    augment = AugmentConfig.of(cfg)  # the same field names
     return MultiCropStream(cfg.data, cfg.crops, cfg.batch_size, rank=rank, world_size=world_size, seed=cfg.seed,
                            num_workers=cfg.num_workers, start_position=position, lanes=lanes, augment=augment,
                            device=device, shard_cache=cfg.shard_cache, accumulate=cfg.accumulate or 1)

@@ -18,7 +18,8 @@ from __future__ import annotations
 import math
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,7 +97,8 @@ def _check_group(g: CropGroup, spec: str) -> None:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """SwAV / SEER augmentation settings (defaults = SEER's colour strength 1.0 recipe)."""
+    """SwAV / SEER augmentation settings (defaults = SEER's colour strength 1.0 recipe). The one augmentation
+    config: pretraining's and evaluation's configs have fields of the same names (:meth:`of`)."""
 
     flip_p: float = 0.5
     jitter_strength: float = 1.0          # ColorJitter(0.8s, 0.8s, 0.8s, 0.2s)
@@ -104,9 +106,20 @@ class AugmentConfig:
     grayscale_p: float = 0.2
     blur_p: float = 0.5
     blur_radius: tuple[float, float] = (0.1, 2.0)
-    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    crop_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)  # RandomResizedCrop's aspect-ratio range
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+
+    @classmethod
+    def of(cls, config: object) -> "AugmentConfig":
+        """The augmentation a run config asks for: every field of this class that ``config`` has under the same
+        name and sets (not None); the others keep their defaults."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            v = getattr(config, f.name, None)
+            if v is not None:
+                values[f.name] = tuple(float(x) for x in v) if isinstance(v, (list, tuple)) else v
+        return cls(**values)
 
 
 @dataclass
@@ -156,7 +169,7 @@ def plan_crops(width: int, height: int, groups: list[CropGroup], aug: AugmentCon
     s = aug.jitter_strength
     for g in groups:
         for _ in range(g.count):
-            box = random_resized_box(width, height, g.scale, aug.ratio, rng)
+            box = random_resized_box(width, height, g.scale, aug.crop_ratio, rng)
             flip = bool(rng.random() < aug.flip_p)
             extra: dict = {}
             if s > 0 and rng.random() < aug.jitter_p:

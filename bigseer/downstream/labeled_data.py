@@ -114,7 +114,7 @@ def train_transform(crop: int, scale: tuple[float, float] = (0.08, 1.0),
     ``jitter_strength`` with probability ``jitter_p``; 0 disables), random grayscale (``grayscale_p``), Gaussian
     blur (``blur_p``), normalise (``mean`` / ``std``)."""
     aug = aug or AugmentConfig()
-    ops: list[Callable] = [T.RandomResizedCrop(crop, scale=scale, ratio=aug.ratio)]
+    ops: list[Callable] = [T.RandomResizedCrop(crop, scale=scale, ratio=aug.crop_ratio)]
     if aug.flip_p > 0:
         ops.append(T.RandomHorizontalFlip(p=aug.flip_p))
     if aug.jitter_strength > 0:

@@ -269,3 +269,15 @@ def test_array_crops_are_pil_ops_on_the_cut_box():
                 kinds |= {k for k in ("jitter", "gray", "blur") if p.extra.get(k)}
     assert kinds == {"jitter", "gray", "blur"}
     assert np.mean([d.mean() for d in diffs]) < 0.05 and max(int(d.max()) for d in diffs) < 12
+
+
+def test_augment_config_of_a_run_config_takes_the_fields_of_the_same_names() -> None:
+    """One augmentation config: pretraining's config fields (and a config file's ``augment`` section) have its
+    names, so nothing is mapped by hand; fields the run config lacks keep their defaults."""
+    from bigseer.config import PretrainConfig
+
+    cfg = PretrainConfig(flip_p=0.0, jitter_strength=0.4, grayscale_p=0.1, blur_p=0.3, crop_ratio=(1.0, 1.0))
+    aug = AugmentConfig.of(cfg)
+    assert (aug.flip_p, aug.jitter_strength, aug.grayscale_p, aug.blur_p, aug.crop_ratio) == (0.0, 0.4, 0.1, 0.3,
+                                                                                              (1.0, 1.0))
+    assert (aug.jitter_p, aug.blur_radius) == (AugmentConfig().jitter_p, AugmentConfig().blur_radius)
