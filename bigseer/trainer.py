@@ -95,21 +95,28 @@ def warm_start(cfg: PretrainConfig, par: Any) -> None:
 class Freezer:
     """Which parameters the optimizer skips at a step: the prototypes for ``freeze_prototypes_iters`` steps (SwAV),
     the trunk for ``head_warmup_steps`` (a warm start's fresh head learns first). Works under every backend
-    (``Parallel.set_frozen``)."""
+    (``Parallel.set_frozen``). A frozen trunk keeps its BatchNorm statistics too (momentum 0: the batches still
+    normalise with their own statistics, the running ones stay the source's until the trunk trains)."""
 
     def __init__(self, cfg: PretrainConfig, par: Any) -> None:
+        from bigseer.parallel.bn_stats import bn_modules
+
         swav = par.unwrapped
         protos = {id(p) for p in swav.head.prototype_parameters()}
         self.par = par
         self.groups = [(int(cfg.freeze_prototypes_iters), [n for n, p in swav.named_parameters() if id(p) in protos]),
                        (int(cfg.head_warmup_steps or 0), [n for n, _ in swav.named_parameters()
                                                           if n.startswith("trunk.")])]
+        self.trunk_bn = [(m, m.momentum) for m in bn_modules(swav.trunk)]
 
     def update(self, step: int, first: bool) -> None:
         """Call before each step (``first``: the first step of this process)."""
-        for until, names in self.groups:
+        for i, (until, names) in enumerate(self.groups):
             if until and (first or step == until):
                 self.par.set_frozen(names, step < until)
+                if i == 1:
+                    for m, momentum in self.trunk_bn:
+                        m.momentum = 0.0 if step < until else momentum
 
 
 def export_trunk(checkpoint: Any, out: Any) -> Any:
