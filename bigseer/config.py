@@ -263,9 +263,8 @@ def validated(cfg: PretrainConfig, world_size: int = 1, ds_batch_superseded: boo
     _require(cfg.head_warmup_steps < cfg.max_steps or cfg.head_warmup_steps == 0,
              f"head_warmup_steps={cfg.head_warmup_steps} must be < max_steps={cfg.max_steps} (the trunk would never "
              "train)")
+    # the --init_from weights are opened by bigseer.run.resolve_run, before any work (not when the run resumes)
     _require(not cfg.init_head or bool(cfg.init_from), "--init_head takes the head from --init_from: give --init_from")
-    _require(cfg.init_from is None or os.path.exists(cfg.init_from),
-             f"--init_from {cfg.init_from}: no such file or directory")
     if cfg.shard_prototypes:
         _require(cfg.num_prototypes % world_size == 0,
                  f"num_prototypes={cfg.num_prototypes} must be divisible by the world size {world_size} "

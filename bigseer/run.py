@@ -2,10 +2,10 @@
 
 :func:`resolve_run` is the one place that decides a run's final settings, in this order:
 
-1. ``--init_from`` weights name the model when the user did not (``--model``); then the recipe (``auto``: chosen
-   from the data's image sizes and count; ``seer``; ``none``) fills every setting the user did not choose
-   (``explicit``: the flags and config-file keys the CLI saw);
-2. the resume point (``--resume``) is found, and its ``meta.json`` and ``trainer.pt`` are read, once;
+1. the resume point (``--resume``) is found, and its ``meta.json`` and ``trainer.pt`` are read, once;
+2. ``--init_from`` weights (or, when the run resumes, its checkpoint) name the model when the user did not
+   (``--model``); then the recipe (``auto``: chosen from the data's image sizes and count; ``seer``; ``none``) fills
+   every setting the user did not choose (``explicit``: the flags and config-file keys the CLI saw);
 3. an elastic resume re-plans the per-rank batch and the queue for this world size (:mod:`bigseer.resume`);
 4. the config is finalized and validated (:func:`bigseer.config.validate`: fails before any work);
 5. backend and precision are resolved;
@@ -19,7 +19,7 @@ The :class:`ResolvedRun` carries all of it to the engine, which writes ``Resolve
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -92,8 +92,6 @@ def apply_data_recipe(cfg: PretrainConfig, explicit: Iterable[str] | None = None
 
 def model_of_weights(cfg: PretrainConfig) -> PretrainConfig:
     """``cfg`` training the architecture of its ``--init_from`` weights (a preset; other shapes need --model)."""
-    from dataclasses import replace
-
     from bigseer.errors import ConfigError
     from bigseer.export.sources import open_weights
     from bigseer.models.regnet import PRESETS
@@ -131,10 +129,11 @@ def resolve_run(cfg: PretrainConfig, world_size: int, explicit: Iterable[str] | 
     before any work when it cannot run."""
     from bigseer.resume import plan_resume
 
-    if cfg.init_from and "model" not in chosen_fields(cfg, explicit):
-        cfg, explicit = model_of_weights(cfg), {*chosen_fields(cfg, explicit), "model"}
-    cfg, median_side = apply_data_recipe(cfg, explicit)
     resume = find_resume_point(cfg)
+    if cfg.init_from and "model" not in chosen_fields(cfg, explicit):  # the weights' (or its own run's) model
+        named = replace(cfg, model=str(resume.meta.get("model_name", cfg.model))) if resume else model_of_weights(cfg)
+        cfg, explicit = named, {*chosen_fields(cfg, explicit), "model"}
+    cfg, median_side = apply_data_recipe(cfg, explicit)
     ds_batch_superseded = False
     if resume is not None:
         cfg, ds_batch_superseded = plan_resume(cfg, resume.meta, resume.trainer, world_size, str(resume.directory))

@@ -102,14 +102,19 @@ def test_defaults_model_from_the_weights_and_one_line_for_another_architecture(s
 
 def test_resume_wins_over_init_from(source: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A restarted job (--resume auto with a checkpoint of its own) continues its checkpoint: the steps go on from
-    it and the --init_from weights are not loaded again."""
-    out = tmp_path / "job"
-    kw = dict(BASE, output_dir=str(out), init_from=str(source / "export"), head_warmup_steps=0, export=False,
+    it and the --init_from weights are not loaded again, nor needed (deleted here); without --model the model is
+    its checkpoint's."""
+    import shutil
+
+    out, weights = tmp_path / "job", tmp_path / "weights"
+    shutil.copytree(source / "export", weights)
+    kw = dict(BASE, output_dir=str(out), init_from=str(weights), head_warmup_steps=0, export=False,
               resume="auto", log_samples=True)
-    pretrain(PretrainConfig(**kw, max_steps=2))
+    pretrain(PretrainConfig(**{**kw, "model": "regnety_tiny"}, max_steps=2))  # the default: named by the weights
     first = capsys.readouterr().err  # the run logs to the current standard error (bigseer.train_log)
-    assert "trunk tensors loaded" in first, first[-2000:]
-    pretrain(PretrainConfig(**kw, max_steps=3))
+    assert "trunk tensors loaded" in first and "holds regnety_test" in first, first[-2000:]
+    shutil.rmtree(weights)
+    pretrain(PretrainConfig(**{**kw, "model": "regnety_tiny"}, max_steps=3))
     second = capsys.readouterr().err
     assert "not used: the run resumes" in second and "trunk tensors loaded" not in second, second[-2000:]
     steps = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
