@@ -18,7 +18,6 @@ Settings come from the environment so that DataLoader workers inherit them: ``BI
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import logging
@@ -26,7 +25,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from bigseer.errors import DataError
 
@@ -185,26 +184,11 @@ class ShardCache:
 _CACHE: ShardCache | None = None
 
 
-_SCOPED_ROOT: str | None = None  # set by :func:`cache_root` while a catalog is opened
-
-
-@contextlib.contextmanager
-def cache_root(root: str | None) -> Iterator[None]:
-    """Within the block, :func:`default_cache` without a root uses ``root`` (opening a catalog of remote shards
-    without an index reads their headers through the cache before the catalog can carry the setting)."""
-    global _SCOPED_ROOT
-    saved, _SCOPED_ROOT = _SCOPED_ROOT, root or _SCOPED_ROOT
-    try:
-        yield
-    finally:
-        _SCOPED_ROOT = saved
-
-
 def default_cache(root: str | None = None) -> ShardCache:
-    """This process's cache in ``root`` (None: the :func:`cache_root` of the block, else ``BIGSEER_SHARD_CACHE``,
-    else under the temp dir), created on first use with the environment's other settings."""
+    """This process's cache in ``root`` (None: ``BIGSEER_SHARD_CACHE``, else under the temp dir), created on first
+    use with the environment's other settings."""
     global _CACHE
-    root = root or _SCOPED_ROOT or os.environ.get("BIGSEER_SHARD_CACHE")
+    root = root or os.environ.get("BIGSEER_SHARD_CACHE")
     if _CACHE is None or (root is not None and _CACHE.root != Path(root)):
         _CACHE = ShardCache(root)
     return _CACHE

@@ -201,7 +201,7 @@ def _read_list(path: str) -> list[str]:
     return paths
 
 
-def _part_for_path(path: str) -> _Part | TarShards:
+def _part_for_path(path: str, cache: str | None = None) -> _Part | TarShards:
     if os.path.isdir(path):
         files = walk_files(path)
         if not files:
@@ -211,19 +211,19 @@ def _part_for_path(path: str) -> _Part | TarShards:
     if lower.endswith((".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
         raise DataError(f"compressed tar shard {path} is not supported: use uncompressed .tar shards")
     if lower.endswith(".tar"):
-        return TarShards(path, [path])
+        return TarShards(path, [path], cache_dir=cache)
     if looks_like_index(path):
-        return _from_index(path, path)
+        return _from_index(path, path, cache)
     return _PathPart("list", path, _read_list(path))
 
 
-def _from_index(origin: str, index: str):
-    part = TarShards.from_index(origin, read_index(index), index)
+def _from_index(origin: str, index: str, cache: str | None):
+    part = TarShards.from_index(origin, read_index(index), index, cache)
     part.verify()
     return part
 
 
-def _index_beside(origin: str, shards: list[str]):
+def _index_beside(origin: str, shards: list[str], cache: str | None):
     """A TarShards from the ``index.json`` next to ``shards`` when it lists exactly them, else None."""
     base = shards[0].rsplit("/", 1)[0] if is_url(shards[0]) else os.path.dirname(shards[0])
     index = f"{base}/{DEFAULT_NAME}" if is_url(shards[0]) else os.path.join(base, DEFAULT_NAME)
@@ -241,26 +241,26 @@ def _index_beside(origin: str, shards: list[str]):
         log.info("%s does not list exactly the shards of %s; walking their headers instead", index, origin)
         return None
     log.info("using shard index %s for %s", index, origin)
-    part = TarShards.from_index(origin, [by_url[u] for u in wanted], index)
+    part = TarShards.from_index(origin, [by_url[u] for u in wanted], index, cache)
     part.verify()
     return part
 
 
-def _remote_parts(spec: str) -> list:
+def _remote_parts(spec: str, cache: str | None) -> list:
     urls = expand_braces(spec)
     if looks_like_index(spec):
-        return [_from_index(spec, spec)]
+        return [_from_index(spec, spec, cache)]
     if not all(u.lower().endswith(".tar") for u in urls):
         raise DataError(f"remote data {spec!r}: expected URLs of .tar shards or of a shard index (.json)")
-    part = _index_beside(spec, urls)
+    part = _index_beside(spec, urls, cache)
     if part is None:
         log.warning("no index.json beside %s: fetching every shard now to count its samples "
                     "(`bigseer index` writes one)", spec)
-        part = TarShards(spec, urls)
+        part = TarShards(spec, urls, cache_dir=cache)
     return [part]
 
 
-def _parts_for(spec: str) -> list[_Part | TarShards]:
+def _parts_for(spec: str, cache: str | None = None) -> list[_Part | TarShards]:
     if spec == "builtin" or spec.startswith("builtin:"):
         count = DEFAULT_COUNT
         if spec != "builtin":
@@ -272,7 +272,7 @@ def _parts_for(spec: str) -> list[_Part | TarShards]:
                 raise DataError(f"bad data source {spec!r}: expected 'builtin' or 'builtin:N' with N >= 1")
         return [_BuiltinPart(count)]
     if is_url(spec):
-        return _remote_parts(spec)
+        return _remote_parts(spec, cache)
     if any(c in spec for c in "*?[{"):
         matches = sorted({m for p in expand_braces(spec) for m in glob.glob(os.path.expanduser(p))})
         if not matches:
@@ -281,13 +281,13 @@ def _parts_for(spec: str) -> list[_Part | TarShards]:
         others = [m for m in matches if not m.lower().endswith(".tar")]
         parts: list = []
         if shards:
-            parts.append(_index_beside(spec, shards) or TarShards(spec, shards))
-        return parts + [_part_for_path(m) for m in others]
+            parts.append(_index_beside(spec, shards, cache) or TarShards(spec, shards, cache_dir=cache))
+        return parts + [_part_for_path(m, cache) for m in others]
     path = os.path.expanduser(spec)
     if not os.path.exists(path):
         raise DataError(f"data source {spec!r} does not exist (expected a folder, a .tar shard or "
                         f"pattern, a text list of image paths, or 'builtin')")
-    return [_part_for_path(path)]
+    return [_part_for_path(path, cache)]
 
 
 class Catalog:
@@ -296,12 +296,6 @@ class Catalog:
     def __init__(self, spec: str, parts: list) -> None:
         self.spec, self.parts = spec, parts
         self._starts = np.cumsum([0] + [len(p) for p in parts])
-
-    def use_shard_cache(self, directory: str | None) -> None:
-        """Fetch this catalog's remote shards into ``directory`` (travels with the catalog into loader workers)."""
-        for part in self.parts:
-            if hasattr(part, "cache_dir"):
-                part.cache_dir = directory
 
     def shard_counts(self) -> np.ndarray:
         """Samples per shard over all parts, in item order (what the sample order is built on)."""
@@ -338,14 +332,9 @@ class Catalog:
 def open_source(spec: str, check: bool = True, shard_cache: str | None = None) -> Catalog:
     """Resolve a ``--data`` string into a :class:`Catalog`; DataError if it cannot be used. ``shard_cache``:
     the node-local directory for remote shards (None: ``BIGSEER_SHARD_CACHE``, else under the temp dir)."""
-    from bigseer.data.remote import cache_root
-
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"bad data source {spec!r}: expected a folder, .tar shards, a path list or 'builtin'")
-    with cache_root(shard_cache):
-        parts = [p for item in _split_top_level(spec) for p in _parts_for(item)]
-    catalog = Catalog(spec, parts)
-    catalog.use_shard_cache(shard_cache)
+    catalog = Catalog(spec, [p for item in _split_top_level(spec) for p in _parts_for(item, shard_cache)])
     if len(catalog) == 0:
         raise DataError(f"data source {spec!r} holds no samples")
     if check:

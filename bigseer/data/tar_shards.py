@@ -36,9 +36,9 @@ class TarShards:
     kind = "tar"
 
     def __init__(self, origin: str, urls: list[str], counts: list[int] | None = None,
-                 sizes: list[int] | None = None, index: str = "") -> None:
+                 sizes: list[int] | None = None, index: str = "", cache_dir: str | None = None) -> None:
         self.origin, self.urls, self.index = origin, list(urls), index
-        self.cache_dir: str | None = None  # node-local cache of remote shards (None: the default one)
+        self.cache_dir = cache_dir  # node-local cache of remote shards (None: the default one)
         self.bad_shards: list[str] = []
         self._tables: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._dead: dict[int, tuple[str, str]] = {}  # shards this process could not fetch: never retried
@@ -51,9 +51,10 @@ class TarShards:
         self._pid = os.getpid()
 
     @classmethod
-    def from_index(cls, origin: str, entries: list[ShardEntry], index: str) -> "TarShards":
+    def from_index(cls, origin: str, entries: list[ShardEntry], index: str,
+                   cache_dir: str | None = None) -> "TarShards":
         return cls(origin, [e.url for e in entries], [e.nsamples for e in entries], [e.filesize for e in entries],
-                   index=index)
+                   index=index, cache_dir=cache_dir)
 
     def _walk_all(self) -> tuple[list[int], list[int]]:
         t0 = time.perf_counter()
