@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from bigseer.errors import ConfigError
+from bigseer.flags import doc  # each field's one description: --help and config.yaml comments
 from bigseer.parallel import BACKENDS as PARALLEL_BACKENDS
 from bigseer.parallel.ds_json import ds_config_path, load_ds_config
 from bigseer.parallel.precision import PRECISIONS as PARALLEL_PRECISIONS
@@ -20,12 +21,6 @@ DECODE_DEVICES = ("cpu", "cuda", "cpu-tensor")  # bigseer.data.render.SampleRend
 # a warm start's peak lr factor: 1/8 kept a converged trunk's probe within 1 point where 1/4 and 1 lost 2.5-5.7
 # (benchmarks/results/continue.md)
 INIT_LR_SCALE = 0.125
-
-
-def doc(default: Any, help: str) -> Any:  # noqa: A002 - the name argparse and the docs use
-    """A config field with its one description (``metadata["help"]``): ``bigseer pretrain --help`` and the
-    comments of every written ``config.yaml`` come from it."""
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -115,7 +110,8 @@ class PretrainConfig:
     async_checkpoint: bool = doc(True, 'write checkpoints in the background (training stalls for the copy only)')
     deepspeed_native: bool = doc(False, "also write DeepSpeed's own checkpoint (with `latest`) for its scripts")
     resume: str = doc("no", 'continue from OUTPUT_DIR/checkpoints/latest: latest (fail without a checkpoint) | auto '
-                            '(start fresh without one, for schedulers that restart jobs) | no')
+                            '(start fresh without one, for schedulers that restart jobs) | no', choices=RESUME,
+                        const="latest")
     collective_timeout_s: int = doc(1800, 'a rank stuck this long in a collective ends the job with a line naming it')
     shard_cache: str | None = doc(None, 'node-local cache dir for remote shards (default: under the temp dir)')
     seed: int = doc(0, 'seed of the weights (a function of seed, name and row) and of the sample order')

@@ -103,9 +103,13 @@ def test_auto_backend_and_roundtrip() -> None:
         PretrainConfig.from_dict({"modle": "x"})
 
 
-def test_flags_map_to_config_and_seer_recipe() -> None:
+def test_flags_map_to_config_and_seer_recipe(monkeypatch) -> None:
     import argparse
 
+    # --local_rank (the deepspeed launcher's) becomes LOCAL_RANK: undone after the test (setenv records "unset";
+    # a leaked LOCAL_RANK made later accelerate tests try a distributed start)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.delenv("LOCAL_RANK")
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     cfg = config_from_args(parser.parse_args(["--model", "regnety_test", "--head_dims", "8,4", "--resume",
@@ -113,7 +117,7 @@ def test_flags_map_to_config_and_seer_recipe() -> None:
                                               "--crop_ratio", "1,1"]))
     assert cfg.crop_ratio == (1.0, 1.0)
     assert cfg.model == "regnety_test" and cfg.head_dims == (8, 4) and cfg.resume and not cfg.export
-    assert cfg.ds_config == "x.json"
+    assert cfg.ds_config == "x.json" and os.environ["LOCAL_RANK"] == "0"
     seer = config_from_args(parser.parse_args(["--seer", "--num_prototypes", "3000"]))
     assert seer.model == seer_settings()["model"] == "regnety_256gf"
     assert seer.num_prototypes == 3000 and seer.sinkhorn_iters == 10 and seer.crops == "2x224+4x96"

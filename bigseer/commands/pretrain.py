@@ -7,60 +7,23 @@ With no flags it trains the tiny CPU demo on built-in images and exports the tru
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 from typing import Any
 
 from bigseer.config import PretrainConfig
+from bigseer.config_files import SECTIONS
+from bigseer.flags import add_flags, chosen_values
 from bigseer.recipe import SEER_FILE
 
 # The SEER RG256 recipe ships as bigseer/recipes/seer_rg256.yaml (``--seer`` = ``--config seer_rg256``).
 SEER = SEER_FILE
 
-# fields whose default is None: their flag's type
-_OPTIONAL_TYPES: dict[str, type] = {"start_lr": float, "batch_size": int, "accumulate": int, "warmup_steps": int,
-                                    "ds_config": str, "init_from": str, "head_warmup_steps": int,
-                                    "init_lr_scale": float}
-
-
-def _tuple_of(kind: type) -> Any:
-    """argparse type: ``"a,b"`` -> a tuple of ``kind``."""
-    def parse(text: str) -> tuple[Any, ...]:
-        try:
-            return tuple(kind(x) for x in text.split(",") if x.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
-    return parse
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per PretrainConfig field, plus the launchers' --local_rank / --deepspeed_config."""
-    defaults = PretrainConfig()
-    for f in dataclasses.fields(PretrainConfig):
-        if f.name == "extra":
-            continue
-        if f.name == "resume":
-            parser.add_argument("--resume", nargs="?", const="latest", default=None, choices=("no", "latest", "auto"),
-                                help=f.metadata["help"] + " (--resume alone: latest)")
-            continue
-        default = getattr(defaults, f.name)
-        flag = f"--{f.name}"
-        helptext = f.metadata["help"].replace("%", "%%")  # the field's one description (bigseer.config.doc)
-        if isinstance(default, bool):
-            if default:
-                parser.add_argument(f"--no_{f.name}", dest=f.name, action="store_false", default=None,
-                                    help=f"disable {f.name}")
-            else:
-                parser.add_argument(flag, action="store_true", default=None, help=helptext or f"enable {f.name}")
-        elif isinstance(default, tuple):
-            kind = float if any(isinstance(v, float) for v in default) else int
-            parser.add_argument(flag, type=_tuple_of(kind), default=None, metavar="N,N",
-                                help=f"{helptext} (default {','.join(f'{v:.4g}' for v in default)})")
-        else:
-            typ = _OPTIONAL_TYPES.get(f.name) or (float if isinstance(default, float) else
-                                                  int if isinstance(default, int) else str)
-            parser.add_argument(flag, type=typ, default=None, help=f"{helptext} (default {default})")
+    """One flag per PretrainConfig field (``bigseer.flags``), grouped by config section, plus the launchers'
+    --local_rank / --deepspeed_config."""
+    add_flags(parser, PretrainConfig, skip=("extra",), sections=SECTIONS)
     parser.add_argument("--deepspeed_config", dest="ds_config", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--deepspeed", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
@@ -82,10 +45,7 @@ def values_from_args(args: argparse.Namespace) -> dict[str, Any]:
         values.update(load_config_file(args.config))
     if getattr(args, "ds_config", None):
         values.pop("precision", None)  # a DeepSpeed JSON decides the precision unless --precision is given
-    for f in dataclasses.fields(PretrainConfig):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            values[f.name] = v
+    values.update(chosen_values(args, PretrainConfig))
     if getattr(args, "local_rank", None) is not None and "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
     return values

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from bigseer.config import RESUME
 from bigseer.errors import ConfigError
+from bigseer.flags import add_flags, chosen_values, doc
 
 MODES = ("finetune", "linear", "lowshot", "knn", "probe")
 FEATURES = ("trunk", "pixels")
@@ -39,6 +40,16 @@ MODE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 NO_SGD_MODES = ("knn", "probe")
 # Fields that may differ between a run and its resumption.
+# flag groups of `bigseer eval --help`
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "optimisation (default: per mode; finetune/lowshot = SEER paper, linear = VISSL)":
+        ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_milestones", "lr_gamma"),
+    "features and protocol": ("layer", "head_bn", "fraction", "lowshot_protocol", "knn_k", "knn_temperature",
+                              "shots", "fractions", "draws", "probe_c", "features"),
+    "augmentation and evaluation sizes": ("train_crop", "crop_scale", "flip_p", "jitter_strength", "grayscale_p",
+                                          "blur_p", "eval_resize", "eval_crop"),
+    "run": ("num_workers", "seed", "cpu", "progress", "channels_last", "compile"),
+}
 RESUMABLE_CHANGES = {"epochs", "resume", "output_dir", "num_workers", "progress", "cpu", "weights", "data",
                      "channels_last", "compile"}
 
@@ -47,50 +58,59 @@ RESUMABLE_CHANGES = {"epochs", "resume", "output_dir", "num_workers", "progress"
 class EvalConfig:
     """One downstream evaluation run. ``None`` hyperparameters take ``MODE_DEFAULTS[mode]``."""
 
-    mode: str = "finetune"
-    data: str = ""
-    weights: str | None = None  # bigseer export / checkpoint dir / timm-layout safetensors; None = random init
-    model: str | None = None  # RegNetY preset; required without weights
-    output_dir: str | None = None
-    resume: str = "no"  # as in pretraining (bigseer.config.RESUME): no | latest | auto
-    # optimisation (global batch over all processes)
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
-    lr_milestones: list[int] | None = None
-    lr_gamma: float | None = None
+    mode: str = doc("finetune", "what to evaluate: finetune | linear | lowshot | knn | probe", choices=MODES)
+    data: str = doc("", "directory with train/<class>/ and val/<class>/ images", required=True)
+    weights: str | None = doc(None, "bigseer export, training checkpoint dir, or timm-layout safetensors (with "
+                                    "--model); omit for random init")
+    model: str | None = doc(None, "RegNetY preset (required without --weights)")
+    output_dir: str | None = doc(None, "checkpoint.pt (each epoch) and results.json go here")
+    resume: str = doc("no", "continue from OUTPUT_DIR/checkpoint.pt: latest (fail without one) | auto (start fresh "
+                            "without one, for schedulers that restart jobs) | no", choices=RESUME, const="latest")
+    # optimisation (global batch over all processes); None: the mode's default (MODE_DEFAULTS)
+    epochs: int | None = doc(None, "finetune 35, linear 28")
+    batch_size: int | None = doc(None, "global batch over all processes (256)")
+    lr: float | None = doc(None, "finetune 0.0125, linear 0.01")
+    momentum: float | None = doc(None, "SGD momentum (0.9)")
+    weight_decay: float | None = doc(None, "finetune 1e-4, linear 5e-4")
+    lr_milestones: list[int] | None = doc(None, "epochs where the lr is multiplied by lr_gamma: finetune 30, "
+                                                "linear 8 16 24")
+    lr_gamma: float | None = doc(None, "lr factor at each milestone (0.1)")
     # features / protocol
-    layer: str = "res5"  # linear, knn, lowshot-linear
-    head_bn: bool = True  # non-affine BatchNorm before the linear classifier
-    fraction: float | None = None  # lowshot (and optionally knn): 0.01 / 0.1
-    lowshot_protocol: str = "finetune"  # finetune | linear
-    knn_k: int = 20
-    knn_temperature: float = 0.07
+    layer: str = doc("res5", "feature stage of linear, knn and lowshot-linear", choices=LAYERS)
+    head_bn: bool = doc(True, "non-affine BatchNorm before the linear classifier")
+    fraction: float | None = doc(None, "lowshot (and optionally knn): this fraction of images and labels, e.g. 0.01")
+    lowshot_protocol: str = doc("finetune", "lowshot: fine-tune the trunk, or a linear classifier on it",
+                                choices=("finetune", "linear"))
+    knn_k: int = doc(20, "knn: neighbours that vote")
+    knn_temperature: float = doc(0.07, "knn: temperature of the similarity weights")
     # probe: k labeled images per class and fractions of the labels, several draws, logistic regression
-    shots: list[int] = field(default_factory=lambda: [1, 2, 5, 10])
-    fractions: list[float] = field(default_factory=lambda: [0.01, 0.1])
-    draws: int = 5
-    probe_c: float = 1.0  # inverse L2 strength of scikit-learn's LogisticRegression
-    features: str = "trunk"  # trunk | pixels (the raw-pixel baseline, no weights needed)
-    # augmentation / evaluation sizes
-    train_crop: int = 224
-    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])
-    # augmentation: the fields of bigseer.data.AugmentConfig, named as in pretraining (`augment()` builds it)
-    flip_p: float = 0.5
-    jitter_strength: float | None = None
-    grayscale_p: float | None = None
-    blur_p: float | None = None
-    eval_resize: int = 256
-    eval_crop: int = 224
+    shots: list[int] = doc([1, 2, 5, 10], "probe: labeled images per class, one budget each")
+    fractions: list[float] = doc([0.01, 0.1], "probe: class-balanced fractions of the training labels, one budget "
+                                              "each")
+    draws: int = doc(5, "probe: subsets drawn per budget (mean and std)")
+    probe_c: float = doc(1.0, "probe: inverse L2 strength of scikit-learn's LogisticRegression (C)")
+    features: str = doc("trunk", "probe: trunk features, or raw pixels (the baseline; no weights needed)",
+                        choices=FEATURES)
+    # sizes
+    train_crop: int = doc(224, "side of the training crops")
+    crop_scale: list[float] = doc([0.08, 1.0], "area range of the training crops (LO HI)", nargs=2)
+    # augmentation: the fields of bigseer.data.AugmentConfig, named as in pretraining (`augment()` builds it);
+    # the old names still work as flags
+    flip_p: float = doc(0.5, "horizontal flip probability")
+    jitter_strength: float | None = doc(None, "colour jitter strength; finetune 0.8, linear 0",
+                                        aliases=("--color_jitter",))
+    grayscale_p: float | None = doc(None, "grayscale probability; finetune 0.2, linear 0",
+                                    aliases=("--grayscale_prob",))
+    blur_p: float | None = doc(None, "Gaussian blur probability; finetune 0.5, linear 0", aliases=("--blur_prob",))
+    eval_resize: int = doc(256, "evaluation: resize the short side to this")
+    eval_crop: int = doc(224, "evaluation: centre crop of this side")
     # bookkeeping
-    num_workers: int = 0
-    seed: int = 0
-    cpu: bool = False
-    progress: bool = True
-    channels_last: str = "auto"  # auto (on for CUDA) | on | off, as in pretraining (bigseer.parallel.apply_speedups)
-    compile: str = "off"  # on | off | auto (= off): torch.compile each trunk block
+    num_workers: int = doc(0, "DataLoader worker processes")
+    seed: int = doc(0, "seed of initialisation, sampling and draws")
+    cpu: bool = doc(False, "force CPU (Accelerator(cpu=True)); see the docs for the 2-process CPU launch")
+    progress: bool = doc(True, "progress bars")
+    channels_last: str = doc("auto", "NHWC trunk (auto: on for CUDA), as in pretraining", choices=("auto", "on", "off"))
+    compile: str = doc("off", "torch.compile each trunk block (auto: off)", choices=("auto", "on", "off"))
 
     def __post_init__(self) -> None:
         if isinstance(self.resume, bool):  # resume=True / False (before 0.3) = latest / no
@@ -218,67 +238,14 @@ class EvalConfig:
 
 
 def add_arguments(parser: argparse.ArgumentParser, with_mode: bool = True) -> None:
-    """Command-line flags for ``EvalConfig`` (``bigseer eval MODE`` passes ``with_mode=False``: MODE is positional)."""
-    p = parser
-    if with_mode:
-        p.add_argument("--mode", choices=MODES, default="finetune")
-    p.add_argument("--data", required=True, help="directory with train/<class>/ and val/<class>/ images")
-    p.add_argument("--weights", default=None, help="bigseer export, training checkpoint dir, or timm-layout "
-                   "safetensors (with --model); omit for random init")
-    p.add_argument("--model", default=None, help="RegNetY preset (required without --weights)")
-    p.add_argument("--output_dir", default=None, help="checkpoint.pt (each epoch) and results.json go here")
-    p.add_argument("--resume", nargs="?", const="latest", default="no", choices=RESUME,
-                   help="continue from OUTPUT_DIR/checkpoint.pt: latest (fail without one; --resume alone) | auto "
-                        "(start fresh without one, for schedulers that restart jobs) | no")
-    g = p.add_argument_group("optimisation (default: per mode; finetune/lowshot = SEER paper, linear = VISSL)")
-    g.add_argument("--epochs", type=int, default=None, help="finetune 35, linear 28")
-    g.add_argument("--batch_size", type=int, default=None, help="global batch over all processes (256)")
-    g.add_argument("--lr", type=float, default=None, help="finetune 0.0125, linear 0.01")
-    g.add_argument("--momentum", type=float, default=None, help="0.9")
-    g.add_argument("--weight_decay", type=float, default=None, help="finetune 1e-4, linear 5e-4")
-    g.add_argument("--lr_milestones", type=int, nargs="*", default=None, help="finetune 30, linear 8 16 24")
-    g.add_argument("--lr_gamma", type=float, default=None, help="lr factor at each milestone (0.1)")
-    f = p.add_argument_group("features and protocol")
-    f.add_argument("--layer", choices=LAYERS, default="res5", help="linear/knn feature stage")
-    f.add_argument("--no_head_bn", dest="head_bn", action="store_false",
-                   help="no BatchNorm (non-affine) before the linear classifier")
-    f.add_argument("--fraction", type=float, default=None, help="lowshot: 0.01 or 0.1 of images and labels")
-    f.add_argument("--lowshot_protocol", choices=("finetune", "linear"), default="finetune")
-    f.add_argument("--knn_k", type=int, default=20)
-    f.add_argument("--knn_temperature", type=float, default=0.07)
-    f.add_argument("--shots", type=int, nargs="*", default=[1, 2, 5, 10],
-                   help="probe: labeled images per class, one budget each")
-    f.add_argument("--fractions", type=float, nargs="*", default=[0.01, 0.1],
-                   help="probe: class-balanced fractions of the training labels, one budget each")
-    f.add_argument("--draws", type=int, default=5, help="probe: subsets drawn per budget (mean and std)")
-    f.add_argument("--probe_c", type=float, default=1.0, help="probe: LogisticRegression C (inverse L2)")
-    f.add_argument("--features", choices=FEATURES, default="trunk",
-                   help="probe: trunk features, or raw pixels (the baseline; no weights needed)")
-    a = p.add_argument_group("augmentation and evaluation sizes")
-    a.add_argument("--train_crop", type=int, default=224)
-    a.add_argument("--crop_scale", type=float, nargs=2, default=[0.08, 1.0], metavar=("LO", "HI"))
-    # the same names as `bigseer pretrain` (bigseer.data.AugmentConfig); the old names still work
-    a.add_argument("--flip_p", type=float, default=0.5, help="horizontal flip probability")
-    a.add_argument("--jitter_strength", "--color_jitter", dest="jitter_strength", type=float, default=None,
-                   help="colour jitter strength; finetune 0.8, linear 0")
-    a.add_argument("--grayscale_p", "--grayscale_prob", dest="grayscale_p", type=float, default=None,
-                   help="finetune 0.2, linear 0")
-    a.add_argument("--blur_p", "--blur_prob", dest="blur_p", type=float, default=None, help="finetune 0.5, linear 0")
-    a.add_argument("--eval_resize", type=int, default=256)
-    a.add_argument("--eval_crop", type=int, default=224)
-    b = p.add_argument_group("run")
-    b.add_argument("--num_workers", type=int, default=0)
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--cpu", action="store_true", help="force CPU (Accelerator(cpu=True)); see the docs for the "
-                   "2-process CPU launch")
-    b.add_argument("--no_progress", dest="progress", action="store_false")
-    b.add_argument("--channels_last", choices=("auto", "on", "off"), default="auto",
-                   help="NHWC trunk (auto: on for CUDA), as in pretraining")
-    b.add_argument("--compile", choices=("auto", "on", "off"), default="off",
-                   help="torch.compile each trunk block (auto: off)")
+    """Command-line flags for ``EvalConfig`` (``bigseer.flags``; ``bigseer eval MODE`` passes ``with_mode=False``:
+    MODE is positional)."""
+    add_flags(parser, EvalConfig, skip=() if with_mode else ("mode",), sections=SECTIONS)
 
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     """``EvalConfig`` from parsed ``add_arguments`` flags (not yet resolved)."""
-    known = {f.name for f in fields(EvalConfig)}
-    return EvalConfig(**{k: v for k, v in vars(args).items() if k in known})
+    values = chosen_values(args, EvalConfig)
+    if getattr(args, "mode", None) is not None:  # bigseer eval MODE (positional)
+        values["mode"] = args.mode
+    return EvalConfig(**values)
