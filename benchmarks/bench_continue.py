@@ -208,7 +208,8 @@ def main() -> int:
     p.add_argument("--variant", action="append", default=None, metavar="NAME[:FIELD=VALUE,...]",
                    help="continued runs (default: 'default' and 'naive:head_warmup_steps=0')")
     p.add_argument("--draws", type=int, default=100,
-                   help="paired probe draws per budget (20 left a standard error of ~0.35 points, the size of the 1-point criterion)")
+                   help="paired probe draws per budget (20 left a standard error of ~0.35 points, the size of "
+                        "the 1-point criterion)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
