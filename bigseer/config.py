@@ -7,11 +7,16 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from bigseer.data.settings import AugmentSettings, DataSettings
 from bigseer.errors import ConfigError
 from bigseer.flags import doc  # each field's one description: --help and config.yaml comments
+from bigseer.models.settings import ModelSettings
+from bigseer.optim.settings import OptimSettings
 from bigseer.parallel import BACKENDS as PARALLEL_BACKENDS
 from bigseer.parallel.ds_json import ds_config_path, load_ds_config
 from bigseer.parallel.precision import PRECISIONS as PARALLEL_PRECISIONS
+from bigseer.parallel.settings import ParallelSettings
+from bigseer.ssl.settings import SwAVSettings
 
 BACKENDS = ("auto", "none", *PARALLEL_BACKENDS)  # auto: chosen from the launch; none: one process
 RESUME = ("no", "latest", "auto")
@@ -24,96 +29,19 @@ INIT_LR_SCALE = 0.125
 
 
 @dataclass
-class PretrainConfig:
-    """Everything a SwAV pretraining run needs, one field per setting, each described once (:func:`doc`).
-    Defaults are the tiny CPU demo; the SEER values are in the descriptions and ``recipes/seer_rg256.yaml``."""
+class RunSettings:
+    """Section ``run`` of :class:`PretrainConfig`: where the run writes, how it checkpoints, logs and resumes
+    (read by the engine, the checkpoint store and the health detector)."""
 
-    # what to train on
     recipe: str = doc("auto", 'auto: augmentation, crops, head and K chosen from the data (bigseer.recipe) | seer | '
                               'none')
-    model: str = doc("regnety_tiny", 'RegNetY preset (`bigseer models` lists them; SEER: regnety_256gf, seer_10b)')
-    zero_init_last: bool = doc(True, "zero gamma of each block's last BN (pycls/timm default)")
-    init_from: str | None = doc(None, 'start from these trunk weights: a bigseer export or checkpoint, a converted '
-                                      'SEER/VISSL file, timm / torchvision / HF weights (what `bigseer convert` '
-                                      'reads); a run that has a checkpoint to --resume continues that instead')
-    init_head: bool = doc(False, 'also take the SwAV head from --init_from (a bigseer training checkpoint with the '
-                                 "run's head); no head warm-up then")
-    head_warmup_steps: int | None = doc(None, 'first steps in which the trunk stays frozen while a fresh SwAV head '
-                                              'learns on it; default: with --init_from and no --init_head, the lr '
-                                              'warm-up steps, else 0')
-    init_lr_scale: float | None = doc(None, 'the peak lr of a run started --init_from is base_lr x global batch / 256 '
-                                            'x this; default 1/8 with --init_from (a trained trunk continued at a '
-                                            'from-scratch lr loses its features: benchmarks/results/continue.md), '
-                                            'else 1')
-    data: str = doc("builtin", 'image folder, file list, tar shards (glob/brace), shard index (index.json), URL, or '
-                               "'builtin'")
-    crops: str = doc("2x64+4x32", 'multi-crop spec COUNTxSIZE[@MIN-MAX]+... (SEER: 2x224+4x96; 10B: 2x160+4x96)')
-    flip_p: float = doc(0.5, 'SwAV/SEER augmentation: horizontal flip probability')
-    jitter_strength: float = doc(1.0, 'colour distortion strength s: ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) with p 0.8')
-    grayscale_p: float = doc(0.2, 'probability of converting a crop to grayscale')
-    blur_p: float = doc(0.5, 'probability of a Gaussian blur (radius 0.1-2.0) on a crop')
-    crop_ratio: tuple[float, ...] = doc((3 / 4, 4 / 3), 'RandomResizedCrop aspect-ratio range')
-    batch_size: int | None = doc(None, "images per rank per step; default: the DeepSpeed config's micro batch, else "
-                                       '32 (SEER: 16)')
-    accumulate: int | None = doc(None, 'micro-batches per optimizer step (gradient accumulation) with the maths of N x '
-                                       'the ranks: SwAV codes over the whole effective batch, global batch = '
-                                       "batch_size x ranks x N; default: the DeepSpeed config's "
-                                       'gradient_accumulation_steps, else 1')
-    num_workers: int = doc(0, 'DataLoader worker processes per rank (0: decode in the training process)')
-    decode_device: str = doc("cpu", 'where JPEGs are decoded and cropped: cpu (loader workers, simplejpeg) | cuda '
-                                    "(nvjpeg and the crops on the rank's GPU, in the training process) | cpu-tensor "
-                                    "(the cuda path's code on CPU: tests, debugging)")
-    # SwAV head and loss
-    head_dims: tuple[int, ...] = doc((256,), 'hidden MLP widths (SEER RG256: 8192, 8192)')
-    embed_dim: int = doc(64, 'SwAV embedding dimension (SEER: 256)')
-    num_prototypes: int = doc(256, 'SwAV prototypes K (SEER: 16384)')
-    temperature: float = doc(0.1, 'softmax temperature of the SwAV scores')
-    epsilon: float = doc(0.05, 'Sinkhorn entropy regularisation (SEER: 0.05; SEER-10B: 0.03)')
-    sinkhorn_iters: int = doc(3, 'Sinkhorn iterations (SEER: 10)')
-    crops_for_assign: tuple[int, ...] = doc((0, 1), 'crops whose Sinkhorn codes are the targets (SwAV: the two large '
-                                                    'crops)')
-    freeze_prototypes_iters: int = doc(0, 'steps during which the prototypes get no updates (SEER/VISSL: 313)')
-    queue_length: int = doc(0, 'SwAV queue rows per rank and micro-batch (a multiple of the per-rank batch; 0: none; '
-                               'SEER uses none)')
-    shard_prototypes: bool = doc(False, 'shard the prototype rows over ranks (fsdp/ddp) instead of replicating them')
-    # optimisation
-    max_steps: int = doc(40, 'optimizer steps of the whole run')
-    base_lr: float = doc(0.3, 'peak lr = base_lr * global_batch / 256')
-    start_lr: float | None = doc(None, 'warmup start; default peak/64 (SEER: 0.15 at peak 9.6)')
-    final_lr_ratio: float = doc(0.001, 'cosine end lr = peak x this')
-    warmup_steps: int | None = doc(None, 'linear warmup steps; default: 10% of max_steps (SEER RG256: 8000)')
-    schedule: str = doc("cosine", 'cosine (warmup + half-cosine) | plateau (fixed lr halved when the loss stops '
-                                  'decreasing)')
-    plateau_patience: int = doc(1000, 'logged steps without improvement before the plateau schedule halves the lr')
-    weight_decay: float = doc(1e-5, 'LARS weight decay (SEER: 1e-5)')
-    momentum: float = doc(0.9, 'LARS momentum')
-    lars_trust: float = doc(0.001, 'LARS trust coefficient')
-    lars_exclude_bn_bias: bool = doc(False, 'no LARS adaptation and no weight decay for 1-d tensors (BN, biases); '
-                                            'SEER: off')
-    # scale
-    backend: str = doc("auto", 'auto: ddp when launched with >1 rank, else none')
-    precision: str = doc("auto", "auto: the DeepSpeed config's, else fp32")
-    ds_config: str | None = doc(None, 'DeepSpeed JSON config, a path or a shipped name (ds_configs/); implies '
-                                      'backend deepspeed')
-    syncbn_group_size: int = doc(0, '0: no SyncBN; -1: whole world; SEER: 64 (10B: 8)')
-    checkpointing: str = doc("none", 'activation checkpointing: none | all | per-stage counts like 0,2,8,1 | a JSON '
-                                     'per-stage list like [false, true, [0, 2], 1]')
-    channels_last: str = doc("auto", 'NHWC trunk inputs and conv weights: auto (on CUDA, the faster of on/off for '
-                                     "this run's trunk, measured at start-up and cached in OUTPUT_DIR/speedups.json; "
-                                     'off on CPU) | on | off')
-    compile: str = doc("off", 'torch.compile each trunk block: on | off | auto (measured like channels_last, at the '
-                              'cost of a compile)')
-    # bookkeeping
     output_dir: str = doc("runs/demo", 'where checkpoints, metrics, curves, config.yaml and the export go')
     checkpoint_every: int = doc(0, '0: only at exit')
     keep_last: int = doc(2, 'committed checkpoints kept (older ones are deleted after each commit)')
     async_checkpoint: bool = doc(True, 'write checkpoints in the background (training stalls for the copy only)')
-    deepspeed_native: bool = doc(False, "also write DeepSpeed's own checkpoint (with `latest`) for its scripts")
     resume: str = doc("no", 'continue from OUTPUT_DIR/checkpoints/latest: latest (fail without a checkpoint) | auto '
                             '(start fresh without one, for schedulers that restart jobs) | no', choices=RESUME,
                         const="latest")
-    collective_timeout_s: int = doc(1800, 'a rank stuck this long in a collective ends the job with a line naming it')
-    shard_cache: str | None = doc(None, 'node-local cache dir for remote shards (default: under the temp dir)')
     seed: int = doc(0, 'seed of the weights (a function of seed, name and row) and of the sample order')
     log_every: int = doc(1, 'steps between logged steps (the only host sync)')
     log_samples: bool = doc(False, "record every step's sample ids (all ranks) in metrics.jsonl: data audits, tests")
@@ -121,6 +49,21 @@ class PretrainConfig:
     collapse_patience: int = doc(300, "steps at SwAV's trivial fixed point before the detector fires")
     export: bool = doc(True, 'export the trunk (timm layout safetensors) to OUTPUT_DIR/export at the end')
     extra: dict[str, Any] = field(default_factory=dict, metadata={"help": "free-form notes kept with the run's config"})
+
+
+# config-file section -> the dataclass that owns its fields (each in its component's package)
+CONFIG_SECTIONS: tuple[tuple[str, type], ...] = (
+    ("model", ModelSettings), ("data", DataSettings), ("augment", AugmentSettings), ("swav", SwAVSettings),
+    ("optim", OptimSettings), ("parallel", ParallelSettings), ("run", RunSettings))
+
+
+@dataclass
+class PretrainConfig(RunSettings, ParallelSettings, OptimSettings, SwAVSettings, AugmentSettings, DataSettings,
+                     ModelSettings):
+    """Everything a SwAV pretraining run needs: the fields of its sections (:data:`CONFIG_SECTIONS`, each
+    owned by its component and described there once, :func:`bigseer.flags.doc`), flat (``cfg.batch_size``) as
+    the flags and the engine use them. Defaults are the tiny CPU demo; the SEER values are in the descriptions
+    and ``recipes/seer_rg256.yaml``."""
 
     def __post_init__(self) -> None:
         if isinstance(self.resume, bool):  # resume=True / False (bigseer 0.1) = latest / no

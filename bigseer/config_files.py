@@ -16,26 +16,13 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from bigseer.config import PretrainConfig
+from bigseer.config import CONFIG_SECTIONS, PretrainConfig
 from bigseer.errors import ConfigError
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
-# section -> the PretrainConfig fields it holds, by owning component
-SECTIONS: dict[str, tuple[str, ...]] = {
-    "model": ("model", "zero_init_last", "init_from", "init_head"),  # bigseer.models, bigseer.warm_start
-    "data": ("data", "crops", "batch_size", "num_workers", "decode_device", "shard_cache"),  # bigseer.data
-    "augment": ("flip_p", "jitter_strength", "grayscale_p", "blur_p", "crop_ratio"),  # bigseer.data.AugmentConfig
-    "swav": ("head_dims", "embed_dim", "num_prototypes", "temperature", "epsilon", "sinkhorn_iters",
-             "crops_for_assign", "freeze_prototypes_iters", "queue_length", "shard_prototypes"),  # bigseer.ssl
-    "optim": ("max_steps", "base_lr", "start_lr", "final_lr_ratio", "warmup_steps", "schedule", "plateau_patience",
-              "weight_decay", "momentum", "lars_trust", "lars_exclude_bn_bias", "head_warmup_steps",
-              "init_lr_scale"),  # bigseer.optim
-    "parallel": ("backend", "precision", "ds_config", "accumulate", "syncbn_group_size", "checkpointing",
-                 "collective_timeout_s", "deepspeed_native", "channels_last", "compile"),  # bigseer.parallel
-    "run": ("recipe", "output_dir", "checkpoint_every", "keep_last", "async_checkpoint", "resume", "seed",
-            "log_every", "log_samples", "on_collapse", "collapse_patience", "export", "extra"),  # engine, health
-}
+# section -> the PretrainConfig fields it holds: the fields of the dataclass its component owns
+SECTIONS: dict[str, tuple[str, ...]] = {name: tuple(f.name for f in fields(cls)) for name, cls in CONFIG_SECTIONS}
 _OWNER = {name: section for section, names in SECTIONS.items() for name in names}
 
 
