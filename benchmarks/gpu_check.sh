@@ -22,7 +22,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm 
 tests_rc=0
 xml=()
 if [[ -z "${SKIP_TESTS:-}" ]]; then
-    timeout -k 5 170 python3 -m pytest -m gpu tests/gpu -q -rs -p no:cacheprovider --junitxml "$OUT/tests.xml" \
+    timeout -k 5 170 python3 -m pytest -m gpu tests/gpu -q -rs -o addopts= -p no:cacheprovider --junitxml "$OUT/tests.xml" \
         2>&1 | tee -a "$OUT/log"
     tests_rc=$?
     xml=(--tests-xml "$OUT/tests.xml")

@@ -5,6 +5,10 @@
 ``OMP_NUM_THREADS``, of every subprocess and spawned rank. ``.ci/run`` runs the numerics-sensitive tests
 (marker ``numerics``) a second time under another kernel dispatch and thread count.
 
+pyproject's ``addopts`` run the suite on two pytest-xdist workers, each test file on one worker (its module
+fixtures built once); every test's own multi-rank runs, ports and temporary folders are its own, so the two
+workers do not see each other (``-n 0``: all in this process).
+
 ``TORCH_EXTENSIONS_DIR`` defaults to a folder inside this Python environment: DeepSpeed JIT-builds its CPU
 comm op there on first use, and one cache shared by several environments (checkouts' venvs) is rebuilt each
 time another one runs. (It was first suspected of a rare rank abort in the 2-rank DeepSpeed fixture of

@@ -32,9 +32,25 @@ def _shm() -> set[str]:
     return set(glob.glob("/dev/shm/deepspeed_*"))
 
 
-def test_a_deepspeed_run_in_one_process_leaves_nothing_behind(no_launcher: None, tmp_path: Path) -> None:
+def _of_ports(segments: set[str], ports: list[int]) -> list[str]:
+    """The DeepSpeed CPU all-reduce segments of these master ports (a name holds uid, address and port: other
+    jobs on the machine, e.g. the other pytest worker, have other ports)."""
+    return sorted(p for p in segments if any(f"_{port}_" in Path(p).name for port in ports))
+
+
+def test_a_deepspeed_run_in_one_process_leaves_nothing_behind(no_launcher: None, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     import deepspeed.comm.comm as ds_state
 
+    import bigseer.distributed
+
+    ports: list[int] = []  # the free ports the runs' one-process groups take
+
+    def recording_free_port(real=bigseer.distributed.free_port) -> int:
+        ports.append(real())
+        return ports[-1]
+
+    monkeypatch.setattr(bigseer.distributed, "free_port", recording_free_port)
     before = _shm()
     losses = []
     for i in range(2):  # the second in-process init after the first works and computes the same
@@ -44,7 +60,8 @@ def test_a_deepspeed_run_in_one_process_leaves_nothing_behind(no_launcher: None,
         assert ds_state.cdb is None, "the run left DeepSpeed's communication backend behind"
         assert [n for n in LAUNCHER_VARS if n in os.environ] == [], "the run left launcher variables set"
     assert losses[0] == losses[1]
-    assert _shm() <= before, sorted(_shm() - before)
+    assert len(ports) == 2 and ports[0] != ports[1], ports
+    assert _of_ports(_shm() - before, ports) == []
 
 
 def test_a_ddp_run_in_one_process_makes_no_group(no_launcher: None, tmp_path: Path) -> None:
