@@ -212,11 +212,13 @@ class EvalConfig:
             raise bad("probe_c", "a finite number > 0")
 
     def augment(self) -> Any:
-        """The training augmentation as ``bigseer.data.AugmentConfig`` (the class pretraining uses)."""
+        """The training augmentation as ``bigseer.data.AugmentConfig`` (the class pretraining uses), from the fields
+        of the same names of a :meth:`resolved` config (the mode's defaults filled in)."""
         from bigseer.data.multicrop import AugmentConfig
 
-        return AugmentConfig(flip_p=self.flip_p, jitter_strength=self.jitter_strength or 0.0,
-                             grayscale_p=self.grayscale_p or 0.0, blur_p=self.blur_p or 0.0)
+        if None in (self.jitter_strength, self.grayscale_p, self.blur_p):
+            raise ConfigError("EvalConfig.augment() needs a resolved() config (the mode's augmentation defaults)")
+        return AugmentConfig.of(self)
 
     @property
     def trains_trunk(self) -> bool:
