@@ -145,4 +145,8 @@ def torchrun(nproc: int = 2, *agent: str) -> list[str]:
 
 
 def deepspeed(nproc: int = 2) -> list[str]:
-    return [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "examples/pretrain.py"]
+    """The deepspeed launcher on a free master port (its default 29500 would be shared with any other job on the
+    machine, e.g. the other pytest worker; DeepSpeed's CPU all-reduce also names its shared memory after it)."""
+    from bigseer.distributed import free_port
+
+    return [str(BIN / "deepspeed"), "--master_port", str(free_port()), "--num_gpus", str(nproc), "examples/pretrain.py"]

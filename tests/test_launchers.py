@@ -30,7 +30,9 @@ def _run(cmd: list[str], out: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_deepspeed_launcher_zero2_fp16_falls_back_on_cpu(tmp_path: Path) -> None:
-    done = _run([str(BIN / "deepspeed"), "--num_gpus", "2", "examples/pretrain.py",
+    from bigseer.distributed import free_port  # not the launcher's default 29500: the machine may run other jobs
+
+    done = _run([str(BIN / "deepspeed"), "--master_port", str(free_port()), "--num_gpus", "2", "examples/pretrain.py",
                  "--deepspeed_config", "ds_configs/zero2.json"], tmp_path)
     log = done.stderr + done.stdout
     assert "backend deepspeed, 2 rank(s), precision bf16, global batch 32" in log  # micro batch 16 from the JSON
