@@ -7,14 +7,18 @@ import os
 from itertools import islice
 from pathlib import Path
 
+import pytest
+
 from bigseer.data import MultiCropStream
 from tests.data.test_remote import _serve, shards  # noqa: F401 (the fixture)
 
 
-def test_a_streams_shard_cache_is_used_by_its_workers(shards: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: F811
+@pytest.mark.parametrize("missing", ["", "index.json"])  # with the index beside the shards; without: the header walk
+def test_a_streams_shard_cache_is_used_by_its_workers(shards: Path, tmp_path: Path, monkeypatch,  # noqa: F811
+                                                      missing: str) -> None:
     monkeypatch.delenv("BIGSEER_SHARD_CACHE", raising=False)
     cache = tmp_path / "node_cache"
-    server, state = _serve(shards, drop_once="", missing="")
+    server, state = _serve(shards, drop_once="", missing=missing)
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/shard-{{0000..0003}}.tar"
         stream = MultiCropStream(url, "1x16", 4, num_workers=1, shard_cache=str(cache))
