@@ -247,7 +247,4 @@ def add_arguments(parser: argparse.ArgumentParser, with_mode: bool = True) -> No
 
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     """``EvalConfig`` from parsed ``add_arguments`` flags (not yet resolved)."""
-    values = chosen_values(args, EvalConfig)
-    if getattr(args, "mode", None) is not None:  # bigseer eval MODE (positional)
-        values["mode"] = args.mode
-    return EvalConfig(**values)
+    return EvalConfig(**chosen_values(args, EvalConfig))  # MODE, positional or --mode, is args.mode either way
