@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from bigseer.data.multicrop import CropPlan, crop_box, enclosing_box
+from bigseer.data.pil_blur import box_weights, pil_box_radius
 from bigseer.errors import ConfigError
 
 _FIXED = float(1 << 22)  # PIL's PRECISION_BITS for 8-bit resampling
@@ -188,22 +189,9 @@ def adjust_hue(img: torch.Tensor, factor: float) -> torch.Tensor:
     return torch.floor(maxc - k * c + 0.5)
 
 
-def pil_box_radius(radius: float, passes: int = 3) -> float:
-    """PIL's ``_gaussian_blur_radius``: the extended box radius whose ``passes`` passes give variance radius**2."""
-    f = np.float32
-    sigma2 = f(radius) * f(radius) / f(passes)
-    big_l = f(math.sqrt(12.0 * float(sigma2) + 1.0))
-    small_l = f(math.floor((float(big_l) - 1.0) / 2.0))
-    a = (f(2) * small_l + f(1)) * (small_l * (small_l + f(1)) - f(3) * sigma2)
-    a = a / (f(6) * (sigma2 - (small_l + f(1)) * (small_l + f(1))))
-    return float(small_l + a)
-
-
 def _box_pass(x: torch.Tensor, radius: float) -> torch.Tensor:
     """One ``ImagingHorizontalBoxBlur`` pass along the last axis of an int64 tensor (edges extended)."""
-    r = int(radius)
-    ww = int(np.float32(1 << 24) / (np.float32(radius) * np.float32(2) + np.float32(1)))
-    fw = ((1 << 24) - (r * 2 + 1) * ww) // 2
+    r, ww, fw = box_weights(radius)
     n = x.shape[-1]
     idx = torch.arange(-r - 1, n + r + 1, device=x.device).clamp_(0, n - 1)
     xp = x[..., idx]

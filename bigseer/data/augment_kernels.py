@@ -1,0 +1,197 @@
+"""Compiled (numba) kernels of the CPU crop augmentation: flip, colour jitter, grey and Gaussian blur of
+one uint8 crop in a few fused passes, bitwise equal to PIL's ops as the reference path composes them.
+
+The definitions are the ones :func:`bigseer.data.multicrop.render_crop` documents and
+:mod:`bigseer.data.tensor_augment` shares: PIL's ``Image.blend`` (float32 ``d + f (i - d)``, clipped,
+truncated) against black (brightness), the rounded mean luma (contrast) and the pixel's luma
+(saturation); PIL's RGB -> L luma ``(19595 R + 38470 G + 7471 B + 2**15) >> 16``; the exact float32 HSV
+hue rotation of :func:`~bigseer.data.multicrop.adjust_hue_uint8`; PIL's ``GaussianBlur`` (3 extended box
+passes along x, then 3 along y, integer arithmetic, each pass rounded to uint8).
+
+How: the crop is loaded once (flipped on the way) into float32 planes, which hold uint8 values exactly;
+each jitter op is one vectorised loop over the planes (contrast first sums the luma of the image the
+earlier ops made); grey replaces the planes by the luma; each blur pass is a running sum over whole rows
+(x passes on a tiled transpose), exact in float64; one loop writes the uint8 HxWx3 result. 3-9x faster
+than PIL's ops on 96-224 px crops. Kernels compile on first use and are cached on disk (``cache=True``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from bigseer.data.pil_blur import PASSES, box_weights, pil_box_radius
+
+F32 = np.float32
+_ZERO, _ONE, _HALF, _MAX = F32(0.0), F32(1.0), F32(0.5), F32(255.0)
+_TWO, _FOUR, _SIX, _SIXTH = F32(2.0), F32(4.0), F32(6.0), F32(1.0 / 6.0)
+_N_R, _N_G, _N_B = F32(5.0), F32(3.0), F32(1.0)  # adjust_hue_uint8's per-channel sector offsets
+_LR, _LG, _LB, _LROUND, _LSCALE = F32(19595.0), F32(38470.0), F32(7471.0), F32(32768.0), F32(1.0 / 65536.0)
+_ROUND24, _SCALE24 = float(1 << 23), 1.0 / (1 << 24)
+
+# op codes of the jitter program: brightness, contrast, saturation, hue (the plan's order codes)
+_BRIGHT, _CONTRAST, _SAT, _HUE = 0, 1, 2, 3
+
+
+@numba.njit(cache=True, inline="always")
+def _luma(r: np.float32, g: np.float32, b: np.float32) -> np.float32:
+    return np.floor((r * _LR + g * _LG + b * _LB + _LROUND) * _LSCALE)  # exact: every partial sum < 2**24
+
+
+@numba.njit(cache=True, inline="always")
+def _blend(d: np.float32, v: np.float32, f: np.float32) -> np.float32:
+    return np.floor(min(max(d + f * (v - d), _ZERO), _MAX))
+
+
+@numba.njit(cache=True, inline="always")
+def _hue_channel(h: np.float32, offset: np.float32, maxc: np.float32, c: np.float32) -> np.float32:
+    k = h + offset
+    k = k - np.floor(k * _SIXTH) * _SIX
+    k = min(max(min(k, _FOUR - k), _ZERO), _ONE)
+    return np.floor(maxc - k * c + _HALF)
+
+
+@numba.njit(cache=True)
+def _jitter(x: np.ndarray, ops: np.ndarray, factors: np.ndarray, shift: np.float32) -> None:
+    """The jitter program ``ops`` (op codes, -1 ends it) on float32 planes ``x`` (3, N), in place."""
+    n = x.shape[1]
+    r, g, b = x[0], x[1], x[2]
+    for op in ops:
+        if op == _BRIGHT:
+            f = factors[0]
+            for i in range(n):
+                r[i], g[i], b[i] = _blend(_ZERO, r[i], f), _blend(_ZERO, g[i], f), _blend(_ZERO, b[i], f)
+        elif op == _CONTRAST:
+            total = 0.0
+            for i in range(n):
+                total += float(_luma(r[i], g[i], b[i]))  # exact integers in float64
+            mean, f = F32(math.floor(total / n + 0.5)), factors[1]
+            for i in range(n):
+                r[i], g[i], b[i] = _blend(mean, r[i], f), _blend(mean, g[i], f), _blend(mean, b[i], f)
+        elif op == _SAT:
+            f = factors[2]
+            for i in range(n):
+                d = _luma(r[i], g[i], b[i])
+                r[i], g[i], b[i] = _blend(d, r[i], f), _blend(d, g[i], f), _blend(d, b[i], f)
+        elif op == _HUE:
+            for i in range(n):
+                fr, fg, fb = r[i], g[i], b[i]
+                maxc = max(max(fr, fg), fb)
+                c = maxc - min(min(fr, fg), fb)
+                inv = _ONE / max(c, _ONE)
+                h_b = (fr - fg) * inv + _FOUR
+                h_g = (fb - fr) * inv + _TWO
+                h_r = (fg - fb) * inv
+                h = (h_r if maxc == fr else (h_g if maxc == fg else h_b)) + shift
+                r[i] = _hue_channel(h, _N_R, maxc, c)
+                g[i] = _hue_channel(h, _N_G, maxc, c)
+                b[i] = _hue_channel(h, _N_B, maxc, c)
+
+
+@numba.njit(cache=True)
+def _box_pass(src: np.ndarray, dst: np.ndarray, acc: np.ndarray, radius: int, ww: float, fw: float) -> None:
+    """One ``ImagingHorizontalBoxBlur`` pass along axis 0 of float32 ``src`` (L, M) into ``dst``: running
+    sums of whole rows, edges extended; exact in float64 (every value an integer below 2**53)."""
+    length, m = src.shape
+    last = length - 1
+    edge_a = min(radius + 1, length)
+    for j in range(m):
+        acc[j] = src[0, j] * (radius + 1.0) + src[last, j] * (radius - edge_a + 1.0)
+    for y in range(edge_a - 1):
+        for j in range(m):
+            acc[j] += src[y, j]
+    for y in range(length):
+        sub, add, far = max(y - radius - 1, 0), min(y + radius, last), min(y + radius + 1, last)
+        s_row, a_row, f_row, d_row = src[sub], src[add], src[far], dst[y]
+        for j in range(m):
+            a = acc[j] + a_row[j] - s_row[j]
+            acc[j] = a
+            d_row[j] = np.floor((a * ww + (np.float64(s_row[j]) + f_row[j]) * fw + _ROUND24) * _SCALE24)
+
+
+@numba.njit(cache=True)
+def _y_passes(plane: np.ndarray, passes: int, radius: int, ww: float, fw: float) -> None:
+    """``passes`` box passes along y of ``plane`` (H, W), in place."""
+    work, acc = np.empty_like(plane), np.empty(plane.shape[1], np.float64)
+    for p in range(passes):
+        if p % 2 == 0:
+            _box_pass(plane, work, acc, radius, ww, fw)
+        else:
+            _box_pass(work, plane, acc, radius, ww, fw)
+    if passes % 2 == 1:
+        plane[:] = work
+
+
+@numba.njit(cache=True)
+def _transpose(src: np.ndarray, dst: np.ndarray) -> None:
+    """``dst[x, y] = src[y, x]`` in 16 x 16 tiles (both stay in cache)."""
+    height, width = src.shape
+    for y0 in range(0, height, 16):
+        for x0 in range(0, width, 16):
+            for i in range(x0, min(x0 + 16, width)):
+                for y in range(y0, min(y0 + 16, height)):
+                    dst[i, y] = src[y, i]
+
+
+@numba.njit(cache=True)
+def _blur_plane(plane: np.ndarray, passes: int, radius: int, ww: float, fw: float) -> None:
+    """PIL's box blur of ``plane`` (H, W) in place: ``passes`` along x (on the transpose), then along y."""
+    height, width = plane.shape
+    t = np.empty((width, height), np.float32)
+    _transpose(plane, t)
+    _y_passes(t, passes, radius, ww, fw)
+    _transpose(t, plane)
+    _y_passes(plane, passes, radius, ww, fw)
+
+
+@numba.njit(cache=True)
+def _kernel(src: np.ndarray, flip: bool, ops: np.ndarray, factors: np.ndarray, shift: np.float32, gray: bool,
+            passes: int, radius: int, ww: float, fw: float) -> np.ndarray:
+    height, width = src.shape[0], src.shape[1]
+    n = height * width
+    x = np.empty((3, n), np.float32)
+    for y in range(height):
+        for i in range(width):
+            s = width - 1 - i if flip else i
+            x[0, y * width + i], x[1, y * width + i], x[2, y * width + i] = src[y, s, 0], src[y, s, 1], src[y, s, 2]
+    _jitter(x, ops, factors, shift)
+    chans = 3
+    if gray:
+        chans = 1
+        for i in range(n):
+            x[0, i] = _luma(x[0, i], x[1, i], x[2, i])
+    if passes > 0:
+        for c in range(chans):
+            plane = x[c].reshape(height, width)
+            _blur_plane(plane, passes, radius, ww, fw)
+    out = np.empty((height, width, 3), np.uint8)
+    for y in range(height):
+        for i in range(width):
+            k = y * width + i
+            if gray:
+                v = np.uint8(x[0, k])
+                out[y, i, 0], out[y, i, 1], out[y, i, 2] = v, v, v
+            else:
+                out[y, i, 0], out[y, i, 1], out[y, i, 2] = np.uint8(x[0, k]), np.uint8(x[1, k]), np.uint8(x[2, k])
+    return out
+
+
+def augment(src: np.ndarray, flip: bool, jitter: tuple | None, gray: bool, blur: float | None,
+            passes: int = PASSES) -> np.ndarray:
+    """Flip, colour jitter (``(order, brightness, contrast, saturation, hue)`` as plan_crops draws it), grey
+    and blur of a uint8 (H, W, 3) crop; returns a new uint8 (H, W, 3) C-contiguous array."""
+    ops = np.full(4, -1, np.int64)
+    factors = np.zeros(3, F32)
+    shift = _ZERO
+    if jitter is not None:
+        order, bright, contrast, sat, hue = jitter
+        keep = [op for op in order if op != _HUE or abs(hue) >= 1e-9]
+        ops[:len(keep)] = keep
+        factors[:] = (bright, contrast, sat)
+        shift = F32(6.0 * (hue % 1.0) + 6.0)
+    box = pil_box_radius(blur, passes) if blur is not None else 0.0
+    radius, ww, fw = box_weights(box)
+    return _kernel(src, flip, ops[ops >= 0], factors, shift, gray, passes if box != 0.0 else 0, radius,
+                   float(ww), float(fw))
