@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bigseer.data.orientation import orient_array, rgbx_image
+from bigseer.data.orientation import orient_array
 from bigseer.errors import ConfigError
 
 LARGE_SCALE: tuple[float, float] = (0.14, 1.0)
@@ -289,10 +289,11 @@ def render_crop(img: Image.Image | np.ndarray | OrientedArray, scale_xy: tuple[f
     box touches are cut, then resized, so every output pixel's filter stays inside the crop, as in
     torchvision's RandomResizedCrop (``crop(box).resize``, SwAV's own definition). A whole-pixel box
     (every box at scale 1) goes to :func:`resize_array` (torch's uint8 kernel, <= 1 LSB from PIL's), a
-    fractional one (reduced decode) to PIL, with the box relative to the cut pixels (same geometry, no
-    rounding of the box). From a PIL image: PIL's ``resize(box=...)`` over the whole image, as before,
-    whose border filters may reach up to one filter support past the box: the two differ in a crop's
-    outer 1-3 rows and columns only.
+    fractional one (reduced decode) to :func:`~bigseer.data.resize_kernels.resize_box` (PIL's coefficients
+    and integer arithmetic, horizontal pass first; read in place), with the box relative to the cut pixels
+    (same geometry, no rounding of the box). From a PIL image: PIL's ``resize(box=...)`` over the whole
+    image, as before, whose border filters may reach up to one filter support past the box: the two differ
+    in a crop's outer 1-3 rows and columns only.
     Against the previous all-PIL path otherwise: the same pixels, except hue,
     which is the exact rotation (see adjust_hue_uint8; later blends can scale its difference, crops
     measure mean |diff| <= 2 LSB in the tests).
@@ -311,15 +312,16 @@ def render_crop(img: Image.Image | np.ndarray | OrientedArray, scale_xy: tuple[f
 
 def _resize_cut(arr: np.ndarray, box: tuple[float, float, float, float], size: int) -> np.ndarray:
     """The pixels ``box`` touches, cut from ``arr`` and resized to ``size`` (render_crop's array path): a
-    whole-pixel box by :func:`resize_array`, a fractional one by PIL with the box relative to the cut."""
+    whole-pixel box by :func:`resize_array`, a fractional one by PIL's two passes
+    (:func:`~bigseer.data.resize_kernels.resize_box`) with the box relative to the cut."""
     height, width = arr.shape[:2]
     cut = enclosing_box(box, width, height)
     if cut == tuple(box):
         return resize_array(arr, cut, size)
-    pil = rgbx_image(arr) if arr.shape[2] == 4 else Image.fromarray(np.ascontiguousarray(arr), "RGB")
-    x0, y0 = cut[:2]
-    return np.asarray(pil.crop(cut).convert("RGB").resize(  # RGB: 3 bands to filter, not RGBX's 4
-        (size, size), Image.Resampling.BILINEAR, box=(box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0)))
+    from bigseer.data.resize_kernels import resize_box
+
+    x0, y0, x1, y1 = cut
+    return resize_box(arr[y0:y1, x0:x1], (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0), size)
 
 
 def _augment(crop: np.ndarray, plan: CropPlan) -> np.ndarray:

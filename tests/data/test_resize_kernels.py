@@ -1,0 +1,61 @@
+"""resize_box (bigseer.data.resize_kernels) against PIL's resize(box=), for fractional crop boxes."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from bigseer.data.resize_kernels import resize_box
+
+BILINEAR = Image.Resampling.BILINEAR
+
+
+def _two_pass(img: Image.Image, box: tuple[float, float, float, float], size: int) -> np.ndarray:
+    """PIL's horizontal pass (all rows), then its vertical pass: the order resize_box keeps."""
+    width, height = img.size
+    rows = img.resize((size, height), BILINEAR, box=(box[0], 0, box[2], height))
+    return np.asarray(rows.resize((size, size), BILINEAR, box=(0, box[1], size, box[3])))
+
+
+def _cases(seed: int, n: int):
+    rng = np.random.default_rng(seed)
+    for trial in range(n):
+        height, width = int(rng.integers(1, 260)), int(rng.integers(1, 260))
+        rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        if trial % 3 == 0:  # flat regions: exact ties of the fixed-point sums
+            rgb = (rgb // 50 * 50).astype(np.uint8)
+        x0, y0 = float(rng.uniform(0, width / 2)), float(rng.uniform(0, height / 2))
+        box = (x0, y0, float(rng.uniform(x0 + 1e-3, width)), float(rng.uniform(y0 + 1e-3, height)))
+        if trial % 7 == 0:
+            box = (0.0, 0.0, float(width), float(height))
+        yield rgb, box, int(rng.choice([1, 5, 24, 96, 224]))
+
+
+def test_resize_box_is_pils_two_passes_bitwise_on_rgb_and_rgbx():
+    for rgb, box, size in _cases(0, 250):
+        want = _two_pass(Image.fromarray(rgb), box, size)
+        rgbx = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
+        for src in (rgb, rgbx):
+            got = resize_box(src, box, size)
+            assert got.shape == (size, size, 3) and np.array_equal(got, want), (rgb.shape, box, size)
+
+
+def test_one_direction_boxes_equal_pils_single_call():
+    """A box that spans one axis exactly takes one pass; PIL's single call then has no order to choose."""
+    rng = np.random.default_rng(1)
+    for _ in range(60):
+        height, width = int(rng.integers(2, 200)), int(rng.integers(2, 200))
+        rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        x0, y0 = float(rng.uniform(0, width / 2)), float(rng.uniform(0, height / 2))
+        for box, size in (((x0, 0.0, float(rng.uniform(x0 + 0.1, width)), float(height)), height),
+                          ((0.0, y0, float(width), float(rng.uniform(y0 + 0.1, height))), width)):
+            want = np.asarray(Image.fromarray(rgb).resize((size, size), BILINEAR, box=box))
+            assert np.array_equal(resize_box(rgb, box, size), want), (rgb.shape, box, size)
+
+
+def test_within_one_lsb_of_pils_single_call():
+    """Pillow 13 may run the vertical pass first: the same coefficients, rounded between passes in the other
+    order, so at most 1 LSB apart."""
+    for rgb, box, size in _cases(2, 80):
+        want = np.asarray(Image.fromarray(rgb).resize((size, size), BILINEAR, box=box)).astype(int)
+        assert np.abs(resize_box(rgb, box, size).astype(int) - want).max() <= 1, (rgb.shape, box, size)
