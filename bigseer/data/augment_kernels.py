@@ -21,6 +21,7 @@ import math
 
 import numba
 import numpy as np
+from numba import types
 
 from bigseer.data.pil_blur import PASSES, box_weights, pil_box_radius
 
@@ -146,7 +147,15 @@ def _blur_plane(plane: np.ndarray, passes: int, radius: int, ww: float, fw: floa
     _y_passes(plane, passes, radius, ww, fw)
 
 
-@numba.njit(cache=True)
+# any uint8 HxWx3 layout (torch's planar resize result, the PIL path's read-only arrays): one signature,
+# compiled when this module is imported (from the on-disk cache after the first time), none in loader workers
+_KERNEL = types.Array(types.uint8, 3, "C")(types.Array(types.uint8, 3, "A", readonly=True), types.boolean,
+                                          types.Array(types.int64, 1, "C"), types.Array(types.float32, 1, "C"),
+                                          types.float32, types.boolean, types.int64, types.int64, types.float64,
+                                          types.float64)
+
+
+@numba.njit(_KERNEL, cache=True)
 def _kernel(src: np.ndarray, flip: bool, ops: np.ndarray, factors: np.ndarray, shift: np.float32, gray: bool,
             passes: int, radius: int, ww: float, fw: float) -> np.ndarray:
     height, width = src.shape[0], src.shape[1]

@@ -49,6 +49,9 @@ class SampleRenderer:
             self.decode_kw["device"] = str(self.device)
         else:  # JPEGs as simplejpeg's RGBX array: no HxWx3 -> PIL copy, torch's resize reads it in place
             self.decode_kw["arrays"] = True
+            # the crop kernels compile (or load from numba's cache) on import: here, before loader workers fork
+            import bigseer.data.augment_kernels  # noqa: F401
+            import bigseer.data.resize_kernels  # noqa: F401
         self._warned = False
 
     def render(self, item: int, rng: np.random.Generator) -> list:

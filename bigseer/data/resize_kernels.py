@@ -14,6 +14,7 @@ import math
 
 import numba
 import numpy as np
+from numba import types
 
 _BITS = 22
 _HALF = 1 << (_BITS - 1)
@@ -94,7 +95,11 @@ def _vertical(src: np.ndarray, y0: int, first: np.ndarray, count: np.ndarray, we
             dst[j] = 0 if v < 0 else (255 if v > 255 else v)
 
 
-@numba.njit(cache=True)
+_RESIZE = types.Array(types.uint8, 3, "C")(types.Array(types.uint8, 3, "A", readonly=True), types.float32,
+                                          types.float32, types.float32, types.float32, types.int64)
+
+
+@numba.njit(_RESIZE, cache=True)  # compiled on import (any layout, RGB or RGBX), none in loader workers
 def _resize(src: np.ndarray, x0: np.float32, y0: np.float32, x1: np.float32, y1: np.float32,
             size: int) -> np.ndarray:
     """``ImagingResample``: the horizontal pass over the rows the vertical pass reads, then the vertical pass;
