@@ -141,8 +141,8 @@ def turbo_eighths(scale: float) -> int:
 def decode_jpeg_turbo(data: bytes, width: int, height: int, scale: float, rgbx: bool = False) -> np.ndarray | None:
     """libjpeg-turbo decode of a ``width`` x ``height`` JPEG at the smallest fast M/8 scale >= ``scale``.
 
-    Returns HxWx3 uint8 (HxWx4 RGBX with ``rgbx``: PIL's own pixel layout, see :func:`rgbx_image`), or None
-    when simplejpeg cannot or should not decode it (CMYK/YCCK, a header that disagrees with PIL's, any
+    Returns HxWx3 uint8 (HxWx4 RGBX with ``rgbx``: 4-byte pixels, which the resize kernels read in place),
+    or None when simplejpeg cannot or should not decode it (CMYK/YCCK, a header that disagrees with PIL's, any
     decode error): the caller then uses PIL.
     """
     m = turbo_eighths(scale)

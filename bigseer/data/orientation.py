@@ -34,11 +34,3 @@ def orient_array(arr: np.ndarray, orientation: int) -> np.ndarray:
     """EXIF orientation 1..8 applied to an HxWxC array exactly as PIL's transposes (one copy; none for 1)."""
     op = _ORIENT_ARRAY.get(orientation)
     return arr if op is None else np.ascontiguousarray(op(arr))
-
-
-def rgbx_image(arr: np.ndarray) -> Image.Image:
-    """A PIL "RGBX" image over an HxWx4 uint8 array without copying it (PIL stores RGB as RGBX, so the
-    HxWx3 -> PIL copy of ``Image.fromarray``, ~0.5 ms for a 1 MP web image, is skipped). PIL's ops
-    give the same R, G, B bytes on it as on the RGB image (resize, transpose work per channel); read-only."""
-    height, width = arr.shape[:2]
-    return Image.frombuffer("RGBX", (width, height), np.ascontiguousarray(arr), "raw", "RGBX", 0, 1)

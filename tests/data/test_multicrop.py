@@ -196,16 +196,19 @@ def test_hue_is_the_exact_hsv_rotation_and_near_the_previous_uint8_one():
     assert np.array_equal(adjust_hue_uint8(px, 0.0), px)
 
 
-def test_normalize_uint8_is_the_previous_formula():
+def test_normalize_uint8_is_the_previous_formula_bitwise():
+    """The CPU kernel makes torch's roundings: x - 255 mean, then / (255 std), in float32; every uint8 value,
+    a strided input too."""
     x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, 8, 8, 3), dtype=np.uint8))
+    x[0].view(-1)[:256] = torch.arange(256, dtype=torch.uint8)
     aug = AugmentConfig()
     mean = torch.tensor(aug.mean).view(3, 1, 1) * 255.0
     std = torch.tensor(aug.std).view(3, 1, 1) * 255.0
-    want = ((x.movedim(-1, -3).to(torch.float32) - mean) / std).contiguous()
-    got = normalize_uint8(x, aug)
-    assert got.is_contiguous() and got.shape == (2, 3, 3, 8, 8)
-    assert torch.allclose(got, want, rtol=0, atol=1e-6)
-
+    for batch in (x, x.transpose(2, 3)):
+        want = ((batch.movedim(-1, -3).to(torch.float32) - mean) / std).contiguous()
+        got = normalize_uint8(batch, aug)
+        assert got.is_contiguous() and got.dtype == torch.float32 and got.shape == (2, 3, 3, 8, 8)
+        assert torch.equal(got, want)
 
 
 def test_resize_array_is_torchvisions_crop_then_resize_within_1_lsb():
