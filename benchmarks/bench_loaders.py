@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -53,6 +54,7 @@ from loader_profile import profile  # noqa: E402
 from report import uptime  # noqa: E402
 
 GROUPS = "2x224+4x96"  # the groups bench_data.make_renderer renders
+NOTES = "Notes (written by hand"  # where --out's generated part ends and the notes a re-run keeps begin
 PER_CORE = ("bigseer", "bigseer-decode", "dali-once", "dali-roi", "dali-decode", "torchvision", "tv-decode")
 
 
@@ -179,12 +181,10 @@ def reshard(root: str, out: str, max_side: int, quality: int, repeats: int, batc
     from bigseer.data.shard_writer import Reencode, write_shards
 
     pattern = os.path.join(out, f"side{max_side}-q{quality}", "shard-%04d.tar")
+    shutil.rmtree(os.path.dirname(pattern), ignore_errors=True)  # written (and timed) by every run
     t0 = time.perf_counter()
-    if not os.path.exists(os.path.join(os.path.dirname(pattern), "index.json")):
-        result = write_shards(root, pattern, reencode=Reencode(max_side, quality))
-        write_rate = result.samples / (time.perf_counter() - t0)
-    else:
-        write_rate = float("nan")  # written by an earlier run
+    result = write_shards(root, pattern, reencode=Reencode(max_side, quality))
+    write_rate = result.samples / (time.perf_counter() - t0)
     index = os.path.join(os.path.dirname(pattern), "index.json")
     renderers = {"original": make_renderer(root, True), "re-encoded": make_renderer(index, True)}
     n = len(renderers["original"].catalog)
@@ -394,8 +394,13 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if args.out:
+        notes = ""
+        if os.path.exists(args.out):  # the hand-written notes below the generated part stay
+            with open(args.out) as f:
+                kept = f.read()
+            notes = kept[kept.index(NOTES):] if NOTES in kept else ""
         with open(args.out, "w") as f:
-            f.write(text + "\n")
+            f.write(text + "\n" + ("\n" + notes if notes else ""))
         with open("/tmp/bench_loaders.json", "w") as f:  # raw per-repeat rates
             json.dump({"per_core": results, "all_cores": allc, "reshard": resh, "loads": loads}, f)
 

@@ -187,32 +187,6 @@ def _kernel(src: np.ndarray, flip: bool, ops: np.ndarray, factors: np.ndarray, s
     return out
 
 
-_NORMALIZE = types.void(types.Array(types.uint8, 4, "A", readonly=True), types.Array(types.float32, 1, "C"),
-                       types.Array(types.float32, 1, "C"), types.Array(types.float32, 4, "C"))
-
-
-@numba.njit(_NORMALIZE, cache=True)
-def _normalize(src: np.ndarray, mean: np.ndarray, std: np.ndarray, out: np.ndarray) -> None:
-    """``out[n, c, y, x] = (float32(src[n, y, x, c]) - mean[c]) / std[c]`` in float32, one pass."""
-    count, height, width = src.shape[0], src.shape[1], src.shape[2]
-    for n in range(count):
-        for c in range(3):
-            m, s, plane = mean[c], std[c], out[n, c]
-            for y in range(height):
-                row, dst = src[n, y], plane[y]
-                for x in range(width):
-                    dst[x] = (F32(row[x, c]) - m) / s
-
-
-def normalize(batch: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """uint8 ``[..., H, W, 3]`` -> float32 ``[..., 3, H, W]``, ``(x - mean) / std`` per channel in float32 (the
-    same roundings as torch's ``sub_`` then ``div_``), one pass instead of a converting copy and two more."""
-    lead, (height, width) = batch.shape[:-3], batch.shape[-3:-1]
-    out = np.empty((*lead, 3, height, width), np.float32)
-    _normalize(batch.reshape(-1, height, width, 3), mean, std, out.reshape(-1, 3, height, width))
-    return out
-
-
 def augment(src: np.ndarray, flip: bool, jitter: tuple | None, gray: bool, blur: float | None,
             passes: int = PASSES) -> np.ndarray:
     """Flip, colour jitter (``(order, brightness, contrast, saturation, hue)`` as plan_crops draws it), grey

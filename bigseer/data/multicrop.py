@@ -334,15 +334,11 @@ def _augment(crop: np.ndarray, plan: CropPlan) -> np.ndarray:
 
 
 def normalize_uint8(batch: torch.Tensor, aug: AugmentConfig) -> torch.Tensor:
-    """``[..., H, W, 3]`` uint8 -> ``[..., 3, H, W]`` float32 normalised with ``aug.mean/std``, on ``batch``'s
-    device: ``(x - 255 mean) / (255 std)`` in float32 (on the CPU in one pass of a compiled kernel, elsewhere a
-    converting copy and two in-place ops; the same roundings)."""
-    mean = torch.tensor(aug.mean, dtype=torch.float32) * 255.0
-    std = torch.tensor(aug.std, dtype=torch.float32) * 255.0
-    if batch.device.type == "cpu":
-        from bigseer.data.augment_kernels import normalize
-
-        return torch.from_numpy(normalize(batch.numpy(), mean.numpy(), std.numpy()))
+    """``[..., H, W, 3]`` uint8 -> ``[..., 3, H, W]`` float32 normalised with ``aug.mean/std``,
+    on ``batch``'s device; one converting copy, then in-place ``(x - 255 mean) / (255 std)`` (a fused
+    numba pass was tried: 1.3x slower than these three torch passes on one thread)."""
     x = torch.empty(batch.movedim(-1, -3).shape, dtype=torch.float32, device=batch.device)
     x.copy_(batch.movedim(-1, -3))
-    return x.sub_(mean.view(3, 1, 1).to(batch.device)).div_(std.view(3, 1, 1).to(batch.device))
+    mean = torch.tensor(aug.mean, dtype=torch.float32).view(3, 1, 1) * 255.0
+    std = torch.tensor(aug.std, dtype=torch.float32).view(3, 1, 1) * 255.0
+    return x.sub_(mean.to(batch.device)).div_(std.to(batch.device))

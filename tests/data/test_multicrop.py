@@ -197,8 +197,7 @@ def test_hue_is_the_exact_hsv_rotation_and_near_the_previous_uint8_one():
 
 
 def test_normalize_uint8_is_the_previous_formula_bitwise():
-    """The CPU kernel makes torch's roundings: x - 255 mean, then / (255 std), in float32; every uint8 value,
-    a strided input too."""
+    """x - 255 mean, then / (255 std), in float32, bit for bit; every uint8 value, a strided input too."""
     x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, 8, 8, 3), dtype=np.uint8))
     x[0].view(-1)[:256] = torch.arange(256, dtype=torch.uint8)
     aug = AugmentConfig()
