@@ -333,11 +333,12 @@ def _augment(crop: np.ndarray, plan: CropPlan) -> np.ndarray:
                    plan.extra.get("blur"))
 
 
-def normalize_uint8(batch: torch.Tensor, aug: AugmentConfig) -> torch.Tensor:
+def normalize_uint8(batch: torch.Tensor, aug: AugmentConfig, out: torch.Tensor | None = None) -> torch.Tensor:
     """``[..., H, W, 3]`` uint8 -> ``[..., 3, H, W]`` float32 normalised with ``aug.mean/std``,
-    on ``batch``'s device; one converting copy, then in-place ``(x - 255 mean) / (255 std)`` (a fused
-    numba pass was tried: 1.3x slower than these three torch passes on one thread)."""
-    x = torch.empty(batch.movedim(-1, -3).shape, dtype=torch.float32, device=batch.device)
+    on ``batch``'s device (into ``out`` when given); one converting copy, then in-place
+    ``(x - 255 mean) / (255 std)`` (a fused numba pass was tried: 1.3x slower than these three torch passes)."""
+    shape = batch.movedim(-1, -3).shape
+    x = torch.empty(shape, dtype=torch.float32, device=batch.device) if out is None else out
     x.copy_(batch.movedim(-1, -3))
     mean = torch.tensor(aug.mean, dtype=torch.float32).view(3, 1, 1) * 255.0
     std = torch.tensor(aug.std, dtype=torch.float32).view(3, 1, 1) * 255.0

@@ -19,6 +19,7 @@ the step (what SyncBN groups see), and 1 rank x ``N`` reads what ``N`` ranks rea
 from __future__ import annotations
 
 import logging
+import math
 import signal
 from collections import Counter
 from dataclasses import dataclass
@@ -103,8 +104,19 @@ class _MultiCropDataset(IterableDataset):
                     item = self.order.replacement(p, attempt)
             items.append(item)
             self.renderer.place(bufs, b, arrays)
-        crops = [normalize_uint8(buf, self.renderer.aug) for buf in bufs]
+        in_worker = get_worker_info() is not None
+        crops = [normalize_uint8(buf, self.renderer.aug, out=_shared_like(buf) if in_worker else None)
+                 for buf in bufs]
         return MultiCropBatch(crops, dict(skipped), torch.tensor(items, dtype=torch.int64))
+
+
+def _shared_like(batch: torch.Tensor) -> torch.Tensor:
+    """An empty float32 ``[..., 3, H, W]`` tensor for ``normalize_uint8`` of uint8 ``[..., H, W, 3]`` ``batch``, in
+    shared memory (as torch's default_collate allocates in DataLoader workers), so that handing the batch to
+    the main process copies nothing (a CPU tensor outside shared memory is copied into it when pickled)."""
+    shape = batch.movedim(-1, -3).shape
+    storage = torch.empty(0, dtype=torch.float32)._typed_storage()._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=torch.float32).new(storage).view(shape)
 
 
 def _summary(exc: BaseException) -> str:

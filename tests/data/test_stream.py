@@ -196,3 +196,17 @@ def test_tar_shards_stream_from_workers(tmp_path):
     b = _take(MultiCropStream(pattern, SPEC, 3, seed=2, num_workers=2, start_position=6), 2)
     assert all(_same(x, y) for x, y in zip(a[2:], b))
     assert sum(x.skipped.get("not_image", 0) for x in a) >= 2  # both bad members met in one pass
+
+
+def test_worker_batches_are_built_in_shared_memory(monkeypatch):
+    """In a DataLoader worker the normalised crops are written straight into shared memory (as torch's
+    default_collate does), so handing them to the main process copies nothing; the values are the same."""
+    import bigseer.data.stream as stream
+
+    s = MultiCropStream("builtin:16", "2x32+3x16", 4, seed=0)
+    here = s._dataset.make_batch(0)
+    monkeypatch.setattr(stream, "get_worker_info", lambda: object())
+    worker = s._dataset.make_batch(0)
+    assert not any(c.is_shared() for c in here.crops)
+    assert all(c.is_shared() and c.is_contiguous() for c in worker.crops)
+    assert all(torch.equal(a, b) for a, b in zip(here.crops, worker.crops))
