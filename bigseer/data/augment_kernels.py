@@ -12,7 +12,8 @@ How: the crop is loaded once (flipped on the way) into float32 planes, which hol
 each jitter op is one vectorised loop over the planes (contrast first sums the luma of the image the
 earlier ops made); grey replaces the planes by the luma; each blur pass is a running sum over whole rows
 (x passes on a tiled transpose), exact in float64; one loop writes the uint8 HxWx3 result. 3-9x faster
-than PIL's ops on 96-224 px crops. Kernels compile on first use and are cached on disk (``cache=True``).
+than PIL's ops on 96-224 px crops. The entry kernel compiles when this module is imported and is cached on disk
+(``cache=True``); it releases the GIL (``nogil=True``), as PIL's ops did.
 """
 
 from __future__ import annotations
@@ -155,7 +156,7 @@ _KERNEL = types.Array(types.uint8, 3, "C")(types.Array(types.uint8, 3, "A", read
                                           types.float64)
 
 
-@numba.njit(_KERNEL, cache=True)
+@numba.njit(_KERNEL, cache=True, nogil=True)
 def _kernel(src: np.ndarray, flip: bool, ops: np.ndarray, factors: np.ndarray, shift: np.float32, gray: bool,
             passes: int, radius: int, ww: float, fw: float) -> np.ndarray:
     height, width = src.shape[0], src.shape[1]

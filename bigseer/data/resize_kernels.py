@@ -99,7 +99,7 @@ _RESIZE = types.Array(types.uint8, 3, "C")(types.Array(types.uint8, 3, "A", read
                                           types.float32, types.float32, types.float32, types.int64)
 
 
-@numba.njit(_RESIZE, cache=True)  # compiled on import (any layout, RGB or RGBX), none in loader workers
+@numba.njit(_RESIZE, cache=True, nogil=True)  # compiled on import (any layout, RGB or RGBX), none in workers
 def _resize(src: np.ndarray, x0: np.float32, y0: np.float32, x1: np.float32, y1: np.float32,
             size: int) -> np.ndarray:
     """``ImagingResample``: the horizontal pass over the rows the vertical pass reads, then the vertical pass;
