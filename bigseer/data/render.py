@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,6 +20,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_MIN_SIDE = 16
+
+
+def load_crop_kernels() -> None:
+    """Import the CPU crop kernels, which compile (or load from numba's cache) on import: before loader workers
+    fork, so that they inherit them. Says so in the log when that took a while (the first time on a machine)."""
+    if "bigseer.data.resize_kernels" in sys.modules:
+        return
+    t0 = time.perf_counter()
+    import bigseer.data.augment_kernels  # noqa: F401
+    import bigseer.data.resize_kernels  # noqa: F401
+
+    spent = time.perf_counter() - t0
+    if spent > 3.0:
+        log.info("compiled the CPU crop kernels in %.1f s (numba; once per machine, cached afterwards)", spent)
 
 
 class SampleRenderer:
@@ -49,9 +65,7 @@ class SampleRenderer:
             self.decode_kw["device"] = str(self.device)
         else:  # JPEGs as simplejpeg's RGBX array: no HxWx3 -> PIL copy, torch's resize reads it in place
             self.decode_kw["arrays"] = True
-            # the crop kernels compile (or load from numba's cache) on import: here, before loader workers fork
-            import bigseer.data.augment_kernels  # noqa: F401
-            import bigseer.data.resize_kernels  # noqa: F401
+            load_crop_kernels()
         self._warned = False
 
     def render(self, item: int, rng: np.random.Generator) -> list:
