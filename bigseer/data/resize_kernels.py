@@ -1,4 +1,5 @@
-"""PIL's antialiased bilinear ``resize(size, BILINEAR, box=box)`` as numba kernels, bitwise PIL's result.
+"""PIL's antialiased bilinear ``resize(size, BILINEAR, box=box)`` as numba kernels: bitwise PIL's two passes,
+horizontal then vertical (Pillow 13's single call picks the order itself, vertical first for some boxes: <= 1 LSB).
 
 For crop boxes with fractional edges (crops of a reduced-size JPEG decode), which torch's uint8 kernel
 (:func:`bigseer.data.multicrop.resize_array`, whole-pixel boxes) cannot take. Same arithmetic as PIL's
