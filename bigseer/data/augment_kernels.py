@@ -57,7 +57,7 @@ def _hue_channel(h: np.float32, offset: np.float32, maxc: np.float32, c: np.floa
 
 @numba.njit(cache=True)
 def _jitter(x: np.ndarray, ops: np.ndarray, factors: np.ndarray, shift: np.float32) -> None:
-    """The jitter program ``ops`` (op codes, -1 ends it) on float32 planes ``x`` (3, N), in place."""
+    """The jitter program ``ops`` (op codes, in order) on float32 planes ``x`` (3, N), in place."""
     n = x.shape[1]
     r, g, b = x[0], x[1], x[2]
     for op in ops:
@@ -192,16 +192,10 @@ def augment(src: np.ndarray, flip: bool, jitter: tuple | None, gray: bool, blur:
             passes: int = PASSES) -> np.ndarray:
     """Flip, colour jitter (``(order, brightness, contrast, saturation, hue)`` as plan_crops draws it), grey
     and blur of a uint8 (H, W, 3) crop; returns a new uint8 (H, W, 3) C-contiguous array."""
-    ops = np.full(4, -1, np.int64)
-    factors = np.zeros(3, F32)
-    shift = _ZERO
-    if jitter is not None:
-        order, bright, contrast, sat, hue = jitter
-        keep = [op for op in order if op != _HUE or abs(hue) >= 1e-9]
-        ops[:len(keep)] = keep
-        factors[:] = (bright, contrast, sat)
-        shift = F32(6.0 * (hue % 1.0) + 6.0)
+    order, bright, contrast, sat, hue = jitter if jitter is not None else ((), 1.0, 1.0, 1.0, 0.0)
+    ops = np.array([op for op in order if op != _HUE or abs(hue) >= 1e-9], np.int64)  # a zero hue is skipped
+    factors = np.array((bright, contrast, sat), F32)
     box = pil_box_radius(blur, passes) if blur is not None else 0.0
     radius, ww, fw = box_weights(box)
-    return _kernel(src, flip, ops[ops >= 0], factors, shift, gray, passes if box != 0.0 else 0, radius,
-                   float(ww), float(fw))
+    return _kernel(src, flip, ops, factors, F32(6.0 * (hue % 1.0) + 6.0), gray, passes if box != 0.0 else 0,
+                   radius, float(ww), float(fw))

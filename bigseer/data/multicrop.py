@@ -216,7 +216,7 @@ def adjust_hue_uint8(rgb: np.ndarray, factor: float) -> np.ndarray:
     """
     from bigseer.data.augment_kernels import augment
 
-    return augment(np.ascontiguousarray(rgb, dtype=np.uint8), False, ([3], 1.0, 1.0, 1.0, factor), False, None)
+    return augment(np.asarray(rgb, dtype=np.uint8), False, ([3], 1.0, 1.0, 1.0, factor), False, None)
 
 
 class OrientedArray:
