@@ -259,18 +259,6 @@ def enclosing_box(box: tuple[float, float, float, float], width: int, height: in
     return x0, y0, min(max(math.ceil(box[2]), x0 + 1), width), min(max(math.ceil(box[3]), y0 + 1), height)
 
 
-def resize_array(arr: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
-    """Antialiased bilinear resize of the whole-pixel ``box`` of a uint8 ``HxWxC`` array (C = 3, or 4 for
-    RGBX) to ``size`` x ``size``: torch's uint8 kernel (AVX2, Pillow-SIMD's algorithm: PIL's filter and
-    pixel centres, 16-bit instead of 22-bit fixed-point weights) read in place from the decoder's array.
-    <= 3 LSB from PIL's ``resize(box=...)`` on < 2% of pixels, 3-6x faster on web-size images
-    (tests/data/test_multicrop.py). Returns ``size x size x 3`` uint8."""
-    x0, y0, x1, y1 = box
-    src = torch.from_numpy(arr[y0:y1, x0:x1]).permute(2, 0, 1).unsqueeze(0)  # channels-last view, no copy
-    out = torch.nn.functional.interpolate(src, size=(size, size), mode="bilinear", antialias=True)
-    return out[0, :3].permute(1, 2, 0).numpy()  # a view of the channels-last result (no copy)
-
-
 def render_crop(img: Image.Image | np.ndarray | OrientedArray, scale_xy: tuple[float, float],
                 plan: CropPlan) -> np.ndarray:
     """Cut, resize and colour-augment one crop from ``img`` (RGB, possibly reduced by
@@ -287,10 +275,10 @@ def render_crop(img: Image.Image | np.ndarray | OrientedArray, scale_xy: tuple[f
 
     Resize. From an array (the CPU loader, :class:`~bigseer.data.render.SampleRenderer`): the pixels the
     box touches are cut, then resized, so every output pixel's filter stays inside the crop, as in
-    torchvision's RandomResizedCrop (``crop(box).resize``, SwAV's own definition). A whole-pixel box
-    (every box at scale 1) goes to :func:`resize_array` (torch's uint8 kernel, <= 1 LSB from PIL's), a
-    fractional one (reduced decode) to :func:`~bigseer.data.resize_kernels.resize_box` (PIL's coefficients
-    and integer arithmetic, horizontal pass first; read in place), with the box relative to the cut pixels
+    torchvision's RandomResizedCrop (``crop(box).resize``, SwAV's own definition), by
+    :func:`~bigseer.data.resize_kernels.resize_box` (PIL's coefficients and integer arithmetic, horizontal
+    pass first, bitwise PIL's two passes; read in place), whole-pixel boxes (every box at scale 1) and
+    fractional ones (reduced decode) alike, with the box relative to the cut pixels
     (same geometry, no rounding of the box). From a PIL image: PIL's ``resize(box=...)`` over the whole
     image, as before, whose border filters may reach up to one filter support past the box: the two differ
     in a crop's outer 1-3 rows and columns only.
@@ -311,16 +299,11 @@ def render_crop(img: Image.Image | np.ndarray | OrientedArray, scale_xy: tuple[f
 
 
 def _resize_cut(arr: np.ndarray, box: tuple[float, float, float, float], size: int) -> np.ndarray:
-    """The pixels ``box`` touches, cut from ``arr`` and resized to ``size`` (render_crop's array path): a
-    whole-pixel box by :func:`resize_array`, a fractional one by PIL's two passes
-    (:func:`~bigseer.data.resize_kernels.resize_box`) with the box relative to the cut."""
-    height, width = arr.shape[:2]
-    cut = enclosing_box(box, width, height)
-    if cut == tuple(box):
-        return resize_array(arr, cut, size)
+    """The pixels ``box`` touches, cut from ``arr`` and resized to ``size`` by PIL's two passes
+    (:func:`~bigseer.data.resize_kernels.resize_box`, read in place) with the box relative to the cut."""
     from bigseer.data.resize_kernels import resize_box
 
-    x0, y0, x1, y1 = cut
+    x0, y0, x1, y1 = enclosing_box(box, arr.shape[1], arr.shape[0])
     return resize_box(arr[y0:y1, x0:x1], (box[0] - x0, box[1] - y0, box[2] - x0, box[3] - y0), size)
 
 

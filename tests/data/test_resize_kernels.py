@@ -1,6 +1,8 @@
-"""resize_box (bigseer.data.resize_kernels) against PIL's resize(box=), for fractional crop boxes."""
+"""resize_box (bigseer.data.resize_kernels) against PIL's resize(box=), for whole-pixel and fractional boxes."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from PIL import Image
@@ -28,14 +30,22 @@ def _cases(seed: int, n: int):
         box = (x0, y0, float(rng.uniform(x0 + 1e-3, width)), float(rng.uniform(y0 + 1e-3, height)))
         if trial % 7 == 0:
             box = (0.0, 0.0, float(width), float(height))
+        elif trial % 2 == 0:  # whole pixels (every crop box at decode scale 1)
+            box = tuple(float(v) for v in (int(box[0]), int(box[1]), math.ceil(box[2]), math.ceil(box[3])))
         yield rgb, box, int(rng.choice([1, 5, 24, 96, 224]))
 
 
 def test_resize_box_is_pils_two_passes_bitwise_on_rgb_and_rgbx():
+    """RGB, and RGBX read in place as the decoder gives it: a cut of a larger read-only array whose X bytes
+    are noise (they must not reach channels 0-2)."""
+    rng = np.random.default_rng(3)
     for rgb, box, size in _cases(0, 250):
         want = _two_pass(Image.fromarray(rgb), box, size)
-        rgbx = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=2)
-        for src in (rgb, rgbx):
+        height, width = rgb.shape[:2]
+        big = rng.integers(0, 256, (height + 3, width + 5, 4), dtype=np.uint8)
+        big[2:2 + height, 3:3 + width, :3] = rgb
+        big.flags.writeable = False
+        for src in (rgb, big[2:2 + height, 3:3 + width]):
             got = resize_box(src, box, size)
             assert got.shape == (size, size, 3) and np.array_equal(got, want), (rgb.shape, box, size)
 
