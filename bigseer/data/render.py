@@ -36,6 +36,13 @@ def load_crop_kernels() -> None:
         log.info("compiled the CPU crop kernels in %.1f s (numba; once per machine, cached afterwards)", spent)
 
 
+def rgbx_array(img: Image.Image) -> np.ndarray:
+    """A PIL image's pixels as a read-only uint8 (H, W, 4) RGBX array (X undefined): one copy of PIL's own
+    4-byte pixels, as the CPU crop path reads them (an RGB array would be padded crop by crop)."""
+    rgb = img if img.mode == "RGB" else img.convert("RGB")
+    return np.frombuffer(rgb.tobytes("raw", "RGBX"), np.uint8).reshape(rgb.height, rgb.width, 4)
+
+
 class SampleRenderer:
     """Decode one catalog item and render all its crops (shared by the stream and ``scan``).
 
@@ -75,8 +82,8 @@ class SampleRenderer:
             item, lambda w, h: plan_crops(w, h, self.groups, self.aug, rng), **self.decode_kw)
         try:
             if self.device is None:
-                if isinstance(img, Image.Image):  # PIL's decoders (PNG, WebP, CMYK, ...): one copy, then
-                    img = np.array(img.convert("RGB") if img.mode != "RGB" else img)  # every crop as arrays
+                if isinstance(img, Image.Image):  # PIL's decoders (PNG, WebP, CMYK, ...): one copy out of PIL's
+                    img = rgbx_array(img)  # 4-byte pixels, which the resize kernel reads in place crop by crop
                 return [render_crop(img, scale, p) for p in plans]
             from bigseer.data.tensor_augment import as_chw_uint8, render_crop_tensor
 

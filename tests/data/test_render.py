@@ -146,3 +146,15 @@ def test_flip_is_exact_on_the_tensor_path():
     flipped = render_crop_tensor(t, (1.0, 1.0), CropPlan((0, 0, 64, 64), 64, True))
     assert torch.equal(flipped, plain.flip(1))
     assert torch.equal(plain, t.permute(1, 2, 0))  # whole image at its own size: untouched
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK", "P", "RGBA"])
+def test_rgbx_array_is_the_rgb_image_in_four_byte_pixels(mode):
+    """PIL-decoded images (PNG, WebP, CMYK JPEG) reach the CPU crop path as RGBX words: channels 0-2 are
+    PIL's RGB conversion, the array is (H, W, 4) with 4-byte pixels the resize kernel reads in place."""
+    from bigseer.data.render import rgbx_array
+
+    img = noise_image(37, 23, 5).convert(mode)
+    got = rgbx_array(img)
+    assert got.shape == (23, 37, 4) and got.dtype == np.uint8 and got.strides[1:] == (4, 1)
+    assert np.array_equal(got[..., :3], np.asarray(img.convert("RGB")))
