@@ -266,8 +266,8 @@ def render_crop(img: Image.Image | np.ndarray | OrientedArray, scale_xy: tuple[f
 
     ``img`` is a PIL image, a uint8 ``HxWx3`` / ``HxWx4`` (RGBX) array or an :class:`OrientedArray`
     (decode.py's ``arrays=True``; for EXIF-rotated images: the box is mapped into the stored pixels, the
-    crop resized there and turned upright, which is the same crop up to the resize's rounding: its two
-    passes run in the other order for the transposing orientations 5-8).
+    crop resized there and turned upright, which is the same crop up to the resize's rounding: for the
+    transposing orientations 5-8 each pass runs along the other axis of the upright crop).
     All on uint8: one antialiased bilinear resize of the crop box, then flip, colour jitter (PIL's
     ImageEnhance blends in the plan's order, hue by :func:`adjust_hue_uint8`), grayscale (ITU-R 601 luma,
     kept single-channel through the blur) and PIL's Gaussian blur (extended box blur, sigma = radius),
@@ -276,8 +276,8 @@ def render_crop(img: Image.Image | np.ndarray | OrientedArray, scale_xy: tuple[f
     Resize. From an array (the CPU loader, :class:`~bigseer.data.render.SampleRenderer`): the pixels the
     box touches are cut, then resized, so every output pixel's filter stays inside the crop, as in
     torchvision's RandomResizedCrop (``crop(box).resize``, SwAV's own definition), by
-    :func:`~bigseer.data.resize_kernels.resize_box` (PIL's coefficients and integer arithmetic, horizontal
-    pass first, bitwise PIL's two passes; read in place), whole-pixel boxes (every box at scale 1) and
+    :func:`~bigseer.data.resize_kernels.resize_box` (bitwise Pillow's resize of the cut: its coefficients,
+    integer arithmetic and pass order; read in place), whole-pixel boxes (every box at scale 1) and
     fractional ones (reduced decode) alike, with the box relative to the cut pixels
     (same geometry, no rounding of the box). From a PIL image: PIL's ``resize(box=...)`` over the whole
     image, as before, whose border filters may reach up to one filter support past the box: the two differ

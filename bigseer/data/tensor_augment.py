@@ -4,9 +4,9 @@
 values kept on the uint8 grid (each op rounds or truncates where PIL does), so ``device="cuda"``
 is only a device switch: nvjpeg instead of libjpeg-turbo for the decode (full size, scale 1) and
 the same torch code for everything after it. Per op, against the CPU path: resize (the pixels the box
-touches cut first, as render_crop does for arrays; PIL's
-bilinear antialias coefficients for the same box in PIL's 22-bit fixed point, rounded after each
-pass), grey (PIL's integer luma) and blur (PIL's extended box blur) are PIL's integer arithmetic,
+touches cut first, as render_crop does for arrays; PIL's bilinear antialias coefficients for the same
+box in PIL's 22-bit fixed point, rounded after each pass, in Pillow's pass order: bitwise, as the CPU
+kernel), grey (PIL's integer luma) and blur (PIL's extended box blur) are PIL's integer arithmetic,
 carried exactly (float64 / float32 / int64 integers); flip and EXIF orientation are permutations;
 brightness, contrast, saturation (PIL's float32 blend, truncated) and hue (the float32 formula of
 ``adjust_hue_uint8``) can differ by 1 LSB where two float kernels round a tie differently. Whole
@@ -17,7 +17,6 @@ mean |diff| <= 0.01 LSB (no systematic difference).
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Callable
 
@@ -27,9 +26,10 @@ from PIL import Image
 
 from bigseer.data.multicrop import CropPlan, crop_box, enclosing_box
 from bigseer.data.pil_blur import box_weights, pil_box_radius
+from bigseer.data.pil_resample import PRECISION_BITS, coeffs, vertical_first
 from bigseer.errors import ConfigError
 
-_FIXED = float(1 << 22)  # PIL's PRECISION_BITS for 8-bit resampling
+_FIXED = float(1 << PRECISION_BITS)  # PIL's fixed point for 8-bit resampling
 _HUE_OFFSETS = (5.0, 3.0, 1.0)
 
 
@@ -102,29 +102,16 @@ def decode_to_device(img: Image.Image, data: bytes | None, orientation: int, dev
 
 
 def pil_bilinear_coeffs(in_size: int, in0: float, in1: float, out_size: int) -> tuple[int, np.ndarray]:
-    """PIL's ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` (bilinear, antialiased): the first
-    input index used and the ``[out_size, n]`` integer weights (22-bit fixed point, as float64)."""
-    in0_f, in1_f = np.float32(in0), np.float32(in1)
-    scale = float(np.float32(in1_f - in0_f)) / out_size
-    filterscale = max(scale, 1.0)
-    support = filterscale
-    ksize = math.ceil(support) * 2 + 1
-    center = float(in0_f) + (np.arange(out_size, dtype=np.float64) + 0.5) * scale
-    xmin = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)
-    xmax = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - xmin
-    taps = np.arange(ksize)
-    w = np.maximum(1.0 - np.abs((taps[None] + xmin[:, None] - center[:, None] + 0.5) * (1.0 / filterscale)), 0.0)
-    used = taps[None] < xmax[:, None]
-    w = np.where(used, w, 0.0)
-    total = w.sum(axis=1, keepdims=True)
-    w = np.where(total != 0.0, w / np.where(total != 0.0, total, 1.0), w)
-    fixed = np.trunc(w * _FIXED + 0.5)  # weights are >= 0 for bilinear
-    first = int(xmin.min())
-    dense = np.zeros((out_size, int((xmin + xmax).max()) - first))
-    rows = np.repeat(np.arange(out_size), ksize)
-    cols = (xmin[:, None] - first + taps[None]).reshape(-1)
-    dense[rows[used.reshape(-1)], cols[used.reshape(-1)]] = fixed[used]
-    return first, dense
+    """PIL's bilinear coefficients (:func:`~bigseer.data.pil_resample.coeffs`) as the first input index used
+    and a dense ``[out_size, n]`` matrix of the integer weights (as float64)."""
+    first, count, weights = coeffs(in_size, np.float32(in0), np.float32(in1), out_size)
+    lo = int(first.min())
+    dense = np.zeros((out_size, int((first + count).max()) - lo))
+    taps = np.arange(weights.shape[1])
+    used = taps[None] < count[:, None]
+    rows = np.broadcast_to(np.arange(out_size)[:, None], used.shape)
+    dense[rows[used], (first[:, None] - lo + taps[None])[used]] = weights[used]
+    return lo, dense
 
 
 def _fixed_to_u8(acc: torch.Tensor) -> torch.Tensor:
@@ -133,26 +120,28 @@ def _fixed_to_u8(acc: torch.Tensor) -> torch.Tensor:
 
 
 def resize_box(img: torch.Tensor, box: tuple[float, float, float, float], size: int) -> torch.Tensor:
-    """PIL's ``resize((size, size), BILINEAR, box=box)`` of uint8(-valued) ``[C, H, W]``, as float32.
+    """Pillow 13's ``resize((size, size), BILINEAR, box=box)`` of uint8(-valued) ``[C, H, W]``, as float32.
 
-    Horizontal pass, then vertical, each rounded to uint8 as PIL does, in PIL's integer fixed-point
-    arithmetic carried exactly by float64 matmuls (products < 2**30, sums < 2**53). Only the rows
-    and columns the coefficients touch are converted.
+    Two passes in the order Pillow picks (:func:`~bigseer.data.pil_resample.vertical_first`), each rounded
+    to uint8 as PIL does, in PIL's integer fixed-point arithmetic carried exactly by float64 matmuls
+    (products < 2**30, sums < 2**53). Only the rows and columns the coefficients touch are converted.
     """
     _, height, width = img.shape
     x0, y0, x1, y1 = box
     need_h = size != width or x0 != 0 or x1 != size  # PIL's test, including its box[2] != xsize
     need_v = size != height or y0 != 0 or y1 != size
     ylo, wy = pil_bilinear_coeffs(height, y0, y1, size)
+    xlo, wx = pil_bilinear_coeffs(width, x0, x1, size)
+    rows = slice(ylo, ylo + wy.shape[1]) if need_v else slice(None)
+    cols = slice(xlo, xlo + wx.shape[1]) if need_h else slice(None)
+    out = img[:, rows, cols].to(torch.float64)
+    wy_t, wx_t = torch.from_numpy(wy).to(img.device), torch.from_numpy(wx.T).to(img.device)
+    if need_h and need_v and vertical_first(width, height, size, size):
+        return _fixed_to_u8(_fixed_to_u8(wy_t @ out) @ wx_t).to(torch.float32)
     if need_h:
-        xlo, wx = pil_bilinear_coeffs(width, x0, x1, size)
-        region = img[:, ylo:ylo + wy.shape[1], xlo:xlo + wx.shape[1]].to(torch.float64)
-        out = _fixed_to_u8(region @ torch.from_numpy(wx.T).to(img.device))
-        first = 0
-    else:
-        out, first = img.to(torch.float64), ylo
+        out = _fixed_to_u8(out @ wx_t)
     if need_v:
-        out = _fixed_to_u8(torch.from_numpy(wy).to(img.device) @ out[:, first:first + wy.shape[1]])
+        out = _fixed_to_u8(wy_t @ out)
     return out.to(torch.float32)
 
 

@@ -211,16 +211,16 @@ def test_normalize_uint8_is_the_previous_formula_bitwise():
 
 
 def test_array_crops_are_pil_ops_on_the_cut_box():
-    """render_crop from an RGBX array (the CPU loader's input): the pixels the box touches are cut, then
-    the PIL ops run. Both resize PIL's way, horizontal pass first; Pillow 13's single call runs the vertical
-    pass first for some boxes (<= 1 LSB, which later blends may scale): here the whole-pixel ones."""
+    """render_crop from an RGB or RGBX array (the CPU loader's input) is bitwise the PIL ops on the pixels
+    the box touches (cut, then resized, as torchvision's RandomResizedCrop does), whole-pixel boxes (scale 1)
+    and fractional ones (a reduced decode) alike."""
     from PIL import Image
 
     from bigseer.data.multicrop import CropPlan, crop_box, enclosing_box
 
     img = np.array(noise_image(300, 200, 4))
     groups = parse_crops("2x64+4x24")
-    diffs, kinds = [], set()
+    kinds = set()
     for seed in range(40):
         for p in plan_crops(300, 200, groups, AugmentConfig(), np.random.default_rng(seed)):
             for scale in ((1.0, 1.0), (0.9, 0.8)):  # scale 1: whole-pixel boxes; else fractional
@@ -236,12 +236,9 @@ def test_array_crops_are_pil_ops_on_the_cut_box():
                 want = render_crop(cut, (1.0, 1.0), rel).astype(int)
                 for a in (arr, arr4):
                     d = np.abs(render_crop(a, scale, p).astype(int) - want)
-                    if scale != (1.0, 1.0):
-                        assert not d.any()  # fractional: the same PIL ops on the same pixels
-                    diffs.append(d)
+                    assert not d.any(), (seed, scale, p.box)  # the same PIL ops on the same pixels
                 kinds |= {k for k in ("jitter", "gray", "blur") if p.extra.get(k)}
     assert kinds == {"jitter", "gray", "blur"}
-    assert np.mean([d.mean() for d in diffs]) < 0.05 and max(int(d.max()) for d in diffs) < 12
 
 
 def test_augment_config_of_a_run_config_takes_the_fields_of_the_same_names() -> None:

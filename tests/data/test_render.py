@@ -29,14 +29,20 @@ def _hwc(t: torch.Tensor) -> np.ndarray:
     return t.permute(1, 2, 0).numpy().astype(int)
 
 
-@pytest.mark.parametrize("box,size", [((3.25, 5.5, 100.75, 80.0), 64), ((0, 0, 120, 90), 32),
-                                      ((10, 0, 50, 90), 90), ((0, 0, 120, 90), 120), ((0.5, 0.25, 7.5, 6.0), 24),
-                                      ((60.1, 44.9, 120, 90), 16)])
-def test_resize_is_pils_box_resize(box, size):
-    img = _rgb()
+@pytest.mark.parametrize("wh,box,size", [((120, 90), (3.25, 5.5, 100.75, 80.0), 64), ((120, 90), (0, 0, 120, 90), 32),
+                                         ((120, 90), (10, 0, 50, 90), 90), ((120, 90), (0, 0, 120, 90), 120),
+                                         ((120, 90), (0.5, 0.25, 7.5, 6.0), 24), ((120, 90), (60.1, 44.9, 120, 90), 16),
+                                         ((50, 200), (2.5, 10.25, 48.0, 190.0), 40), ((50, 200), (0, 0, 50, 200), 24)])
+def test_resize_is_pils_box_resize(wh, box, size):
+    """Bitwise Pillow's resize (its coefficients, fixed point and pass order, vertical first for the tall
+    50 x 200 source), carried exactly by float64 matmuls."""
+    from bigseer.data.pil_resample import vertical_first
+
+    img = _rgb(*wh)
     want = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, box=box)).astype(int)
     got = _hwc(resize_box(as_chw_uint8(img, "cpu"), box, size))
-    assert np.abs(got - want).max() <= 1 and (got != want).mean() <= 1e-3  # PIL's fixed point, carried exactly
+    assert np.array_equal(got, want)
+    assert vertical_first(*wh, size, size) == (wh == (50, 200))
 
 
 @pytest.mark.parametrize("radius", [0.1, 0.5, 1.0, 1.37, 2.0])
