@@ -7,7 +7,7 @@ folder of generated 4000x3000 camera-like JPEGs, in this process (one core, one 
   torchvision   ImageFolder + one transforms.v2.Compose per crop + DataLoader (the named baseline)
   bigseer-pil   bigseer's pipeline with PIL decoding the JPEGs (draft 1/2..1/8: the previous decoder)
   bigseer       bigseer's pipeline: simplejpeg DCT-scaled decode, uint8 augmentations, batch buffers
-                and normalisation as MultiCropStream builds them (SampleRenderer.new_buffers/place)
+                and normalisation as MultiCropStream builds them (SampleRenderer.new_batch/fill/finish)
   decode-only   read + simplejpeg decode of the same images at the scales bigseer decodes them in
                 that repeat (same plans): the limit the pipeline is measured against
 
@@ -121,14 +121,13 @@ def make_renderer(root: str, turbo: bool):
 
 
 def time_bigseer(renderer, items: range, seed: int) -> float:
-    """Seconds for one batch as MultiCropStream.make_batch builds it: render, place, normalise."""
-    from bigseer.data.multicrop import normalize_uint8
-
+    """Seconds for one batch as MultiCropStream.make_batch builds it: new_batch, fill (render, normalised
+    into the batch), finish."""
     t0 = time.perf_counter()
-    buffers = renderer.new_buffers(len(items))
+    batch = renderer.new_batch(len(items))
     for b, item in enumerate(items):
-        renderer.place(buffers, b, renderer.render(item, _rng(seed, item)))
-    crops = [normalize_uint8(buf, renderer.aug) for buf in buffers]
+        renderer.fill(batch, b, item, _rng(seed, item))
+    crops = renderer.finish(batch)
     elapsed = time.perf_counter() - t0
     assert crops[0].shape == (2, len(items), 3, 224, 224) and crops[1].shape == (4, len(items), 3, 96, 96)
     return elapsed

@@ -4,7 +4,7 @@ Kinds (benchmarks/image_kinds.py): baseline / progressive JPEG, 4:2:0 / 4:4:4 / 
 portrait, PNG, WebP; at web size (500..1,300 px a side) and camera size (12 MP). Per kind, SwAV's 6 crops
 (2x224 @ (0.14, 1) + 4x96 @ (0.05, 0.14)) from every image, in this process:
 
-  bigseer         SampleRenderer.render + place + normalize_uint8, as MultiCropStream builds a batch
+  bigseer         SampleRenderer.new_batch + fill + finish, as MultiCropStream builds a batch
                   (bench_data.time_bigseer): full SwAV augmentation (flip, colour jitter p 0.8, grey p 0.2,
                   Gaussian blur p 0.5, normalise)
   bigseer-decode  bigseer's decode limit: read, header, crop plans, decode.decode_pixels at the planned scale

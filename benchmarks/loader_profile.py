@@ -14,14 +14,20 @@ from bench_data import _rng, make_renderer, time_bigseer  # noqa: E402
 
 def profile(root: str, repeats: int) -> dict[str, float]:
     """ms per image of bigseer's stages, measured by calling the library with plans reduced to one op:
-    decode (catalog.load: read, header, plans, decode, orientation), resize+flip (render_crop with no colour
-    op), then each op's extra cost (render_crop with only that op, minus resize), place, normalize."""
-    from bigseer.data.multicrop import CropPlan, normalize_uint8, plan_crops, render_crop
+    decode (catalog.load: read, header, plans, decode, orientation; PIL-decoded images as the renderer's RGBX
+    copy), resize+flip (render_crop with no colour op), each op's extra cost (render_crop with only that op,
+    minus resize), the normalised write into the batch (render_crop_into minus render_crop), whole batches."""
+    import numpy as np
+    from PIL import Image
+
+    from bigseer.data.multicrop import CropPlan, plan_crops, render_crop, render_crop_into
+    from bigseer.data.render import rgbx_array
 
     torch.set_num_threads(1)
     renderer = make_renderer(root, True)
     n = len(renderer.catalog)
     t: dict[str, float] = {}
+    out = {g.size: np.empty((3, g.size, g.size), np.float32) for g in renderer.groups}
 
     def add(k: str, t0: float) -> None:
         t[k] = t.get(k, 0.0) + time.perf_counter() - t0
@@ -34,12 +40,17 @@ def profile(root: str, repeats: int) -> dict[str, float]:
             t0 = time.perf_counter()
             img, scale, plans = renderer.catalog.load(
                 item, lambda w, h, rng=rng: plan_crops(w, h, renderer.groups, renderer.aug, rng), **renderer.decode_kw)
+            if isinstance(img, Image.Image):
+                img = rgbx_array(img)
             add("decode", t0)
             for p in plans:
                 t0 = time.perf_counter()
                 render_crop(img, scale, CropPlan(p.box, p.size, p.flip, {}))
                 base = time.perf_counter() - t0
                 t["resize+flip"] = t.get("resize+flip", 0.0) + base
+                t0 = time.perf_counter()
+                render_crop_into(img, scale, CropPlan(p.box, p.size, p.flip, {}), out[p.size], renderer.norm)
+                t["normalised write"] = t.get("normalised write", 0.0) + max(0.0, time.perf_counter() - t0 - base)
                 for key in ("jitter", "gray", "blur"):
                     if p.extra.get(key):
                         t0 = time.perf_counter()
@@ -47,15 +58,6 @@ def profile(root: str, repeats: int) -> dict[str, float]:
                         t[key] = t.get(key, 0.0) + max(0.0, time.perf_counter() - t0 - base)
         for start in range(0, n, 8):
             items = range(start, min(start + 8, n))
-            crops = [renderer.render(i, _rng(rep, i)) for i in items]
-            t0 = time.perf_counter()
-            buffers = renderer.new_buffers(len(items))
-            for b, c in enumerate(crops):
-                renderer.place(buffers, b, c)
-            add("place", t0)
-            t0 = time.perf_counter()
-            [normalize_uint8(buf, renderer.aug) for buf in buffers]
-            add("normalize", t0)
             t0 = time.perf_counter()
             time_bigseer(renderer, items, rep)
             add("whole batch (time_bigseer)", t0)

@@ -154,17 +154,10 @@ def _blur_plane(plane: np.ndarray, passes: int, radius: int, ww: float, fw: floa
     _y_passes(plane, passes, radius, ww, fw)
 
 
-# any uint8 HxWx3 layout (torch's planar resize result, the PIL path's read-only arrays): one signature,
-# compiled when this module is imported (from the on-disk cache after the first time), none in loader workers
-_KERNEL = types.Array(types.uint8, 3, "C")(types.Array(types.uint8, 3, "A", readonly=True), types.boolean,
-                                          types.Array(types.int64, 1, "C"), types.Array(types.float32, 1, "C"),
-                                          types.float32, types.boolean, types.int64, types.int64, types.float64,
-                                          types.float64)
-
-
-@numba.njit(_KERNEL, cache=True, nogil=True)
-def _kernel(src: np.ndarray, flip: bool, ops: np.ndarray, factors: np.ndarray, shift: np.float32, gray: bool,
+@numba.njit(cache=True)
+def _planes(src: np.ndarray, flip: bool, ops: np.ndarray, factors: np.ndarray, shift: np.float32, gray: bool,
             passes: int, radius: int, ww: float, fw: float) -> np.ndarray:
+    """The augmented crop as float32 (3, H * W) planes of uint8 values (grey: plane 0 only)."""
     height, width = src.shape[0], src.shape[1]
     n = height * width
     x = np.empty((3, n), np.float32)
@@ -182,6 +175,24 @@ def _kernel(src: np.ndarray, flip: bool, ops: np.ndarray, factors: np.ndarray, s
         for c in range(chans):
             plane = x[c].reshape(height, width)
             _blur_plane(plane, passes, radius, ww, fw)
+    return x
+
+
+# any uint8 HxWx3 layout (the resize kernel's RGBX view, the PIL path's read-only arrays): one signature per
+# entry, compiled when this module is imported (from the on-disk cache after the first time), none in workers
+_SRC = types.Array(types.uint8, 3, "A", readonly=True)
+_OPS = (types.boolean, types.Array(types.int64, 1, "C"), types.Array(types.float32, 1, "C"), types.float32,
+        types.boolean, types.int64, types.int64, types.float64, types.float64)
+_KERNEL = types.Array(types.uint8, 3, "C")(_SRC, *_OPS)
+_KERNEL_INTO = types.void(_SRC, *_OPS, types.Array(types.float32, 1, "C", readonly=True),
+                          types.Array(types.float32, 1, "C", readonly=True), types.Array(types.float32, 3, "C"))
+
+
+@numba.njit(_KERNEL, cache=True, nogil=True)
+def _kernel(src: np.ndarray, flip: bool, ops: np.ndarray, factors: np.ndarray, shift: np.float32, gray: bool,
+            passes: int, radius: int, ww: float, fw: float) -> np.ndarray:
+    height, width = src.shape[0], src.shape[1]
+    x = _planes(src, flip, ops, factors, shift, gray, passes, radius, ww, fw)
     out = np.empty((height, width, 3), np.uint8)
     for y in range(height):
         for i in range(width):
@@ -194,14 +205,43 @@ def _kernel(src: np.ndarray, flip: bool, ops: np.ndarray, factors: np.ndarray, s
     return out
 
 
-def augment(src: np.ndarray, flip: bool, jitter: tuple | None, gray: bool, blur: float | None,
-            passes: int = PASSES) -> np.ndarray:
-    """Flip, colour jitter (``(order, brightness, contrast, saturation, hue)`` as plan_crops draws it), grey
-    and blur of a uint8 (H, W, 3) crop; returns a new uint8 (H, W, 3) C-contiguous array."""
+@numba.njit(_KERNEL_INTO, cache=True, nogil=True)
+def _kernel_into(src: np.ndarray, flip: bool, ops: np.ndarray, factors: np.ndarray, shift: np.float32,
+                 gray: bool, passes: int, radius: int, ww: float, fw: float, mean: np.ndarray, std: np.ndarray,
+                 out: np.ndarray) -> None:
+    """The crop written into float32 ``out`` (3, H, W) as ``(x - mean[c]) / std[c]`` in float32: the values
+    ``normalize_uint8`` computes from the uint8 crop (the planes hold the uint8 values exactly)."""
+    x = _planes(src, flip, ops, factors, shift, gray, passes, radius, ww, fw)
+    n = x.shape[1]
+    for c in range(3):
+        plane = x[0] if gray else x[c]
+        m, s = mean[c], std[c]
+        dst = out[c].reshape(n)
+        for i in range(n):
+            dst[i] = (plane[i] - m) / s
+
+
+def _program(jitter: tuple | None, blur: float | None, passes: int) -> tuple:
+    """The kernels' arguments for a plan's jitter and blur: op codes, factors, hue shift, blur passes and box."""
     order, bright, contrast, sat, hue = jitter if jitter is not None else ((), 1.0, 1.0, 1.0, 0.0)
     ops = np.array([op for op in order if op != _HUE or abs(hue) >= 1e-9], np.int64)  # a zero hue is skipped
     factors = np.array((bright, contrast, sat), F32)
     box = pil_box_radius(blur, passes) if blur is not None else 0.0
     radius, ww, fw = box_weights(box)
-    return _kernel(src, flip, ops, factors, F32(6.0 * (hue % 1.0) + 6.0), gray, passes if box != 0.0 else 0,
-                   radius, float(ww), float(fw))
+    return ops, factors, F32(6.0 * (hue % 1.0) + 6.0), passes if box != 0.0 else 0, radius, float(ww), float(fw)
+
+
+def augment(src: np.ndarray, flip: bool, jitter: tuple | None, gray: bool, blur: float | None,
+            passes: int = PASSES) -> np.ndarray:
+    """Flip, colour jitter (``(order, brightness, contrast, saturation, hue)`` as plan_crops draws it), grey
+    and blur of a uint8 (H, W, 3) crop; returns a new uint8 (H, W, 3) C-contiguous array."""
+    ops, factors, shift, passes, radius, ww, fw = _program(jitter, blur, passes)
+    return _kernel(src, flip, ops, factors, shift, gray, passes, radius, ww, fw)
+
+
+def augment_into(src: np.ndarray, flip: bool, jitter: tuple | None, gray: bool, blur: float | None,
+                 mean: np.ndarray, std: np.ndarray, out: np.ndarray, passes: int = PASSES) -> None:
+    """:func:`augment`, written into C-contiguous float32 ``out`` (3, H, W) normalised as ``(x - mean) / std``
+    per channel (float32 (3,) arrays), in the same pass: bitwise ``normalize_uint8`` of :func:`augment`'s crop."""
+    ops, factors, shift, passes, radius, ww, fw = _program(jitter, blur, passes)
+    _kernel_into(src, flip, ops, factors, shift, gray, passes, radius, ww, fw, mean, std, out)

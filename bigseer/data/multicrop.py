@@ -286,16 +286,33 @@ def render_crop(img: Image.Image | np.ndarray | OrientedArray, scale_xy: tuple[f
     which is the exact rotation (see adjust_hue_uint8; later blends can scale its difference, crops
     measure mean |diff| <= 2 LSB in the tests).
     """
+    return _augment(_resized(img, scale_xy, plan), plan)
+
+
+def render_crop_into(img: Image.Image | np.ndarray | OrientedArray, scale_xy: tuple[float, float],
+                     plan: CropPlan, out: np.ndarray, norm: tuple[np.ndarray, np.ndarray]) -> None:
+    """:func:`render_crop`'s crop written into float32 ``out`` (3, S, S) normalised with ``norm``
+    (:func:`normalization`) by the same kernel pass: bitwise ``normalize_uint8`` of render_crop's crop,
+    without the uint8 crop, its copy into the batch or the separate normalising passes (the CPU loader)."""
+    from bigseer.data.augment_kernels import augment_into
+
+    augment_into(_resized(img, scale_xy, plan), plan.flip, plan.extra.get("jitter"), bool(plan.extra.get("gray")),
+                 plan.extra.get("blur"), norm[0], norm[1], out)
+
+
+def _resized(img: Image.Image | np.ndarray | OrientedArray, scale_xy: tuple[float, float],
+             plan: CropPlan) -> np.ndarray:
+    """The crop's box of ``img`` resized to ``plan.size`` (render_crop's first step), uint8 HxWx3."""
     if isinstance(img, OrientedArray):  # the box in the stored pixels, the crop turned upright after
         height, width = img.shape[:2]
         stored = img.stored_box(crop_box(width, height, scale_xy, plan))
-        return _augment(img.orient(_resize_cut(img.stored, stored, plan.size)), plan)
+        return img.orient(_resize_cut(img.stored, stored, plan.size))
     if isinstance(img, np.ndarray):
         height, width = img.shape[:2]
-        return _augment(_resize_cut(img, crop_box(width, height, scale_xy, plan), plan.size), plan)
+        return _resize_cut(img, crop_box(width, height, scale_xy, plan), plan.size)
     box = crop_box(img.width, img.height, scale_xy, plan)
     out = img.resize((plan.size, plan.size), Image.Resampling.BILINEAR, box=box)
-    return _augment(np.asarray(out if out.mode == "RGB" else out.convert("RGB")), plan)
+    return np.asarray(out if out.mode == "RGB" else out.convert("RGB"))
 
 
 def _resize_cut(arr: np.ndarray, box: tuple[float, float, float, float], size: int) -> np.ndarray:
@@ -316,13 +333,19 @@ def _augment(crop: np.ndarray, plan: CropPlan) -> np.ndarray:
                    plan.extra.get("blur"))
 
 
+def normalization(aug: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``(255 mean, 255 std)`` of ``aug`` as float32 (3,) arrays, each product rounded to float32: the constants
+    both normalising paths use (:func:`normalize_uint8`, :func:`render_crop_into`)."""
+    return np.array(aug.mean, np.float32) * np.float32(255.0), np.array(aug.std, np.float32) * np.float32(255.0)
+
+
 def normalize_uint8(batch: torch.Tensor, aug: AugmentConfig, out: torch.Tensor | None = None) -> torch.Tensor:
     """``[..., H, W, 3]`` uint8 -> ``[..., 3, H, W]`` float32 normalised with ``aug.mean/std``,
     on ``batch``'s device (into ``out`` when given); one converting copy, then in-place
-    ``(x - 255 mean) / (255 std)`` (a fused numba pass was tried: 1.3x slower than these three torch passes)."""
+    ``(x - 255 mean) / (255 std)`` (the CPU loader writes the same values from its crop kernel instead,
+    :func:`render_crop_into`)."""
     shape = batch.movedim(-1, -3).shape
     x = torch.empty(shape, dtype=torch.float32, device=batch.device) if out is None else out
     x.copy_(batch.movedim(-1, -3))
-    mean = torch.tensor(aug.mean, dtype=torch.float32).view(3, 1, 1) * 255.0
-    std = torch.tensor(aug.std, dtype=torch.float32).view(3, 1, 1) * 255.0
-    return x.sub_(mean.to(batch.device)).div_(std.to(batch.device))
+    mean, std = (torch.from_numpy(v).view(3, 1, 1).to(batch.device) for v in normalization(aug))
+    return x.sub_(mean).div_(std)

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 
 from bigseer.data.decode import SkipImage
-from bigseer.data.multicrop import AugmentConfig, CropGroup, plan_crops, render_crop
+from bigseer.data.multicrop import (
+    AugmentConfig,
+    CropGroup,
+    normalization,
+    normalize_uint8,
+    plan_crops,
+    render_crop,
+    render_crop_into,
+)
 
 if TYPE_CHECKING:
     from bigseer.data.sources import Catalog
@@ -43,6 +53,14 @@ def rgbx_array(img: Image.Image) -> np.ndarray:
     return np.frombuffer(rgb.tobytes("raw", "RGBX"), np.uint8).reshape(rgb.height, rgb.width, 4)
 
 
+def shared_empty(shape: tuple[int, ...]) -> torch.Tensor:
+    """An empty float32 tensor in shared memory (as torch's default_collate allocates in DataLoader workers), so
+    that handing it to the main process copies nothing (a CPU tensor outside shared memory is copied into it
+    when pickled)."""
+    storage = torch.empty(0, dtype=torch.float32)._typed_storage()._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=torch.float32).new(storage).view(shape)
+
+
 class SampleRenderer:
     """Decode one catalog item and render all its crops (shared by the stream and ``scan``).
 
@@ -70,26 +88,75 @@ class SampleRenderer:
             self.decode_kw["turbo"] = False
         if self.device is not None:
             self.decode_kw["device"] = str(self.device)
-        else:  # JPEGs as simplejpeg's RGBX array: no HxWx3 -> PIL copy, torch's resize reads it in place
+        else:  # JPEGs as simplejpeg's RGBX array: no HxWx3 -> PIL copy, the resize kernel reads it in place
             self.decode_kw["arrays"] = True
             load_crop_kernels()
+        self.norm = normalization(aug)
         self._warned = False
 
     def render(self, item: int, rng: np.random.Generator) -> list:
         """One uint8 ``HxWx3`` crop per plan, in group order (arrays, or tensors on ``device``);
         raises SkipImage."""
-        img, scale, plans = self.catalog.load(
-            item, lambda w, h: plan_crops(w, h, self.groups, self.aug, rng), **self.decode_kw)
-        try:
+        img, scale, plans = self._decode(item, rng)
+        with self._processing(item):
             if self.device is None:
-                if isinstance(img, Image.Image):  # PIL's decoders (PNG, WebP, CMYK, ...): one copy out of PIL's
-                    img = rgbx_array(img)  # 4-byte pixels, which the resize kernel reads in place crop by crop
                 return [render_crop(img, scale, p) for p in plans]
             from bigseer.data.tensor_augment import as_chw_uint8, render_crop_tensor
 
             chw = as_chw_uint8(img, self.device)
             return [render_crop_tensor(chw, scale, p) for p in plans]
-        except Exception as exc:  # an image PIL decoded but cannot process: skip, but say so once
+
+    def new_batch(self, batch_size: int, shared: bool = False) -> list[torch.Tensor]:
+        """The tensors :meth:`fill` renders ``batch_size`` samples into, one per crop group: on the CPU path
+        the float32 ``[count, B, 3, S, S]`` batch itself (in shared memory with ``shared``, as a DataLoader
+        worker hands it over: pickling then copies nothing), on the tensor path uint8 buffers on ``device``."""
+        if self.device is not None:
+            return self.new_buffers(batch_size)
+        shapes = [(g.count, batch_size, 3, g.size, g.size) for g in self.groups]
+        return [shared_empty(shape) if shared else torch.empty(shape) for shape in shapes]
+
+    def fill(self, batch: list[torch.Tensor], b: int, item: int, rng: np.random.Generator) -> None:
+        """Render ``item``'s crops into slot ``b`` of :meth:`new_batch`; on the CPU path normalised by the crop
+        kernel as it writes them (:func:`~bigseer.data.multicrop.render_crop_into`). Raises SkipImage (the
+        slot then holds whatever was written: the next sample for it overwrites every crop)."""
+        if self.device is not None:
+            self.place(batch, b, self.render(item, rng))
+            return
+        img, scale, plans = self._decode(item, rng)
+        with self._processing(item):
+            k = 0
+            for gi, g in enumerate(self.groups):
+                for c in range(g.count):
+                    render_crop_into(img, scale, plans[k], batch[gi][c, b].numpy(), self.norm)
+                    k += 1
+
+    def finish(self, batch: list[torch.Tensor], shared: bool = False) -> list[torch.Tensor]:
+        """The normalised float32 ``[count, B, 3, S, S]`` crops of a filled batch: as they are on the CPU path,
+        :func:`~bigseer.data.multicrop.normalize_uint8` of the tensor path's buffers (into shared memory with
+        ``shared``)."""
+        if self.device is None:
+            return batch
+        return [normalize_uint8(buf, self.aug, out=shared_empty(buf.movedim(-1, -3).shape) if shared else None)
+                for buf in batch]
+
+    def _decode(self, item: int, rng: np.random.Generator) -> tuple[Any, tuple[float, float], list]:
+        """The item's decoded pixels (PIL-decoded ones as one RGBX array on the CPU path), scale and crop plans;
+        raises SkipImage."""
+        img, scale, plans = self.catalog.load(
+            item, lambda w, h: plan_crops(w, h, self.groups, self.aug, rng), **self.decode_kw)
+        if self.device is None and isinstance(img, Image.Image):  # PIL's decoders (PNG, WebP, CMYK, ...)
+            with self._processing(item):
+                img = rgbx_array(img)  # one copy out of PIL's 4-byte pixels, which the resize kernel reads
+        return img, scale, plans
+
+    @contextlib.contextmanager
+    def _processing(self, item: int) -> Iterator[None]:
+        """An image PIL decoded but the crop code cannot process is skipped as corrupt, and said once."""
+        try:
+            yield
+        except SkipImage:
+            raise
+        except Exception as exc:
             if not self._warned:
                 log.warning("skipping item %d: %s: %s", item, type(exc).__name__, exc, exc_info=True)
                 self._warned = True

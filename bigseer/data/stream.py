@@ -19,7 +19,6 @@ the step (what SyncBN groups see), and 1 rank x ``N`` reads what ``N`` ranks rea
 from __future__ import annotations
 
 import logging
-import math
 import signal
 from collections import Counter
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from bigseer.data.decode import SkipImage
-from bigseer.data.multicrop import AugmentConfig, CropGroup, format_crops, normalize_uint8, parse_crops
+from bigseer.data.multicrop import AugmentConfig, CropGroup, format_crops, parse_crops
 from bigseer.data.order import GlobalOrder, rank_positions
 from bigseer.data.render import DEFAULT_MIN_SIDE, SampleRenderer
 from bigseer.data.sources import open_source
@@ -69,12 +68,12 @@ class _MultiCropDataset(IterableDataset):
             yield self.make_batch(g)
             g += self.workers
 
-    def _render_one(self, item: int, position: int) -> list[np.ndarray]:
+    def _fill_one(self, batch: list[torch.Tensor], b: int, item: int, position: int) -> None:
         reason = self._bad.get(item)
         if reason is not None:
             raise SkipImage(reason)
         try:
-            return self.renderer.render(item, np.random.default_rng([self.seed, 0xA06, position]))
+            self.renderer.fill(batch, b, item, np.random.default_rng([self.seed, 0xA06, position]))
         except SkipImage as exc:
             self._bad[item] = exc.reason
             raise
@@ -85,15 +84,15 @@ class _MultiCropDataset(IterableDataset):
         step, micro = divmod(g, self.accumulate)
         positions = rank_positions(self.start_position + step * self.global_batch, self.global_batch,
                                    micro * self.world_size + self.rank, self.world_size * self.accumulate)
-        B = self.batch_size
-        bufs = self.renderer.new_buffers(B)  # on the decode device (CPU unless the tensor path is on)
+        in_worker = get_worker_info() is not None
+        batch = self.renderer.new_batch(self.batch_size, shared=in_worker)  # on the decode device
         skipped: Counter[str] = Counter()
         items = []
         for b, p in enumerate(positions):
             item = self.order.item(p)
             for attempt in range(1, self.max_tries + 2):
                 try:
-                    arrays = self._render_one(item, p)
+                    self._fill_one(batch, b, item, p)
                     break
                 except SkipImage as exc:
                     skipped[exc.reason] += 1
@@ -103,20 +102,8 @@ class _MultiCropDataset(IterableDataset):
                             f"this batch: {dict(skipped)} - is the source mostly broken?") from None
                     item = self.order.replacement(p, attempt)
             items.append(item)
-            self.renderer.place(bufs, b, arrays)
-        in_worker = get_worker_info() is not None
-        crops = [normalize_uint8(buf, self.renderer.aug, out=_shared_like(buf) if in_worker else None)
-                 for buf in bufs]
+        crops = self.renderer.finish(batch, shared=in_worker)
         return MultiCropBatch(crops, dict(skipped), torch.tensor(items, dtype=torch.int64))
-
-
-def _shared_like(batch: torch.Tensor) -> torch.Tensor:
-    """An empty float32 ``[..., 3, H, W]`` tensor for ``normalize_uint8`` of uint8 ``[..., H, W, 3]`` ``batch``, in
-    shared memory (as torch's default_collate allocates in DataLoader workers), so that handing the batch to
-    the main process copies nothing (a CPU tensor outside shared memory is copied into it when pickled)."""
-    shape = batch.movedim(-1, -3).shape
-    storage = torch.empty(0, dtype=torch.float32)._typed_storage()._new_shared(math.prod(shape))
-    return torch.empty(0, dtype=torch.float32).new(storage).view(shape)
 
 
 def _summary(exc: BaseException) -> str:

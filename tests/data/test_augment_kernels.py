@@ -111,3 +111,28 @@ def test_hue_is_the_float32_rotation_bitwise_and_leaves_the_input():
     for factor in (0.1, -0.17, 0.5, -0.5, 0.2, 1e-6, 0.49999, 0.0):
         assert np.array_equal(adjust_hue_uint8(px, factor), _numpy_hue(px, factor)), factor
     assert np.array_equal(px, before)
+
+
+def test_augment_into_is_normalize_uint8_of_augment_bitwise():
+    """The normalised write (the CPU loader's batch) is bitwise the uint8 crop normalised by torch, for every
+    plan kind (grey ones too: one plane, three channels' constants), into a batch slot."""
+    import torch
+
+    from bigseer.data.augment_kernels import augment_into
+    from bigseer.data.multicrop import normalization, normalize_uint8
+
+    rng = np.random.default_rng(5)
+    aug = AugmentConfig(mean=(0.3, 0.5, 0.7), std=(0.2, 0.3, 0.11))
+    norm = normalization(aug)
+    batch = np.full((2, 3, 3, 40, 40), np.nan, np.float32)  # [count, B, 3, S, S]
+    kinds = set()
+    for seed in range(30):
+        img = _image(rng, 40, 40)
+        for p in plan_crops(640, 480, parse_crops("2x40"), aug, np.random.default_rng(seed)):
+            args = (p.flip, p.extra.get("jitter"), bool(p.extra.get("gray")), p.extra.get("blur"))
+            slot = batch[seed % 2, seed % 3]
+            augment_into(img, *args, norm[0], norm[1], slot)
+            want = normalize_uint8(torch.from_numpy(augment(img, *args)), aug).numpy()
+            assert np.array_equal(slot, want), p
+            kinds |= {k for k in ("jitter", "gray", "blur") if p.extra.get(k)}
+    assert kinds == {"jitter", "gray", "blur"}

@@ -164,3 +164,26 @@ def test_rgbx_array_is_the_rgb_image_in_four_byte_pixels(mode):
     got = rgbx_array(img)
     assert got.shape == (23, 37, 4) and got.dtype == np.uint8 and got.strides[1:] == (4, 1)
     assert np.array_equal(got[..., :3], np.asarray(img.convert("RGB")))
+
+
+@pytest.mark.parametrize("device", [None, "cpu"])
+def test_fill_and_finish_are_render_place_and_normalize_bitwise(tmp_path, device):
+    """The stream's batch (new_batch, fill, finish): on the CPU path the crop kernel writes the normalised
+    crops itself, bitwise what render + place + normalize_uint8 give (JPEG, and PNG through PIL); on the
+    tensor path ("cpu" here) it is that flow. A slot refilled after a skip holds only the new sample."""
+    catalog = _catalog(tmp_path)
+    r = SampleRenderer(catalog, parse_crops("2x48+3x16"), AugmentConfig(), device=device)
+    n = len(catalog)
+    bufs = r.new_buffers(n)
+    for b in range(n):
+        r.place(bufs, b, r.render(b, np.random.default_rng(b)))
+    want = [normalize_uint8(buf, r.aug) for buf in bufs]
+    batch = r.new_batch(n)
+    r.fill(batch, 0, n - 1, np.random.default_rng(99))  # a sample later replaced in slot 0
+    for b in range(n):
+        r.fill(batch, b, b, np.random.default_rng(b))
+    got = r.finish(batch)
+    assert [tuple(c.shape) for c in got] == [(2, n, 3, 48, 48), (3, n, 3, 16, 16)]
+    assert all(c.dtype == torch.float32 for c in got)
+    for x, y in zip(got, want):
+        assert torch.equal(x, y)
