@@ -124,10 +124,18 @@ def time_bigseer(renderer, items: range, seed: int) -> float:
     """Seconds for one batch as MultiCropStream.make_batch builds it: new_batch, fill (render, normalised
     into the batch), finish."""
     t0 = time.perf_counter()
-    batch = renderer.new_batch(len(items))
-    for b, item in enumerate(items):
-        renderer.fill(batch, b, item, _rng(seed, item))
-    crops = renderer.finish(batch)
+    if hasattr(renderer, "new_batch"):
+        batch = renderer.new_batch(len(items))
+        for b, item in enumerate(items):
+            renderer.fill(batch, b, item, _rng(seed, item))
+        crops = renderer.finish(batch)
+    else:  # a package from before new_batch (--profile --before): render, place, normalize_uint8
+        from bigseer.data.multicrop import normalize_uint8
+
+        buffers = renderer.new_buffers(len(items))
+        for b, item in enumerate(items):
+            renderer.place(buffers, b, renderer.render(item, _rng(seed, item)))
+        crops = [normalize_uint8(buf, renderer.aug) for buf in buffers]
     elapsed = time.perf_counter() - t0
     assert crops[0].shape == (2, len(items), 3, 224, 224) and crops[1].shape == (4, len(items), 3, 96, 96)
     return elapsed

@@ -275,7 +275,7 @@ def profile_table(prof: dict[str, dict[str, list[float]]]) -> list[str]:
     lines = ["| stage (ms per image) | " + " | ".join(f"{s} (median of {len(prof[s][keys[0]])})" for s in sides) + " |",
              "|---" * (len(sides) + 1) + "|"]
     for k in keys:
-        lines.append(f"| {k} | " + " | ".join(f"{med(prof[s][k]):.2f}" for s in sides) + " |")
+        lines.append(f"| {k} | " + " | ".join(f"{med(prof[s][k]):.2f}" if k in prof[s] else "-" for s in sides) + " |")
     return lines
 
 

@@ -20,8 +20,11 @@ def profile(root: str, repeats: int) -> dict[str, float]:
     import numpy as np
     from PIL import Image
 
-    from bigseer.data.multicrop import CropPlan, plan_crops, render_crop, render_crop_into
-    from bigseer.data.render import rgbx_array
+    from bigseer.data import multicrop, render
+    from bigseer.data.multicrop import CropPlan, plan_crops, render_crop
+
+    into = getattr(multicrop, "render_crop_into", None)  # None in a package from before (--before)
+    rgbx_array = getattr(render, "rgbx_array", None)
 
     torch.set_num_threads(1)
     renderer = make_renderer(root, True)
@@ -40,7 +43,7 @@ def profile(root: str, repeats: int) -> dict[str, float]:
             t0 = time.perf_counter()
             img, scale, plans = renderer.catalog.load(
                 item, lambda w, h, rng=rng: plan_crops(w, h, renderer.groups, renderer.aug, rng), **renderer.decode_kw)
-            if isinstance(img, Image.Image):
+            if rgbx_array is not None and isinstance(img, Image.Image):
                 img = rgbx_array(img)
             add("decode", t0)
             for p in plans:
@@ -48,9 +51,10 @@ def profile(root: str, repeats: int) -> dict[str, float]:
                 render_crop(img, scale, CropPlan(p.box, p.size, p.flip, {}))
                 base = time.perf_counter() - t0
                 t["resize+flip"] = t.get("resize+flip", 0.0) + base
-                t0 = time.perf_counter()
-                render_crop_into(img, scale, CropPlan(p.box, p.size, p.flip, {}), out[p.size], renderer.norm)
-                t["normalised write"] = t.get("normalised write", 0.0) + max(0.0, time.perf_counter() - t0 - base)
+                if into is not None:
+                    t0 = time.perf_counter()
+                    into(img, scale, CropPlan(p.box, p.size, p.flip, {}), out[p.size], renderer.norm)
+                    t["normalised write"] = t.get("normalised write", 0.0) + max(0.0, time.perf_counter() - t0 - base)
                 for key in ("jitter", "gray", "blur"):
                     if p.extra.get(key):
                         t0 = time.perf_counter()

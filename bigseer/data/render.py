@@ -72,6 +72,9 @@ class SampleRenderer:
     ``device="cuda"`` without CUDA raises ConfigError here, before any work.
     ``turbo=False`` decodes JPEGs with PIL instead of simplejpeg (ablation; same crops within
     the bound in decode.py).
+    :meth:`render` gives one sample's uint8 crops; the stream builds batches with :meth:`new_batch`,
+    :meth:`fill` and :meth:`finish` (on the CPU path the crop kernel writes the normalised float32 crops
+    straight into the batch).
     """
 
     def __init__(self, catalog: Catalog, groups: list[CropGroup], aug: AugmentConfig,
