@@ -116,7 +116,7 @@ class SampleRenderer:
         if self.device is not None:
             return self.new_buffers(batch_size)
         shapes = [(g.count, batch_size, 3, g.size, g.size) for g in self.groups]
-        return [shared_empty(shape) if shared else torch.empty(shape) for shape in shapes]
+        return [shared_empty(shape) if shared else torch.empty(shape, dtype=torch.float32) for shape in shapes]
 
     def fill(self, batch: list[torch.Tensor], b: int, item: int, rng: np.random.Generator) -> None:
         """Render ``item``'s crops into slot ``b`` of :meth:`new_batch`; on the CPU path normalised by the crop

@@ -8,7 +8,8 @@ the rows (columns) the second reads, in the order Pillow 13 picks
 and sum to 2**22 plus at most half a unit per tap, so 255 * sum + 2**21 < 2**31), so both passes run 8 lanes
 wide:
 
-- pixels are read as 4-byte RGBX words in place from the decoder's array (an RGB array is padded first);
+- pixels are read as 4-byte RGBX words (little-endian: R is the low byte) in place from the decoder's array
+  (an RGB array is padded first);
 - the horizontal pass transposes blocks of ``_ROWS`` rows into a (column, row) tile, so each output column is
   a weighted sum of whole tile rows, vectorised over the block's rows, then transposes the result back;
 - the vertical pass sums whole rows.
@@ -110,7 +111,6 @@ def _vertical(src: np.ndarray, x_lo: int, first: np.ndarray, count: np.ndarray, 
             v1 = min(max(a1[j] >> _BITS, 0), 255)
             v2 = min(max(a2[j] >> _BITS, 0), 255)
             dst[j] = np.uint32(v0 | (v1 << 8) | (v2 << 16))
-
 
 
 _RESIZE = types.Array(types.uint32, 2, "C")(types.Array(types.uint32, 2, "A", readonly=True), types.float32,
