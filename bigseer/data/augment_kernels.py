@@ -34,6 +34,8 @@ _N_R, _N_G, _N_B = F32(5.0), F32(3.0), F32(1.0)  # adjust_hue_uint8's per-channe
 _LR, _LG, _LB, _LROUND, _LSCALE = F32(19595.0), F32(38470.0), F32(7471.0), F32(32768.0), F32(1.0 / 65536.0)
 _ROUND24, _SHIFT24 = np.uint32(1 << 23), np.uint32(24)
 
+_IDENTITY = (np.zeros(3, F32), np.ones(3, F32))  # (x - 0) / 1: the planes' values, as they are
+
 # op codes of the jitter program: brightness, contrast, saturation, hue (the plan's order codes)
 _BRIGHT, _CONTRAST, _SAT, _HUE = 0, 1, 2, 3
 
@@ -191,31 +193,13 @@ def _planes(src: np.ndarray, flip: bool, ops: np.ndarray, factors: np.ndarray, s
     return x
 
 
-# any uint8 HxWx3 layout (the resize kernel's RGBX view, the PIL path's read-only arrays): one signature per
-# entry, compiled when this module is imported (from the on-disk cache after the first time), none in workers
+# any uint8 HxWx3 layout (the resize kernel's RGBX view, the PIL path's read-only arrays): one signature, one
+# entry (compile time), compiled when this module is imported (from the on-disk cache afterwards), none in workers
 _SRC = types.Array(types.uint8, 3, "A", readonly=True)
 _OPS = (types.boolean, types.Array(types.int64, 1, "C"), types.Array(types.float32, 1, "C"), types.float32,
         types.boolean, types.int64, types.int64, types.int64, types.int64)
-_KERNEL = types.Array(types.uint8, 3, "C")(_SRC, *_OPS)
 _KERNEL_INTO = types.void(_SRC, *_OPS, types.Array(types.float32, 1, "C", readonly=True),
                           types.Array(types.float32, 1, "C", readonly=True), types.Array(types.float32, 3, "C"))
-
-
-@numba.njit(_KERNEL, cache=True, nogil=True)
-def _kernel(src: np.ndarray, flip: bool, ops: np.ndarray, factors: np.ndarray, shift: np.float32, gray: bool,
-            passes: int, radius: int, ww: int, fw: int) -> np.ndarray:
-    height, width = src.shape[0], src.shape[1]
-    x = _planes(src, flip, ops, factors, shift, gray, passes, radius, ww, fw)
-    out = np.empty((height, width, 3), np.uint8)
-    for y in range(height):
-        for i in range(width):
-            k = y * width + i
-            if gray:
-                v = np.uint8(x[0, k])
-                out[y, i, 0], out[y, i, 1], out[y, i, 2] = v, v, v
-            else:
-                out[y, i, 0], out[y, i, 1], out[y, i, 2] = np.uint8(x[0, k]), np.uint8(x[1, k]), np.uint8(x[2, k])
-    return out
 
 
 @numba.njit(_KERNEL_INTO, cache=True, nogil=True)
@@ -248,8 +232,9 @@ def augment(src: np.ndarray, flip: bool, jitter: tuple | None, gray: bool, blur:
             passes: int = PASSES) -> np.ndarray:
     """Flip, colour jitter (``(order, brightness, contrast, saturation, hue)`` as plan_crops draws it), grey
     and blur of a uint8 (H, W, 3) crop; returns a new uint8 (H, W, 3) C-contiguous array."""
-    ops, factors, shift, passes, radius, ww, fw = _program(jitter, blur, passes)
-    return _kernel(src, flip, ops, factors, shift, gray, passes, radius, ww, fw)
+    out = np.empty((3,) + src.shape[:2], F32)
+    augment_into(src, flip, jitter, gray, blur, _IDENTITY[0], _IDENTITY[1], out, passes)
+    return out.transpose(1, 2, 0).astype(np.uint8, order="C")  # the planes hold uint8 values exactly
 
 
 def augment_into(src: np.ndarray, flip: bool, jitter: tuple | None, gray: bool, blur: float | None,

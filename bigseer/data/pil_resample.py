@@ -13,11 +13,14 @@ import math
 
 import numba
 import numpy as np
+from numba import types
 
 PRECISION_BITS = 22
 
+_I64, _I64_2D = types.Array(types.int64, 1, "C"), types.Array(types.int64, 2, "C")
 
-@numba.njit(cache=True)
+
+@numba.njit(types.Tuple((_I64, _I64, _I64_2D))(types.int64, types.float32, types.float32, types.int64), cache=True)
 def coeffs(in_size: int, in0: np.float32, in1: np.float32, out_size: int) -> tuple[np.ndarray, np.ndarray,
                                                                                     np.ndarray]:
     """PIL's ``precompute_coeffs`` (bilinear) + ``normalize_coeffs_8bpc`` of output pixels ``0..out_size``
@@ -54,6 +57,3 @@ def vertical_first(width: int, height: int, out_width: int, out_height: int) -> 
     called on, whatever its box): the vertical pass first when the height shrinks by more than twice as many
     pixels as the width does (Pillow PR 9549; checked on 3,000 random sizes and boxes against Pillow 13.0)."""
     return height - out_height > 2 * max(width - out_width, 0)
-
-
-vertical_first_njit = numba.njit(cache=True)(vertical_first)

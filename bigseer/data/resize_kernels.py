@@ -22,15 +22,21 @@ import numpy as np
 from numba import types
 
 from bigseer.data.pil_resample import PRECISION_BITS as _BITS
-from bigseer.data.pil_resample import coeffs, vertical_first_njit
+from bigseer.data.pil_resample import coeffs, vertical_first
 
 _HALF = 1 << (_BITS - 1)
 
 
 _ROWS = 32  # rows per block of the horizontal pass: its tile is (box width x 32) words, in L2
 
+# one compiled variant per pass (compile time: each is large once unrolled), compiled on import, none in workers
+_COEFFS = (types.Array(types.int64, 1, "C"), types.Array(types.int64, 1, "C"), types.Array(types.int64, 2, "C"))
+_OUT = types.Array(types.uint32, 2, "C")
+_H_SIG = types.void(types.Array(types.uint32, 2, "A", readonly=True), types.int64, types.int64, *_COEFFS, _OUT)
+_V_SIG = types.void(types.Array(types.uint32, 2, "C", readonly=True), *_COEFFS, _OUT)
 
-@numba.njit(cache=True)
+
+@numba.njit(_H_SIG, cache=True, nogil=True)
 def _horizontal(src: np.ndarray, top: int, rows: int, first: np.ndarray, count: np.ndarray, weights: np.ndarray,
                 out: np.ndarray) -> None:
     """``ImagingResampleHorizontal_8bpc`` of the RGBX words ``src[top:top + rows]`` into ``out`` (rows, size)
@@ -85,11 +91,10 @@ def _horizontal(src: np.ndarray, top: int, rows: int, first: np.ndarray, count: 
                     dst[r, xx] = packed[xx, r]
 
 
-@numba.njit(cache=True)
-def _vertical(src: np.ndarray, x_lo: int, first: np.ndarray, count: np.ndarray, weights: np.ndarray,
-              out: np.ndarray) -> None:
-    """``ImagingResampleVertical_8bpc`` of the RGBX words ``src[:, x_lo:x_lo + n]`` into ``out`` (size, n)
-    RGBX words (X = 0), whole rows at a time."""
+@numba.njit(_V_SIG, cache=True, nogil=True)
+def _vertical(src: np.ndarray, first: np.ndarray, count: np.ndarray, weights: np.ndarray, out: np.ndarray) -> None:
+    """``ImagingResampleVertical_8bpc`` of the C-contiguous RGBX words ``src`` (rows, n) into ``out`` (size, n)
+    RGBX words (X = 0), whole rows at a time (contiguous rows: the loops vectorise)."""
     n = out.shape[1]
     acc = np.empty((3, n), np.int32)
     a0, a1, a2 = acc[0], acc[1], acc[2]
@@ -99,7 +104,7 @@ def _vertical(src: np.ndarray, x_lo: int, first: np.ndarray, count: np.ndarray, 
         a2[:] = _HALF
         for y in range(count[yy]):
             k = np.int32(weights[yy, y])
-            line = src[first[yy] + y, x_lo:x_lo + n]
+            line = src[first[yy] + y]
             for j in range(n):
                 p = line[j]
                 a0[j] += np.int32(p & 255) * k
@@ -113,45 +118,39 @@ def _vertical(src: np.ndarray, x_lo: int, first: np.ndarray, count: np.ndarray, 
             dst[j] = np.uint32(v0 | (v1 << 8) | (v2 << 16))
 
 
-_RESIZE = types.Array(types.uint32, 2, "C")(types.Array(types.uint32, 2, "A", readonly=True), types.float32,
-                                           types.float32, types.float32, types.float32, types.int64)
-
-
-@numba.njit(_RESIZE, cache=True, nogil=True)  # compiled on import (any layout of RGBX words), none in workers
-def _resize(src: np.ndarray, x0: np.float32, y0: np.float32, x1: np.float32, y1: np.float32,
-            size: int) -> np.ndarray:
+def _resize(src: np.ndarray, box: tuple[float, float, float, float], size: int) -> np.ndarray:
     """``ImagingResample`` of RGBX words into new RGBX words: a direction whose box and size match the source
     is not resampled (PIL's need_horizontal / need_vertical); with both, the pass Pillow 13 picks runs first,
-    over the rows (columns) the second pass reads."""
-    height, width = src.shape[0], src.shape[1]
+    over the rows (columns) the second pass reads. A vertical pass reads contiguous rows (a cut of the
+    source is copied first)."""
+    height, width = src.shape
+    x0, y0, x1, y1 = (np.float32(v) for v in box)
     need_h = size != width or x0 != 0 or x1 != size
     need_v = size != height or y0 != 0 or y1 != size
     ys, yc, yw = coeffs(height, y0, y1, size)
     xs, xc, xw = coeffs(width, x0, x1, size)
-    if need_h and need_v and vertical_first_njit(width, height, size, size):
-        x_lo, top = xs[0], ys[0]
-        region = np.empty((ys[size - 1] + yc[size - 1] - top, xs[size - 1] + xc[size - 1] - x_lo), np.uint32)
-        region[:] = src[top:top + region.shape[0], x_lo:x_lo + region.shape[1]]  # rows the pass can vectorise
-        mid = np.empty((size, region.shape[1]), np.uint32)
-        _vertical(region, 0, ys - top, yc, yw, mid)
+    top, bottom = int(ys[0]), int(ys[-1] + yc[-1])
+    if need_h and need_v and vertical_first(width, height, size, size):
+        x_lo, x_hi = int(xs[0]), int(xs[-1] + xc[-1])
+        mid = np.empty((size, x_hi - x_lo), np.uint32)
+        _vertical(np.ascontiguousarray(src[top:bottom, x_lo:x_hi]), ys - top, yc, yw, mid)
         out = np.empty((size, size), np.uint32)
         _horizontal(mid, 0, size, xs - x_lo, xc, xw, out)
-    elif need_h:
-        top = ys[0] if need_v else 0
-        rows = ys[size - 1] + yc[size - 1] - top if need_v else height
-        out = np.empty((rows, size), np.uint32)
-        _horizontal(src, top, rows, xs, xc, xw, out)
-        if need_v:
-            mid = out
-            out = np.empty((size, size), np.uint32)
-            _vertical(mid, 0, ys - top, yc, yw, out)
-    elif need_v:
+        return out
+    if need_h:
+        rows = (top, bottom) if need_v else (0, height)
+        out = np.empty((rows[1] - rows[0], size), np.uint32)
+        _horizontal(src, rows[0], rows[1] - rows[0], xs, xc, xw, out)
+        if not need_v:
+            return out
+        mid, out = out, np.empty((size, size), np.uint32)
+        _vertical(mid, ys - top, yc, yw, out)
+        return out
+    if need_v:
         out = np.empty((size, width), np.uint32)
-        _vertical(src, 0, ys, yc, yw, out)
-    else:  # the source words, as they are (X as the decoder left it; only channels 0-2 are returned)
-        out = np.empty((height, width), np.uint32)
-        out[:] = src
-    return out
+        _vertical(np.ascontiguousarray(src[top:bottom]), ys - top, yc, yw, out)
+        return out
+    return src.copy()  # the source words, as they are (X as the decoder left it; only channels 0-2 are returned)
 
 
 def resize_box(src: np.ndarray, box: tuple[float, float, float, float], size: int) -> np.ndarray:
@@ -164,7 +163,5 @@ def resize_box(src: np.ndarray, box: tuple[float, float, float, float], size: in
         padded[..., :3] = src[..., :3]
         padded[..., 3] = 0
         src = padded
-    words = src.view(np.uint32)[..., 0]
-    x0, y0, x1, y1 = (np.float32(v) for v in box)
-    out = _resize(words, x0, y0, x1, y1, size)
+    out = _resize(src.view(np.uint32)[..., 0], box, size)
     return out.view(np.uint8).reshape(out.shape[0], out.shape[1], 4)[:, :, :3]
