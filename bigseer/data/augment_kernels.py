@@ -11,10 +11,10 @@ passes along x, then 3 along y, integer arithmetic, each pass rounded to uint8).
 How: the crop is loaded once (flipped on the way) into float32 planes, which hold uint8 values exactly;
 each jitter op is one vectorised loop over the planes (contrast first sums the luma of the image the
 earlier ops made); grey replaces the planes by the luma; each blur pass is a running sum over whole rows
-(x passes on a tiled transpose) in PIL's own UINT32 arithmetic, 8 lanes wide; one loop writes the uint8
-HxWx3 result, or the normalised float32 3xHxW one (the CPU loader's batch). 3-9x faster than PIL's ops on
-96-224 px crops. The entry kernels compile when this module is imported and are cached on disk
-(``cache=True``); they release the GIL (``nogil=True``), as PIL's ops did.
+(x passes on a tiled transpose) in PIL's own UINT32 arithmetic, 8 lanes wide; one loop writes the result
+normalised into float32 3xHxW (the CPU loader's batch; :func:`augment` normalises by the identity and gives
+uint8 HxWx3). 3-9x faster than PIL's ops on 96-224 px crops. The one entry kernel compiles when this module is
+imported and is cached on disk (``cache=True``); it releases the GIL (``nogil=True``), as PIL's ops did.
 """
 
 from __future__ import annotations
