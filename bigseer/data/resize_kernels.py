@@ -36,6 +36,26 @@ _H_SIG = types.void(types.Array(types.uint32, 2, "A", readonly=True), types.int6
 _V_SIG = types.void(types.Array(types.uint32, 2, "C", readonly=True), *_COEFFS, _OUT)
 
 
+@numba.njit(cache=True, inline="always")
+def _accumulate(a0: np.ndarray, a1: np.ndarray, a2: np.ndarray, words: np.ndarray, k: np.int32, n: int) -> None:
+    """``a_c[i] += channel c of words[i] * k`` for ``i < n``: one tap of either pass, over whole vectors."""
+    for i in range(n):
+        p = words[i]
+        a0[i] += np.int32(p & 255) * k
+        a1[i] += np.int32((p >> 8) & 255) * k
+        a2[i] += np.int32((p >> 16) & 255) * k
+
+
+@numba.njit(cache=True, inline="always")
+def _pack(a0: np.ndarray, a1: np.ndarray, a2: np.ndarray, out: np.ndarray, n: int) -> None:
+    """PIL's ``clip8`` of the three sums, packed into RGBX words (X = 0): ``out[i]`` for ``i < n``."""
+    for i in range(n):
+        v0 = min(max(a0[i] >> _BITS, 0), 255)
+        v1 = min(max(a1[i] >> _BITS, 0), 255)
+        v2 = min(max(a2[i] >> _BITS, 0), 255)
+        out[i] = np.uint32(v0 | (v1 << 8) | (v2 << 16))
+
+
 @numba.njit(_H_SIG, cache=True, nogil=True)
 def _horizontal(src: np.ndarray, top: int, rows: int, first: np.ndarray, count: np.ndarray, weights: np.ndarray,
                 out: np.ndarray) -> None:
@@ -66,19 +86,8 @@ def _horizontal(src: np.ndarray, top: int, rows: int, first: np.ndarray, count: 
             for r in range(_ROWS):
                 a0[r] = a1[r] = a2[r] = _HALF
             for t in range(count[xx]):
-                k = k32[xx, t]
-                col = tile[xmin + t]
-                for r in range(_ROWS):
-                    p = col[r]
-                    a0[r] += np.int32(p & 255) * k
-                    a1[r] += np.int32((p >> 8) & 255) * k
-                    a2[r] += np.int32((p >> 16) & 255) * k
-            word = packed[xx]
-            for r in range(_ROWS):
-                v0 = min(max(a0[r] >> _BITS, 0), 255)
-                v1 = min(max(a1[r] >> _BITS, 0), 255)
-                v2 = min(max(a2[r] >> _BITS, 0), 255)
-                word[r] = np.uint32(v0 | (v1 << 8) | (v2 << 16))
+                _accumulate(a0, a1, a2, tile[xmin + t], k32[xx, t], _ROWS)
+            _pack(a0, a1, a2, packed[xx], _ROWS)
         dst = out[r0:r0 + nr]
         if nr == _ROWS:
             for xx in range(size):
@@ -103,19 +112,8 @@ def _vertical(src: np.ndarray, first: np.ndarray, count: np.ndarray, weights: np
         a1[:] = _HALF
         a2[:] = _HALF
         for y in range(count[yy]):
-            k = np.int32(weights[yy, y])
-            line = src[first[yy] + y]
-            for j in range(n):
-                p = line[j]
-                a0[j] += np.int32(p & 255) * k
-                a1[j] += np.int32((p >> 8) & 255) * k
-                a2[j] += np.int32((p >> 16) & 255) * k
-        dst = out[yy]
-        for j in range(n):
-            v0 = min(max(a0[j] >> _BITS, 0), 255)
-            v1 = min(max(a1[j] >> _BITS, 0), 255)
-            v2 = min(max(a2[j] >> _BITS, 0), 255)
-            dst[j] = np.uint32(v0 | (v1 << 8) | (v2 << 16))
+            _accumulate(a0, a1, a2, src[first[yy] + y], np.int32(weights[yy, y]), n)
+        _pack(a0, a1, a2, out[yy], n)
 
 
 def _resize(src: np.ndarray, box: tuple[float, float, float, float], size: int) -> np.ndarray:
